@@ -1,0 +1,153 @@
+"""Model directories and resumable training state.
+
+A model directory holds everything inference needs and nothing executable:
+``model.safetensors`` (weights and batch-norm statistics), ``config.json`` (the full TrainConfig),
+``tokenizer.json``, ``feature_stats.json``. A training checkpoint adds ``train_state/`` (optimizer state,
+trainer position, RNG), kept apart from the weights. Loading never unpickles: safetensors for weights and
+``torch.load(weights_only=True)`` for optimizer state.
+
+Writes are atomic: a checkpoint is written to a temporary sibling directory and swapped in with renames, so a
+process killed at any moment leaves either the old or the new checkpoint complete.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+import shutil
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+from safetensors.torch import load_file, save_file
+
+from deepspeech.config import TrainConfig, from_dict, to_dict
+from deepspeech.features import FeatureStats
+from deepspeech.model import DeepSpeech2
+from deepspeech.text import CharTokenizer
+
+FORMAT_VERSION = 1
+WEIGHTS, CONFIG, TOKENIZER, STATS, STATE_DIR = (
+    "model.safetensors", "config.json", "tokenizer.json", "feature_stats.json", "train_state")
+
+
+class CheckpointError(ValueError):
+    """A model directory that is missing parts or does not match its config."""
+
+
+@dataclass
+class AcousticModel:
+    """A loaded model directory: network (eval mode), tokenizer, feature statistics and config."""
+
+    model: DeepSpeech2
+    tokenizer: CharTokenizer
+    stats: FeatureStats
+    config: TrainConfig
+
+
+def _write_model_files(d: Path, model: DeepSpeech2, tokenizer: CharTokenizer, stats: FeatureStats,
+                       cfg: TrainConfig) -> None:
+    tensors = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
+    save_file(tensors, str(d / WEIGHTS), metadata={"format_version": str(FORMAT_VERSION)})
+    (d / CONFIG).write_text(json.dumps({"format_version": FORMAT_VERSION, "config": to_dict(cfg)}, indent=1))
+    tokenizer.save(d / TOKENIZER)
+    stats.save(d / STATS)
+
+
+def _swap_in(tmp: Path, final: Path) -> None:
+    old = final.with_name(final.name + ".old")
+    if old.exists():
+        shutil.rmtree(old)
+    if final.exists():
+        os.replace(final, old)
+    os.replace(tmp, final)
+    if old.exists():
+        shutil.rmtree(old)
+
+
+def _fsync_dir(d: Path) -> None:
+    for p in d.rglob("*"):
+        if p.is_file():
+            with open(p, "rb") as f:
+                os.fsync(f.fileno())
+
+
+def save_model_dir(path: str | Path, model: DeepSpeech2, tokenizer: CharTokenizer, stats: FeatureStats,
+                   cfg: TrainConfig, train_state: dict[str, Any] | None = None,
+                   extra_files: dict[str, str] | None = None) -> None:
+    """Atomically (re)write a model directory; ``train_state`` adds ``train_state/`` for resuming.
+
+    ``train_state`` keys: ``optimizer`` (state dict), ``trainer`` (JSON-able dict), ``rng`` (tensor dict).
+    """
+    final = Path(path)
+    final.parent.mkdir(parents=True, exist_ok=True)
+    tmp = final.with_name(final.name + ".tmp")
+    if tmp.exists():
+        shutil.rmtree(tmp)
+    tmp.mkdir()
+    _write_model_files(tmp, model, tokenizer, stats, cfg)
+    for name, text in (extra_files or {}).items():
+        (tmp / name).write_text(text)
+    if train_state is not None:
+        sd = tmp / STATE_DIR
+        sd.mkdir()
+        torch.save(train_state["optimizer"], sd / "optimizer.pt")
+        torch.save(train_state["rng"], sd / "rng.pt")
+        (sd / "trainer.json").write_text(json.dumps(train_state["trainer"], indent=1))
+    _fsync_dir(tmp)
+    _swap_in(tmp, final)
+
+
+def find_checkpoint(path: str | Path) -> Path | None:
+    """The complete checkpoint at ``path``, or the previous one left by a swap interrupted mid-way."""
+    final = Path(path)
+    for cand in (final, final.with_name(final.name + ".old")):
+        if (cand / WEIGHTS).is_file() and (cand / STATE_DIR / "trainer.json").is_file():
+            return cand
+    return None
+
+
+def load_config(path: str | Path) -> TrainConfig:
+    d = Path(path)
+    try:
+        raw = json.loads((d / CONFIG).read_text())
+    except FileNotFoundError:
+        raise CheckpointError(f"{d}: not a model directory (no {CONFIG})") from None
+    if raw.get("format_version") != FORMAT_VERSION:
+        raise CheckpointError(f"{d}: unsupported format version {raw.get('format_version')}")
+    return from_dict(TrainConfig, raw["config"])
+
+
+def load_model_dir(path: str | Path, device: str | torch.device = "cpu",
+                   stats_group: Any = None) -> AcousticModel:
+    """Load a model directory for inference (eval mode) or, with ``stats_group``, for further training."""
+    d = Path(path)
+    cfg = load_config(d)
+    for name in (WEIGHTS, TOKENIZER, STATS):
+        if not (d / name).is_file():
+            raise CheckpointError(f"{d}: missing {name}")
+    tokenizer = CharTokenizer.load(d / TOKENIZER)
+    if tokenizer.lang != cfg.data.lang or len(tokenizer) != cfg.model.vocab_size:
+        raise CheckpointError(f"{d}: tokenizer ({tokenizer.lang}, {len(tokenizer)}) does not match the config")
+    model = DeepSpeech2(cfg.model, stats_group=stats_group)
+    state = load_file(str(d / WEIGHTS), device="cpu")
+    missing, unexpected = model.load_state_dict(state, strict=False)
+    if missing or unexpected:
+        raise CheckpointError(f"{d}: weights do not match the config (missing {missing}, unexpected {unexpected})")
+    model.to(device).eval()
+    return AcousticModel(model, tokenizer, FeatureStats.load(d / STATS), cfg)
+
+
+def load_train_state(path: str | Path) -> dict[str, Any]:
+    sd = Path(path) / STATE_DIR
+    return {
+        "optimizer": torch.load(sd / "optimizer.pt", map_location="cpu", weights_only=True),
+        "rng": torch.load(sd / "rng.pt", map_location="cpu", weights_only=True),
+        "trainer": json.loads((sd / "trainer.json").read_text()),
+    }
+
+
+def with_vocab(cfg: TrainConfig, vocab_size: int) -> TrainConfig:
+    return dataclasses.replace(cfg, model=dataclasses.replace(cfg.model, vocab_size=vocab_size))

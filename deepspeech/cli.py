@@ -1,0 +1,202 @@
+"""The ``deepspeech`` command: train, eval, transcribe, data."""
+
+from __future__ import annotations
+
+import argparse
+import glob
+import json
+import logging
+import os
+import sys
+from pathlib import Path
+
+from deepspeech.logs import setup_logging
+
+log = logging.getLogger("deepspeech")
+AUDIO_SUFFIXES = (".wav", ".flac", ".ogg", ".mp3", ".opus", ".aiff", ".aif")
+
+
+def _add_common(p: argparse.ArgumentParser) -> None:
+    p.add_argument("-v", "--verbose", action="store_true", help="debug logging")
+    p.add_argument("--no-progress", action="store_true", help="no progress bars")
+
+
+def _cmd_train(args: argparse.Namespace) -> int:
+    from deepspeech.config import TrainConfig, apply_overrides, from_dict, to_dict
+    from deepspeech.parallel import destroy_parallel, init_parallel
+    from deepspeech.presets import get_preset
+    from deepspeech.training.trainer import train
+
+    if args.config:
+        raw = json.loads(Path(args.config).read_text())
+        cfg = from_dict(TrainConfig, raw.get("config", raw))
+    else:
+        cfg = get_preset(args.preset)
+    cfg = apply_overrides(cfg, args.set or [])
+    if args.print_config:
+        print(json.dumps(to_dict(cfg), indent=1))
+        return 0
+    if not cfg.data.train:
+        raise SystemExit("no training data: give --set data.train=MANIFEST (or a recipe preset such as digits-en)")
+    out = args.out or os.path.join("runs", cfg.name)
+    ps = init_parallel()
+    try:
+        result = train(cfg, out, resume=not args.no_resume, progress=not args.no_progress, parallel=ps)
+    finally:
+        destroy_parallel()
+    if ps.is_main:
+        summary = {"out": str(result.out_dir), "best_model": str(Path(result.out_dir) / "best"),
+                   "step": result.step, "epoch": result.epoch, "best": result.best}
+        print(json.dumps(summary) if args.format == "json" else
+              f"trained {cfg.name}: {result.step} steps; best model in {summary['best_model']}; "
+              f"best dev: {result.best}")
+    return 0
+
+
+def _cmd_eval(args: argparse.Namespace) -> int:
+    from deepspeech.checkpoint import load_model_dir
+    from deepspeech.data.manifest import read_manifest
+    from deepspeech.inference import evaluate_manifest
+
+    am = load_model_dir(args.model, device=args.device)
+    utts = read_manifest(args.manifest)
+    counts, records = evaluate_manifest(am, utts, args.device, progress=not args.no_progress)
+    if args.hypotheses:
+        with open(args.hypotheses, "w", encoding="utf-8") as f:
+            for r in records:
+                f.write(json.dumps(r, ensure_ascii=False) + "\n")
+    summary = {"manifest": args.manifest, "model": args.model, **counts.summary(),
+               "failed": sum(1 for r in records if r["hyp"] is None)}
+    if args.format == "json":
+        print(json.dumps(summary))
+    else:
+        print(f"WER {100 * counts.wer:.2f}%  CER {100 * counts.cer:.2f}%  on {counts.n} utterances")
+    return 0
+
+
+def expand_inputs(items: list[str]) -> list[str]:
+    """Files, folders (searched recursively for audio) and glob patterns -> a sorted, de-duplicated file list."""
+    paths: list[str] = []
+    for item in items:
+        if os.path.isdir(item):
+            paths += sorted(str(p) for p in Path(item).rglob("*") if p.suffix.lower() in AUDIO_SUFFIXES)
+        elif any(c in item for c in "*?["):
+            paths += sorted(glob.glob(item, recursive=True))
+        else:
+            paths.append(item)
+    seen: set[str] = set()
+    return [p for p in paths if not (p in seen or seen.add(p))]
+
+
+def _cmd_transcribe(args: argparse.Namespace) -> int:
+    from deepspeech.checkpoint import load_model_dir
+    from deepspeech.data.manifest import read_manifest
+    from deepspeech.inference import transcribe_files
+
+    am = load_model_dir(args.model, device=args.device)
+    paths = expand_inputs(args.inputs)
+    if args.manifest:
+        paths += [u.audio for u in read_manifest(args.manifest)]
+    if not paths:
+        raise SystemExit("no input files")
+    results = transcribe_files(am, paths, args.device, progress=not args.no_progress)
+    for r in results:
+        if args.format == "json":
+            print(json.dumps({"path": r.path, "text": r.text, "error": r.error}, ensure_ascii=False))
+        elif r.error is None:
+            print(f"{r.path}\t{r.text}")
+    failed = sum(r.error is not None for r in results)
+    if failed:
+        log.error("%d of %d files could not be read", failed, len(results))
+    return 1 if failed == len(results) else 0
+
+
+def _cmd_data_import(args: argparse.Namespace) -> int:
+    from deepspeech.data.importers import run_import
+
+    kwargs: dict[str, object] = {"progress": not args.no_progress}
+    if args.split:
+        kwargs["split"] = args.split
+    if args.lang and args.kind in ("librispeech", "commonvoice", "folder"):
+        kwargs["lang"] = args.lang
+    n = run_import(args.kind, args.root, args.out, **kwargs)
+    print(f"{args.out}: {n} utterances")
+    return 0
+
+
+def _cmd_data_prepare(args: argparse.Namespace) -> int:
+    from deepspeech.data.protocols import prepare
+
+    counts = prepare(args.protocol, args.source, args.out, progress=not args.no_progress)
+    print(json.dumps(counts))
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="deepspeech", description="Deep Speech 2 speech recognition")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    p = sub.add_parser("train", help="train an acoustic model (torchrun for data parallel)")
+    p.add_argument("--preset", default="digits-en", help="preset or recipe name (default: digits-en)")
+    p.add_argument("--config", help="a config.json (from a model directory) instead of a preset")
+    p.add_argument("--set", action="append", metavar="KEY=VALUE", help="override a config field, e.g. optim.lr=1e-3")
+    p.add_argument("--out", help="run directory (default: runs/<name>)")
+    p.add_argument("--no-resume", action="store_true", help="start afresh even if the run directory has a checkpoint")
+    p.add_argument("--print-config", action="store_true", help="print the resolved config as JSON and exit")
+    p.add_argument("--format", choices=["text", "json"], default="text")
+    _add_common(p)
+    p.set_defaults(func=_cmd_train)
+
+    p = sub.add_parser("eval", help="WER/CER of a model on a manifest")
+    p.add_argument("--model", required=True, help="model directory")
+    p.add_argument("--manifest", required=True)
+    p.add_argument("--format", choices=["text", "json"], default="text")
+    p.add_argument("--hypotheses", help="write per-utterance references and hypotheses (JSON Lines) here")
+    p.add_argument("--device", default="cpu")
+    _add_common(p)
+    p.set_defaults(func=_cmd_eval)
+
+    p = sub.add_parser("transcribe", help="transcribe audio files, folders or globs")
+    p.add_argument("inputs", nargs="*", help="audio files, folders or glob patterns")
+    p.add_argument("--model", required=True, help="model directory")
+    p.add_argument("--manifest", help="also transcribe the audio of this manifest")
+    p.add_argument("--format", choices=["text", "json"], default="text")
+    p.add_argument("--device", default="cpu")
+    _add_common(p)
+    p.set_defaults(func=_cmd_transcribe)
+
+    p = sub.add_parser("data", help="data preparation")
+    dsub = p.add_subparsers(dest="data_command", required=True)
+    q = dsub.add_parser("import", help="write a manifest from a corpus layout")
+    q.add_argument("kind", choices=["librispeech", "aishell", "commonvoice", "fsdd", "folder"])
+    q.add_argument("root", help="corpus folder")
+    q.add_argument("--out", required=True, help="manifest to write")
+    q.add_argument("--split", help="aishell: train|dev|test; commonvoice: tsv name (train, dev, test, ...)")
+    q.add_argument("--lang", help="en or zh (librispeech, commonvoice, folder)")
+    _add_common(q)
+    q.set_defaults(func=_cmd_data_import)
+    q = dsub.add_parser("prepare", help="write train/dev/test manifests of a fixed evaluation protocol")
+    q.add_argument("protocol", choices=["fsdd", "aishell-sample"])
+    q.add_argument("source", help="FSDD audio folder, or the AISHELL sample folder (with manifest.jsonl)")
+    q.add_argument("--out", required=True, help="folder for train.jsonl, dev.jsonl, test.jsonl")
+    _add_common(q)
+    q.set_defaults(func=_cmd_data_prepare)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    setup_logging(args.verbose)
+    from deepspeech.audio import AudioError
+    from deepspeech.checkpoint import CheckpointError
+    from deepspeech.data.manifest import ManifestError
+
+    try:
+        return int(args.func(args) or 0)
+    except (AudioError, CheckpointError, ManifestError, FileNotFoundError, ValueError) as e:
+        log.error("%s", e)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,149 @@
+"""Utterances -> normalised features and label ids, and padded batches."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+
+from deepspeech.audio import AudioError, load_audio
+from deepspeech.augment import AugmentConfig, augment_waveform, spec_augment
+from deepspeech.data.manifest import Utterance
+from deepspeech.features import FeatureConfig, FeatureStats, extract
+from deepspeech.text import CharTokenizer
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class Batch:
+    feats: torch.Tensor  # (B, T, F) normalised, zero-padded
+    lengths: torch.Tensor  # (B,) int64 frame counts
+    targets: list[torch.Tensor]  # B label-id tensors
+    texts: list[str]  # normalised reference texts
+    audio_seconds: float
+
+
+def collate(items: Sequence[tuple[torch.Tensor, torch.Tensor, str]], sample_seconds: float) -> Batch:
+    feats = [f for f, _, _ in items]
+    lengths = torch.tensor([f.shape[0] for f in feats], dtype=torch.long)
+    padded = torch.nn.utils.rnn.pad_sequence(feats, batch_first=True)
+    return Batch(padded, lengths, [t for _, t, _ in items], [s for _, _, s in items], sample_seconds)
+
+
+def select_utterances(utts: Sequence[Utterance], tokenizer: CharTokenizer, min_s: float, max_s: float,
+                      output_frames: Callable[[int], int], fcfg: FeatureConfig) -> list[Utterance]:
+    """Drop utterances outside the duration limits, with empty targets, or with more labels than CTC can align
+    (a label sequence needs at least len + repeats output frames)."""
+    kept, reasons = [], {"duration": 0, "empty text": 0, "too many labels": 0}
+    for u in utts:
+        if not min_s <= u.duration_s <= max_s:
+            reasons["duration"] += 1
+            continue
+        ids = tokenizer.encode(u.text)
+        if not ids:
+            reasons["empty text"] += 1
+            continue
+        repeats = sum(1 for a, b in zip(ids, ids[1:], strict=False) if a == b)
+        frames = fcfg.num_frames(int(u.duration_s * fcfg.sample_rate))
+        if len(ids) + repeats > output_frames(frames):
+            reasons["too many labels"] += 1
+            continue
+        kept.append(u)
+    dropped = {k: v for k, v in reasons.items() if v}
+    if dropped:
+        log.warning("skipped %d of %d utterances: %s", len(utts) - len(kept), len(utts), dropped)
+    return kept
+
+
+class SpeechDataset:
+    """Random access to (normalised features (T, F), label ids, normalised text) for a list of utterances.
+
+    Audio that fails to load is reported and replaced by nothing: :meth:`get` returns None for it, and the
+    trainer drops it from its batch. With ``augment`` enabled, waveforms are cached instead of features and each
+    item is augmented with a generator seeded by (seed, epoch, index): see :meth:`set_epoch`.
+    """
+
+    def __init__(self, utts: Sequence[Utterance], tokenizer: CharTokenizer, fcfg: FeatureConfig,
+                 stats: FeatureStats | None, cache: bool = True, augment: AugmentConfig | None = None,
+                 seed: int = 0) -> None:
+        self.utts = list(utts)
+        self.tokenizer, self.fcfg, self.stats, self.cache = tokenizer, fcfg, stats, cache
+        self.augment = augment if augment is not None and augment.enabled else None
+        self.seed, self.epoch = seed, 0
+        self._cache: dict[int, tuple[torch.Tensor, torch.Tensor, str]] = {}
+        self._wav_cache: dict[int, np.ndarray] = {}
+        self._bad: set[int] = set()
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = epoch
+
+    def __len__(self) -> int:
+        return len(self.utts)
+
+    @property
+    def durations(self) -> list[float]:
+        return [u.duration_s for u in self.utts]
+
+    def raw_features(self, i: int) -> torch.Tensor:
+        return extract(load_audio(self.utts[i].audio), self.fcfg)
+
+    def _waveform(self, i: int) -> np.ndarray:
+        wav = self._wav_cache.get(i)
+        if wav is None:
+            wav = load_audio(self.utts[i].audio)
+            if self.cache:
+                self._wav_cache[i] = wav
+        return wav
+
+    def get(self, i: int) -> tuple[torch.Tensor, torch.Tensor, str] | None:
+        if i in self._cache:
+            return self._cache[i]
+        if i in self._bad:
+            return None
+        try:
+            wav = self._waveform(i)
+        except AudioError as e:
+            log.warning("skipping utterance: %s", e)
+            self._bad.add(i)
+            return None
+        rng = None
+        if self.augment is not None:
+            rng = np.random.default_rng([self.seed, self.epoch, i])
+            if rng.random() < self.augment.prob:
+                wav = augment_waveform(wav, self.augment, rng)
+            else:
+                rng = None
+        feats = extract(wav, self.fcfg)
+        if self.stats is not None:
+            feats = self.stats.normalize(feats)
+        if rng is not None and self.augment is not None:
+            feats = spec_augment(feats, self.augment, rng)
+        text = self.tokenizer.normalize(self.utts[i].text)
+        item = (feats, torch.tensor(self.tokenizer.encode(text), dtype=torch.long), text)
+        if self.cache and self.augment is None:
+            self._cache[i] = item
+            self._wav_cache.pop(i, None)
+        return item
+
+    def batch(self, indices: Sequence[int]) -> Batch | None:
+        items = [it for it in (self.get(i) for i in indices) if it is not None]
+        if not items:
+            return None
+        seconds = sum(self.utts[i].duration_s for i in indices if i not in self._bad)
+        return collate(items, seconds)
+
+    def compute_stats(self, max_utterances: int, seed: int = 0) -> FeatureStats:
+        """Normalisation statistics from a seeded sample of at most ``max_utterances`` training utterances."""
+        n = len(self.utts)
+        idx = np.random.default_rng(seed).permutation(n)[: max_utterances] if n > max_utterances else range(n)
+        def feats():
+            for i in idx:
+                try:
+                    yield self.raw_features(int(i))
+                except AudioError as e:
+                    log.warning("skipping utterance in statistics: %s", e)
+        return FeatureStats.compute(feats())

@@ -1,0 +1,161 @@
+"""Deep Speech 2 input features: the log power spectrogram (DS2 section 3, "spectrograms of power normalized
+audio clips"; 20 ms windows with a 10 ms hop, 161 frequency bins at 16 kHz).
+
+Feature extraction is a pure function. The streaming version carries the unconsumed samples as explicit state and
+produces, chunk by chunk, exactly the frames of the whole-utterance function (each frame is a function of its own
+320 samples only). Normalisation statistics are computed on training data and saved with the model.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from collections.abc import Iterable
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from deepspeech.audio import SAMPLE_RATE
+
+
+@dataclass(frozen=True)
+class FeatureConfig:
+    sample_rate: int = SAMPLE_RATE  # Hz; audio is resampled to this by deepspeech.audio
+    window_ms: float = 20.0  # analysis window (DS2: 20 ms)
+    hop_ms: float = 10.0  # frame step (DS2: 10 ms)
+    window: str = "hamming"  # window function: hamming or hann
+    log_floor: float = 1e-10  # added to the power before the log, so silence is finite
+    cmn: str = "none"  # none | utterance: subtract each utterance's per-bin mean (cepstral mean normalisation)
+
+    def __post_init__(self) -> None:
+        if self.window not in {"hamming", "hann"}:
+            raise ValueError(f"unknown window {self.window!r}")
+        if self.cmn not in {"none", "utterance"}:
+            raise ValueError(f"cmn must be none or utterance, got {self.cmn!r}")
+        if self.win_length <= 0 or self.hop_length <= 0 or self.hop_length > self.win_length:
+            raise ValueError("need 0 < hop <= window")
+
+    @property
+    def win_length(self) -> int:
+        return int(round(self.sample_rate * self.window_ms / 1000))
+
+    @property
+    def hop_length(self) -> int:
+        return int(round(self.sample_rate * self.hop_ms / 1000))
+
+    @property
+    def n_bins(self) -> int:
+        return self.win_length // 2 + 1
+
+    def num_frames(self, num_samples: int) -> int:
+        """Frames produced for ``num_samples`` of audio (short input is padded to one window)."""
+        return 1 + max(0, num_samples - self.win_length) // self.hop_length
+
+
+def _window(cfg: FeatureConfig) -> torch.Tensor:
+    fn = torch.hamming_window if cfg.window == "hamming" else torch.hann_window
+    return fn(cfg.win_length, periodic=False, dtype=torch.float32)
+
+
+def _frames_to_logpower(frames: torch.Tensor, cfg: FeatureConfig) -> torch.Tensor:
+    """(T, win) samples -> (T, n_bins) log power."""
+    spec = torch.fft.rfft(frames * _window(cfg), n=cfg.win_length, dim=-1)
+    power = spec.real.square() + spec.imag.square()
+    return torch.log(power + cfg.log_floor)
+
+
+def log_spectrogram(samples: np.ndarray | torch.Tensor, cfg: FeatureConfig = FeatureConfig()) -> torch.Tensor:
+    """(n,) float waveform at ``cfg.sample_rate`` -> (T, n_bins) float32 log power spectrogram.
+
+    T = 1 + (n - win) // hop; input shorter than one window is zero-padded to one window.
+    """
+    x = torch.as_tensor(samples, dtype=torch.float32).reshape(-1)
+    if x.numel() < cfg.win_length:
+        x = torch.nn.functional.pad(x, (0, cfg.win_length - x.numel()))
+    frames = x.unfold(0, cfg.win_length, cfg.hop_length)  # (T, win)
+    return _frames_to_logpower(frames, cfg)
+
+
+def extract(samples: np.ndarray | torch.Tensor, cfg: FeatureConfig = FeatureConfig()) -> torch.Tensor:
+    """The model's raw input features: :func:`log_spectrogram`, then the configured per-utterance normalisation.
+    (T, n_bins); global statistics (:class:`FeatureStats`) are applied on top of this."""
+    feats = log_spectrogram(samples, cfg)
+    if cfg.cmn == "utterance":
+        feats = feats - feats.mean(0, keepdim=True)
+    return feats
+
+
+@dataclass
+class StreamState:
+    """What the streaming featurizer carries between chunks."""
+
+    pending: torch.Tensor = field(default_factory=lambda: torch.zeros(0))  # samples not yet in a full frame
+    frames_emitted: int = 0
+
+
+def stream_log_spectrogram(
+    chunk: np.ndarray | torch.Tensor, state: StreamState | None, cfg: FeatureConfig = FeatureConfig(),
+    final: bool = False,
+) -> tuple[torch.Tensor, StreamState]:
+    """Streaming :func:`log_spectrogram`: feed chunks in order, pass ``final=True`` with the last one.
+
+    Returns ``(frames (t, n_bins), new_state)``; concatenating all ``frames`` equals the whole-utterance output.
+    """
+    state = state or StreamState()
+    buf = torch.cat([state.pending, torch.as_tensor(chunk, dtype=torch.float32).reshape(-1)])
+    if final and state.frames_emitted == 0 and buf.numel() < cfg.win_length:
+        buf = torch.nn.functional.pad(buf, (0, cfg.win_length - buf.numel()))
+    n = 0 if buf.numel() < cfg.win_length else 1 + (buf.numel() - cfg.win_length) // cfg.hop_length
+    if n == 0:
+        return torch.zeros(0, cfg.n_bins), StreamState(buf, state.frames_emitted)
+    out = _frames_to_logpower(buf.unfold(0, cfg.win_length, cfg.hop_length), cfg)
+    return out, StreamState(buf[n * cfg.hop_length:].clone(), state.frames_emitted + n)
+
+
+@dataclass(frozen=True)
+class FeatureStats:
+    """Per-bin mean and standard deviation of training features, applied as (x - mean) / std."""
+
+    mean: tuple[float, ...]
+    std: tuple[float, ...]
+
+    def normalize(self, feats: torch.Tensor) -> torch.Tensor:
+        """(..., n_bins) -> same shape, normalised."""
+        mean = torch.tensor(self.mean, dtype=feats.dtype, device=feats.device)
+        std = torch.tensor(self.std, dtype=feats.dtype, device=feats.device)
+        return (feats - mean) / std
+
+    @classmethod
+    def compute(cls, feature_iter: Iterable[torch.Tensor], min_std: float = 1e-3) -> FeatureStats:
+        """Statistics over all frames of (T, n_bins) feature matrices, accumulated in float64."""
+        total = sq = None
+        count = 0
+        for f in feature_iter:
+            f64 = f.to(torch.float64)
+            s, q = f64.sum(0), f64.square().sum(0)
+            total = s if total is None else total + s
+            sq = q if sq is None else sq + q
+            count += f.shape[0]
+        if total is None or sq is None or count == 0:
+            raise ValueError("no frames to compute feature statistics from")
+        mean = total / count
+        var = (sq / count - mean.square()).clamp_min(0.0)
+        std = var.sqrt().clamp_min(min_std)
+        return cls(tuple(mean.tolist()), tuple(std.tolist()))
+
+    def save(self, path: str | Path) -> None:
+        Path(path).write_text(json.dumps(asdict(self)))
+
+    @classmethod
+    def load(cls, path: str | Path) -> FeatureStats:
+        try:
+            d = json.loads(Path(path).read_text())
+            mean, std = [float(v) for v in d["mean"]], [float(v) for v in d["std"]]
+        except (KeyError, TypeError, ValueError) as e:  # not JSON, not an object, missing key, not numbers
+            raise ValueError(f"{path}: malformed feature statistics ({e!r})") from None
+        if not mean or len(mean) != len(std) or not all(math.isfinite(v) for v in mean) \
+                or not all(math.isfinite(v) and v > 0 for v in std):
+            raise ValueError(f"{path}: malformed feature statistics")
+        return cls(tuple(mean), tuple(std))

@@ -1,0 +1,126 @@
+"""Batched inference: evaluation on a manifest and transcription of audio files (greedy decoding)."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+from tqdm import tqdm
+
+from deepspeech.audio import AudioError, load_audio
+from deepspeech.checkpoint import AcousticModel
+from deepspeech.data.dataset import SpeechDataset, collate
+from deepspeech.data.manifest import Utterance
+from deepspeech.data.sampler import FRAMES_PER_SECOND
+from deepspeech.decoding import GreedyResult, greedy_decode
+from deepspeech.features import extract
+from deepspeech.metrics import ErrorCounts
+from deepspeech.model import DeepSpeech2
+
+log = logging.getLogger(__name__)
+
+
+def length_batches(durations: Sequence[float], max_frames: int, max_batch: int) -> Iterator[list[int]]:
+    """Indices grouped by similar duration for padding-efficient inference (order restored by the caller)."""
+    order = np.argsort(np.asarray(durations), kind="stable").tolist()
+    cur: list[int] = []
+    for i in order:
+        longest = max([durations[j] for j in cur] + [durations[i]]) * FRAMES_PER_SECOND
+        if cur and ((len(cur) + 1) * longest > max_frames or len(cur) >= max_batch):
+            yield cur
+            cur = []
+        cur.append(i)
+    if cur:
+        yield cur
+
+
+@torch.no_grad()
+def evaluate_dataset(model: DeepSpeech2, dataset: SpeechDataset, indices: Sequence[int], device: torch.device,
+                     max_frames: int = 40_000, max_batch: int = 64, progress: bool = False,
+                     hypotheses: dict[int, str] | None = None) -> ErrorCounts:
+    """Greedy-decode ``indices`` of ``dataset`` and count errors against its normalised references."""
+    was_training = model.training
+    model.eval()
+    counts = ErrorCounts()
+    durs = [dataset.utts[i].duration_s for i in indices]
+    groups = list(length_batches(durs, max_frames, max_batch))
+    for group in tqdm(groups, desc="eval", disable=not progress, leave=False):
+        idx = [indices[g] for g in group]
+        batch = dataset.batch(idx)
+        if batch is None:
+            continue
+        logits, lengths = model(batch.feats.to(device), batch.lengths.to(device))
+        results = greedy_decode(logits, lengths, dataset.tokenizer)
+        good = [i for i in idx if i not in dataset._bad]
+        for i, ref, res in zip(good, batch.texts, results, strict=True):
+            counts.add(ref, res.text, dataset.tokenizer.lang)
+            if hypotheses is not None:
+                hypotheses[i] = res.text
+    model.train(was_training)
+    return counts
+
+
+def evaluate_manifest(am: AcousticModel, utts: Sequence[Utterance], device: torch.device | str = "cpu",
+                      progress: bool = True) -> tuple[ErrorCounts, list[dict[str, object]]]:
+    """WER/CER of a loaded model on utterances; also returns per-utterance records (audio, ref, hyp)."""
+    ds = SpeechDataset(utts, am.tokenizer, am.config.features, am.stats, cache=False)
+    hyps: dict[int, str] = {}
+    counts = evaluate_dataset(am.model, ds, list(range(len(ds))), torch.device(device), progress=progress,
+                              hypotheses=hyps)
+    records = [{"audio": u.audio, "ref": am.tokenizer.normalize(u.text), "hyp": hyps.get(i)}
+               for i, u in enumerate(utts)]
+    return counts, records
+
+
+@dataclass
+class Transcript:
+    path: str
+    text: str | None
+    error: str | None = None
+    duration_s: float = 0.0
+
+
+@torch.no_grad()
+def transcribe_files(am: AcousticModel, paths: Sequence[str | Path], device: torch.device | str = "cpu",
+                     max_batch: int = 16, progress: bool = True) -> list[Transcript]:
+    """Greedy transcription of audio files, batched; unreadable files get ``error`` set and the run goes on."""
+    dev = torch.device(device)
+    out: list[Transcript] = []
+    pending: list[tuple[int, torch.Tensor]] = []
+
+    def flush() -> None:
+        if not pending:
+            return
+        items = [(am.stats.normalize(f), torch.zeros(0, dtype=torch.long), "") for _, f in pending]
+        batch = collate(items, 0.0)
+        logits, lengths = am.model(batch.feats.to(dev), batch.lengths.to(dev))
+        for (k, _), res in zip(pending, greedy_decode(logits, lengths, am.tokenizer), strict=True):
+            out[k].text = res.text
+        pending.clear()
+
+    for p in tqdm(paths, desc="transcribe", unit="file", disable=not progress):
+        try:
+            wav = load_audio(p)
+        except AudioError as e:
+            log.error("%s", e)
+            out.append(Transcript(str(p), None, str(e)))
+            continue
+        out.append(Transcript(str(p), None, None, wav.size / 16000))
+        pending.append((len(out) - 1, extract(wav, am.config.features)))
+        if len(pending) >= max_batch:
+            flush()
+    flush()
+    return out
+
+
+def transcribe_waveform(am: AcousticModel, wav: np.ndarray) -> GreedyResult:
+    """One 16 kHz waveform -> greedy result."""
+    feats = am.stats.normalize(extract(wav, am.config.features))[None]
+    device = next(am.model.parameters()).device
+    with torch.no_grad():
+        logits, lengths = am.model(feats.to(device), torch.tensor([feats.shape[1]], device=device))
+    return greedy_decode(logits, lengths, am.tokenizer)[0]

@@ -1,0 +1,102 @@
+"""Presets: functions that return complete training configurations.
+
+Model presets (``tiny``, ``small``, ``ds2-en``, ``ds2-streaming`` and their ``-zh`` counterparts) fix the
+architecture and sensible optimiser settings; recipes (``digits-en``, ``aishell-sample-zh``) add data and budgets.
+The vocabulary size is filled in from the tokenizer when training starts.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Callable
+from pathlib import Path
+
+from deepspeech.config import DataConfig, OptimConfig, TrainConfig
+from deepspeech.model import ConvSpec, ModelConfig, ds2_convs
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+SHARED_DATA = REPO_ROOT.parent / "shared" / "data"
+
+
+def _tiny_model() -> ModelConfig:
+    # 8 channels keep the 2D front end cheap on 2 CPU cores; ~1.5M parameters.
+    return ModelConfig(convs=(ConvSpec(8, (41, 11), (2, 2)), ConvSpec(8, (21, 11), (2, 1))),
+                       rnn_type="gru", rnn_layers=3, rnn_hidden=192, bidirectional=True)
+
+
+def tiny(lang: str = "en") -> TrainConfig:
+    """Trains on 2 CPU cores in minutes."""
+    return TrainConfig(name=f"tiny-{lang}", model=_tiny_model(), data=DataConfig(lang=lang, max_frames=16_000),
+                       optim=OptimConfig(name="adamw", lr=2e-3, weight_decay=1e-2, schedule="cosine",
+                                         warmup_steps=100, grad_clip=5.0), epochs=20)
+
+
+def small(lang: str = "en") -> TrainConfig:
+    """A few million parameters: hours of audio on CPU, the workhorse for synthetic-sentence recipes."""
+    model = ModelConfig(convs=(ConvSpec(16, (41, 11), (2, 2)), ConvSpec(16, (21, 11), (2, 1))),
+                        rnn_type="gru", rnn_layers=3, rnn_hidden=384, bidirectional=True)
+    return TrainConfig(name=f"small-{lang}", model=model, data=DataConfig(lang=lang, max_frames=24_000),
+                       optim=OptimConfig(name="adamw", lr=1.5e-3, weight_decay=1e-2, schedule="cosine",
+                                         warmup_steps=300, grad_clip=5.0), epochs=20)
+
+
+def ds2(lang: str = "en") -> TrainConfig:
+    """The DS2 paper's ~100M-parameter configuration: 2 conv layers + 7 bidirectional GRU layers (Table 4)."""
+    model = ModelConfig(convs=ds2_convs(2), rnn_type="gru", rnn_layers=7, rnn_hidden=1088, bidirectional=True)
+    return TrainConfig(name=f"ds2-{lang}", model=model, data=DataConfig(lang=lang, max_frames=64_000, max_batch=64),
+                       optim=OptimConfig(name="sgd", lr=3e-4, momentum=0.99, schedule="anneal", anneal=1.2,
+                                         grad_clip=400.0), epochs=20)
+
+
+def ds2_streaming(lang: str = "en") -> TrainConfig:
+    """7 unidirectional GRUs (~70M parameters) with a lookahead (row) convolution of 10 output frames = 200 ms
+    (DS2 section 3.5); 2D convolutions see 5 + 10 input frames ahead."""
+    base = ds2(lang)
+    model = dataclasses.replace(base.model, rnn_hidden=1280, bidirectional=False, lookahead=10)
+    return dataclasses.replace(base, name=f"ds2-streaming-{lang}", model=model)
+
+
+def tiny_streaming(lang: str = "en") -> TrainConfig:
+    """The streaming family's debug model: ``tiny`` made unidirectional with a 10-frame lookahead."""
+    base = tiny(lang)
+    model = dataclasses.replace(base.model, rnn_hidden=256, bidirectional=False, lookahead=10)
+    return dataclasses.replace(base, name=f"tiny-streaming-{lang}", model=model)
+
+
+def digits_en() -> TrainConfig:
+    """The main job: ``tiny`` on the Free Spoken Digit Dataset train speakers, validated on george."""
+    base = tiny("en")
+    data = dataclasses.replace(base.data, train="data/fsdd/train.jsonl", dev="data/fsdd/dev.jsonl",
+                               max_frames=6_000, max_batch=32)
+    return dataclasses.replace(base, name="digits-en", data=data, epochs=25, save_every_steps=100,
+                               optim=dataclasses.replace(base.optim, warmup_steps=50))
+
+
+def aishell_sample_zh() -> TrainConfig:
+    """``tiny-zh`` on the AISHELL-1 sample: S0150 first 130 utterances (train), last 20 (dev). Tiny data."""
+    base = tiny("zh")
+    data = dataclasses.replace(base.data, train="data/aishell_sample/train.jsonl",
+                               dev="data/aishell_sample/dev.jsonl", max_frames=16_000, max_batch=16)
+    return dataclasses.replace(base, name="aishell-sample-zh", data=data, epochs=60, save_every_steps=200)
+
+
+PRESETS: dict[str, Callable[[], TrainConfig]] = {
+    "tiny": lambda: tiny("en"),
+    "small": lambda: small("en"),
+    "ds2-en": lambda: ds2("en"),
+    "ds2-streaming": lambda: ds2_streaming("en"),
+    "tiny-streaming": lambda: tiny_streaming("en"),
+    "tiny-zh": lambda: tiny("zh"),
+    "small-zh": lambda: small("zh"),
+    "ds2-zh": lambda: ds2("zh"),
+    "ds2-streaming-zh": lambda: ds2_streaming("zh"),
+    "tiny-streaming-zh": lambda: tiny_streaming("zh"),
+    "digits-en": digits_en,
+    "aishell-sample-zh": aishell_sample_zh,
+}
+
+
+def get_preset(name: str) -> TrainConfig:
+    if name not in PRESETS:
+        raise ValueError(f"unknown preset {name!r}; choose from {', '.join(PRESETS)}")
+    return PRESETS[name]()
