@@ -26,12 +26,16 @@ class AugmentConfig:
     time_masks: int = 2  # SpecAugment time masks per utterance
     time_mask_frames: int = 20  # widest time mask, in frames
     time_mask_ratio: float = 0.15  # no time mask covers more than this share of the utterance
+    noise_prob: float = 0.0  # share of augmented utterances that get coloured noise added
+    noise_snr_db: tuple[float, float] = (5.0, 30.0)  # signal-to-noise ratio drawn uniformly, in dB
 
     def __post_init__(self) -> None:
         if not 0.0 <= self.prob <= 1.0:
             raise ValueError("augment.prob must be in [0, 1]")
         if not 0.5 <= self.speed[0] <= self.speed[1] <= 2.0:
             raise ValueError("augment.speed must be an increasing range within [0.5, 2]")
+        if not 0.0 <= self.noise_prob <= 1.0 or self.noise_snr_db[0] > self.noise_snr_db[1]:
+            raise ValueError("invalid augment noise settings")
         if self.gain_db[0] > self.gain_db[1] or min(self.freq_masks, self.time_masks) < 0:
             raise ValueError("invalid augment settings")
 
@@ -45,6 +49,23 @@ def speed_perturb(wav: np.ndarray, factor: float) -> np.ndarray:
     if factor == 1.0:
         return wav
     return soxr.resample(wav, SAMPLE_RATE * factor, SAMPLE_RATE).astype(np.float32, copy=False)
+
+
+def coloured_noise(n: int, exponent: float, rng: np.random.Generator) -> np.ndarray:
+    """(n,) noise with power spectral density ~ 1/f**exponent (0 white, 1 pink, 2 brown), unit RMS."""
+    spec = rng.standard_normal(n // 2 + 1) + 1j * rng.standard_normal(n // 2 + 1)
+    f = np.arange(n // 2 + 1, dtype=np.float64)
+    f[0] = 1.0
+    noise = np.fft.irfft(spec / f ** (exponent / 2.0), n=n)
+    return (noise / max(float(np.sqrt(np.mean(noise**2))), 1e-12)).astype(np.float32)
+
+
+def mix_at_snr(signal: np.ndarray, noise: np.ndarray, snr_db: float) -> np.ndarray:
+    """signal + g * noise with g = sqrt(E_signal / (E_noise * 10^(snr/10))); silence stays silence (no NaN)."""
+    es, en = float(np.mean(signal.astype(np.float64) ** 2)), float(np.mean(noise.astype(np.float64) ** 2))
+    if es <= 0.0 or en <= 0.0:
+        return signal
+    return (signal + np.sqrt(es / (en * 10.0 ** (snr_db / 10.0))) * noise).astype(np.float32)
 
 
 def spec_augment(feats: torch.Tensor, cfg: AugmentConfig, rng: np.random.Generator) -> torch.Tensor:
@@ -66,8 +87,11 @@ def spec_augment(feats: torch.Tensor, cfg: AugmentConfig, rng: np.random.Generat
 
 
 def augment_waveform(wav: np.ndarray, cfg: AugmentConfig, rng: np.random.Generator) -> np.ndarray:
-    """Speed and gain; clipping is avoided by rescaling only if the peak would exceed 1."""
+    """Speed, coloured noise and gain; clipping is avoided by rescaling only if the peak would exceed 1."""
     wav = speed_perturb(wav, float(rng.uniform(*cfg.speed)))
+    if rng.random() < cfg.noise_prob:
+        noise = coloured_noise(wav.size, float(rng.choice([0.0, 1.0, 2.0])), rng)
+        wav = mix_at_snr(wav, noise, float(rng.uniform(*cfg.noise_snr_db)))
     gain = 10.0 ** (float(rng.uniform(*cfg.gain_db)) / 20.0)
     wav = wav * gain
     peak = float(np.abs(wav).max(initial=0.0))

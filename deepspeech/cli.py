@@ -1,4 +1,4 @@
-"""The ``deepspeech`` command: train, eval, transcribe, data."""
+"""The ``deepspeech`` command: train, eval, transcribe, export, synth, data."""
 
 from __future__ import annotations
 
@@ -132,6 +132,36 @@ def _cmd_data_prepare(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_export(args: argparse.Namespace) -> int:
+    from deepspeech.modelcard import export_model
+
+    evals = dict(e.split("=", 1) for e in args.eval or [])
+    notes = Path(args.notes).read_text() if args.notes else ""
+    metrics = export_model(args.model, args.to, args.command_line, evals, notes, progress=not args.no_progress)
+    print(json.dumps(metrics))
+    return 0
+
+
+def _cmd_synth_tts(args: argparse.Namespace) -> int:
+    import dataclasses
+
+    from data_synthesis.tts import TTSConfig, synthesize_corpus
+
+    if args.text:
+        texts = [t.strip() for t in Path(args.text).read_text(encoding="utf-8").splitlines() if t.strip()]
+    else:
+        texts = [w.strip() for w in (args.words or "").split(",") if w.strip()]
+    if not texts:
+        raise SystemExit("nothing to say: give --text FILE or --words a,b,c")
+    texts = [t for _ in range(args.repeat) for t in texts]
+    cfg = TTSConfig(sample_rate=args.sample_rate)
+    if args.voices:
+        cfg = dataclasses.replace(cfg, voices=tuple(v.strip() for v in args.voices.split(",")))
+    utts = synthesize_corpus(texts, args.out, cfg, seed=args.seed, lang=args.lang, progress=not args.no_progress)
+    print(f"{args.out}/manifest.jsonl: {len(utts)} utterances, {sum(u.duration_s for u in utts) / 60:.1f} min")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="deepspeech", description="Deep Speech 2 speech recognition")
     sub = parser.add_subparsers(dest="command", required=True)
@@ -164,6 +194,29 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--device", default="cpu")
     _add_common(p)
     p.set_defaults(func=_cmd_transcribe)
+
+    p = sub.add_parser("export", help="copy a trained model with a model card (command, config, WER/CER)")
+    p.add_argument("--model", required=True, help="trained model directory, e.g. runs/NAME/best")
+    p.add_argument("--to", required=True, help="destination model directory")
+    p.add_argument("--command-line", required=True, help="the command that produced the model (for the card)")
+    p.add_argument("--eval", action="append", metavar="NAME=MANIFEST", help="evaluation set for the card")
+    p.add_argument("--notes", help="a Markdown file appended to the card")
+    _add_common(p)
+    p.set_defaults(func=_cmd_export)
+
+    p = sub.add_parser("synth", help="data synthesis")
+    ssub = p.add_subparsers(dest="synth_command", required=True)
+    q = ssub.add_parser("tts", help="a synthetic speech corpus from espeak-ng (many voices, pitches, rates)")
+    q.add_argument("--text", help="a file with one sentence per line")
+    q.add_argument("--words", help="comma-separated texts instead of a file, e.g. zero,one,two")
+    q.add_argument("--repeat", type=int, default=1, help="speak every text this many times (new voice each time)")
+    q.add_argument("--out", required=True, help="output folder (audio/ and manifest.jsonl)")
+    q.add_argument("--voices", help="comma-separated espeak-ng voices (default: its English voices)")
+    q.add_argument("--sample-rate", type=int, default=16000)
+    q.add_argument("--lang", default="en", choices=["en", "zh"])
+    q.add_argument("--seed", type=int, default=0)
+    _add_common(q)
+    q.set_defaults(func=_cmd_synth_tts)
 
     p = sub.add_parser("data", help="data preparation")
     dsub = p.add_subparsers(dest="data_command", required=True)

@@ -27,13 +27,13 @@ class FeatureConfig:
     hop_ms: float = 10.0  # frame step (DS2: 10 ms)
     window: str = "hamming"  # window function: hamming or hann
     log_floor: float = 1e-10  # added to the power before the log, so silence is finite
-    cmn: str = "none"  # none | utterance: subtract each utterance's per-bin mean (cepstral mean normalisation)
+    utterance_norm: str = "none"  # none | mean | meanvar: per-utterance, per-bin mean (and variance) normalisation
 
     def __post_init__(self) -> None:
         if self.window not in {"hamming", "hann"}:
             raise ValueError(f"unknown window {self.window!r}")
-        if self.cmn not in {"none", "utterance"}:
-            raise ValueError(f"cmn must be none or utterance, got {self.cmn!r}")
+        if self.utterance_norm not in {"none", "mean", "meanvar"}:
+            raise ValueError(f"utterance_norm must be none, mean or meanvar, got {self.utterance_norm!r}")
         if self.win_length <= 0 or self.hop_length <= 0 or self.hop_length > self.win_length:
             raise ValueError("need 0 < hop <= window")
 
@@ -82,8 +82,10 @@ def extract(samples: np.ndarray | torch.Tensor, cfg: FeatureConfig = FeatureConf
     """The model's raw input features: :func:`log_spectrogram`, then the configured per-utterance normalisation.
     (T, n_bins); global statistics (:class:`FeatureStats`) are applied on top of this."""
     feats = log_spectrogram(samples, cfg)
-    if cfg.cmn == "utterance":
+    if cfg.utterance_norm != "none":
         feats = feats - feats.mean(0, keepdim=True)
+    if cfg.utterance_norm == "meanvar":
+        feats = feats / feats.std(0, keepdim=True, correction=0).clamp_min(1e-3)
     return feats
 
 

@@ -61,6 +61,7 @@ class ModelConfig:
     rnn_hidden: int = 256
     bidirectional: bool = True
     lookahead: int = 0  # future frames seen by the row convolution (unidirectional models only; 0 = none)
+    dropout: float = 0.0  # dropout on each recurrent layer's output, training only
 
     def __post_init__(self) -> None:
         if not 1 <= len(self.convs) <= 3:
@@ -71,6 +72,8 @@ class ModelConfig:
             raise ValueError(f"rnn_type must be gru, lstm or rnn, got {self.rnn_type!r}")
         if self.lookahead < 0 or (self.lookahead > 0 and self.bidirectional):
             raise ValueError("lookahead needs a unidirectional model and must be >= 0")
+        if not 0.0 <= self.dropout < 1.0:
+            raise ValueError("dropout must be in [0, 1)")
         if self.vocab_size < 2 or self.rnn_hidden < 1:
             raise ValueError("vocab_size >= 2 and rnn_hidden >= 1")
 
@@ -218,6 +221,7 @@ class DeepSpeech2(nn.Module):
             RecurrentLayer(cfg, in_size if i == 0 else cfg.rnn_hidden, norm=i > 0, group=stats_group)
             for i in range(cfg.rnn_layers)
         )
+        self.dropout = nn.Dropout(cfg.dropout)
         self.lookahead = Lookahead(cfg.rnn_hidden, cfg.lookahead) if cfg.lookahead > 0 else None
         self.out_bn = MaskedBatchNorm(cfg.rnn_hidden, channel_dim=-1, group=stats_group)
         self.fc = nn.Linear(cfg.rnn_hidden, cfg.vocab_size)
@@ -232,7 +236,7 @@ class DeepSpeech2(nn.Module):
         x = x.reshape(b, c * f, t).transpose(1, 2)  # (B, T', C*F')
         mask = time_mask(lengths, t)
         for rnn in self.rnns:
-            x = rnn(x, lengths, mask)
+            x = self.dropout(rnn(x, lengths, mask))
         if self.lookahead is not None:
             x = self.lookahead(x, mask)
         x = self.out_bn(x, mask[..., None])

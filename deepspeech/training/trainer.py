@@ -211,8 +211,8 @@ def train(cfg: TrainConfig, out_dir: str | Path, resume: bool = True, progress: 
             else:
                 log.warning("step %d: non-finite gradient norm, update skipped", state["step"])
             state["step"] += 1
-            stats_t = all_reduce_sum(torch.tensor([float(losses.detach().sum()) * weight, batch.audio_seconds * weight]),
-                                     ps.dp_group)
+            local = [float(losses.detach().sum()) * weight, batch.audio_seconds * weight]
+            stats_t = all_reduce_sum(torch.tensor(local), ps.dp_group)
             window_loss += float(stats_t[0])
             window_n += len(global_batch)
             window_audio += float(stats_t[1])

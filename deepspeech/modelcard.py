@@ -1,0 +1,62 @@
+"""Export a trained model directory with a model card: the command that produced it, its config, and its
+measured WER/CER on named evaluation sets."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from datetime import date
+from pathlib import Path
+
+from deepspeech.checkpoint import CONFIG, STATS, TOKENIZER, WEIGHTS, load_model_dir
+from deepspeech.data.manifest import read_manifest
+from deepspeech.inference import evaluate_manifest
+
+
+def export_model(src: str | Path, dst: str | Path, command: str, evals: dict[str, str],
+                 notes: str = "", progress: bool = True) -> dict[str, dict[str, float | int]]:
+    """Copy the inference files of ``src`` to ``dst``, evaluate on ``evals`` (name -> manifest), write
+    ``metrics.json`` and a ``README.md`` model card. Returns the metrics."""
+    src, dst = Path(src), Path(dst)
+    dst.mkdir(parents=True, exist_ok=True)
+    for name in (WEIGHTS, CONFIG, TOKENIZER, STATS):
+        shutil.copy2(src / name, dst / name)
+    am = load_model_dir(dst)
+    metrics = {}
+    for name, manifest in evals.items():
+        counts, _ = evaluate_manifest(am, read_manifest(manifest), progress=progress)
+        metrics[name] = {**counts.summary(), "manifest": manifest}
+    (dst / "metrics.json").write_text(json.dumps(metrics, indent=1))
+    cfg = json.loads((dst / CONFIG).read_text())["config"]
+    rows = "\n".join(f"| {n} | `{m['manifest']}` | {m['n']} | {100 * m['wer']:.2f}% | {100 * m['cer']:.2f}% |"
+                     for n, m in metrics.items())
+    m = cfg["model"]
+    arch = (f"{len(m['convs'])} conv + {m['rnn_layers']} {'bidirectional' if m['bidirectional'] else 'unidirectional'} "
+            f"{m['rnn_type'].upper()} layers of {m['rnn_hidden']}")
+    card = f"""# {cfg['name']}
+
+DS2 acoustic model: {am.model.num_parameters():,} parameters ({arch}), language `{cfg['data']['lang']}`,
+{len(am.tokenizer)} output symbols. Exported {date.today().isoformat()}.
+
+## How it was made
+
+```bash
+{command}
+```
+
+## Measured (greedy decoding)
+
+| set | manifest | utterances | WER | CER |
+|---|---|---|---|---|
+{rows}
+
+Reproduce a row: `deepspeech eval --model {dst.as_posix()} --manifest MANIFEST --format json`.
+{notes}
+## Config
+
+```json
+{json.dumps(cfg, indent=1)}
+```
+"""
+    (dst / "README.md").write_text(card)
+    return metrics
