@@ -167,28 +167,39 @@ class ConvBlock(nn.Module):
         return F.hardtanh(self.bn(x, mask), 0.0, CLIP) * mask, lengths
 
 
+def reverse_padded(x: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:
+    """Reverse each sequence of x (B, T, ...) within its own length; padded frames stay where they are."""
+    t = x.shape[1]
+    steps = torch.arange(t, device=x.device)[None, :]
+    idx = torch.where(steps < lengths[:, None], lengths[:, None] - 1 - steps, steps)  # (B, T)
+    return x.gather(1, idx.view(*idx.shape, *([1] * (x.dim() - 2))).expand_as(x))
+
+
 class RecurrentLayer(nn.Module):
-    """Sequence-wise batch norm of the input (skipped on the first layer) -> GRU/LSTM/RNN, directions summed."""
+    """Sequence-wise batch norm of the input (skipped on the first layer) -> GRU/LSTM/RNN, directions summed.
+
+    Each direction is a unidirectional recurrence over the whole padded batch (one fused kernel call, no packed
+    sequences, whose backward costs O(T^2) on CPU): the forward direction is causal, so padding after the end
+    cannot reach valid frames; the backward direction runs on each sequence reversed within its length.
+    """
 
     def __init__(self, cfg: ModelConfig, in_size: int, norm: bool, group: dist.ProcessGroup | None) -> None:
         super().__init__()
         self.bn = MaskedBatchNorm(in_size, channel_dim=-1, group=group) if norm else None
         kind = {"gru": nn.GRU, "lstm": nn.LSTM, "rnn": nn.RNN}[cfg.rnn_type]
         extra = {"nonlinearity": "relu"} if cfg.rnn_type == "rnn" else {}
-        self.rnn = kind(in_size, cfg.rnn_hidden, batch_first=True, bidirectional=cfg.bidirectional, **extra)
-        self.bidirectional = cfg.bidirectional
-        self.hidden = cfg.rnn_hidden
+        self.rnn = kind(in_size, cfg.rnn_hidden, batch_first=True, **extra)
+        self.rnn_reverse = kind(in_size, cfg.rnn_hidden, batch_first=True, **extra) if cfg.bidirectional else None
 
     def forward(self, x: torch.Tensor, lengths: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
         """x (B, T, I) -> (B, T, H), zero on padded frames."""
         if self.bn is not None:
             x = self.bn(x, mask[..., None])
-        packed = nn.utils.rnn.pack_padded_sequence(x, lengths.cpu(), batch_first=True, enforce_sorted=False)
-        out, _ = self.rnn(packed)
-        out, _ = nn.utils.rnn.pad_packed_sequence(out, batch_first=True, total_length=x.shape[1])
-        if self.bidirectional:
-            out = out[..., : self.hidden] + out[..., self.hidden:]
-        return out
+        out, _ = self.rnn(x)
+        if self.rnn_reverse is not None:
+            back, _ = self.rnn_reverse(reverse_padded(x, lengths))
+            out = out + reverse_padded(back, lengths)
+        return out * mask[..., None]
 
 
 class Lookahead(nn.Module):

@@ -83,7 +83,8 @@ def aishell_sample_zh() -> TrainConfig:
     base = tiny("zh")
     data = dataclasses.replace(base.data, train="data/aishell_sample/train.jsonl",
                                dev="data/aishell_sample/dev.jsonl", max_frames=16_000, max_batch=16)
-    return dataclasses.replace(base, name="aishell-sample-zh", data=data, epochs=30, save_every_steps=200)
+    return dataclasses.replace(base, name="aishell-sample-zh", data=data, epochs=12, save_every_steps=50,
+                               optim=dataclasses.replace(base.optim, warmup_steps=20))
 
 
 PRESETS: dict[str, Callable[[], TrainConfig]] = {

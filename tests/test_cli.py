@@ -25,7 +25,8 @@ def test_shipped_digits_model_does_what_its_card_says() -> None:
     out = json.loads(res.stdout)
     assert out["n"] == 1000 and out["failed"] == 0
     card = json.loads((MODEL / "metrics.json").read_text())
-    assert out["wer"] == card["test"]["wer"] and out["cer"] == card["test"]["cer"]
+    # one utterance of slack: another CPU's float rounding may flip a near-tie argmax in one frame
+    assert abs(out["wer"] - card["test"]["wer"]) <= 0.001 and abs(out["cer"] - card["test"]["cer"]) <= 0.001
     assert out["wer"] < 0.3, out
 
 
