@@ -11,7 +11,7 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
-from deepspeech.audio import AudioError, load_audio
+from deepspeech.audio import SAMPLE_RATE, AudioError, load_audio
 from deepspeech.checkpoint import AcousticModel
 from deepspeech.data.dataset import SpeechDataset, collate
 from deepspeech.data.manifest import Utterance
@@ -55,8 +55,7 @@ def evaluate_dataset(model: DeepSpeech2, dataset: SpeechDataset, indices: Sequen
             continue
         logits, lengths = model(batch.feats.to(device), batch.lengths.to(device))
         results = greedy_decode(logits, lengths, dataset.tokenizer)
-        good = [i for i in idx if i not in dataset._bad]
-        for i, ref, res in zip(good, batch.texts, results, strict=True):
+        for i, ref, res in zip(batch.indices, batch.texts, results, strict=True):
             counts.add(ref, res.text, dataset.tokenizer.lang)
             if hypotheses is not None:
                 hypotheses[i] = res.text
@@ -109,7 +108,7 @@ def transcribe_files(am: AcousticModel, paths: Sequence[str | Path], device: tor
             log.error("%s", e)
             out.append(Transcript(str(p), None, str(e)))
             continue
-        out.append(Transcript(str(p), None, None, wav.size / 16000))
+        out.append(Transcript(str(p), None, None, wav.size / SAMPLE_RATE))
         pending.append((len(out) - 1, extract(wav, am.config.features)))
         if len(pending) >= max_batch:
             flush()

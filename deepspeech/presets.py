@@ -9,14 +9,10 @@ from __future__ import annotations
 
 import dataclasses
 from collections.abc import Callable
-from pathlib import Path
 
 from deepspeech.augment import AugmentConfig
 from deepspeech.config import DataConfig, OptimConfig, TrainConfig
 from deepspeech.model import ConvSpec, ModelConfig, ds2_convs
-
-REPO_ROOT = Path(__file__).resolve().parents[1]
-SHARED_DATA = REPO_ROOT.parent / "shared" / "data"
 
 
 def _tiny_model() -> ModelConfig:

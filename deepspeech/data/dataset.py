@@ -25,13 +25,15 @@ class Batch:
     targets: list[torch.Tensor]  # B label-id tensors
     texts: list[str]  # normalised reference texts
     audio_seconds: float
+    indices: list[int]  # dataset indices of the items (those whose audio loaded)
 
 
-def collate(items: Sequence[tuple[torch.Tensor, torch.Tensor, str]], sample_seconds: float) -> Batch:
+def collate(items: Sequence[tuple[torch.Tensor, torch.Tensor, str]], sample_seconds: float,
+            indices: Sequence[int] = ()) -> Batch:
     feats = [f for f, _, _ in items]
     lengths = torch.tensor([f.shape[0] for f in feats], dtype=torch.long)
     padded = torch.nn.utils.rnn.pad_sequence(feats, batch_first=True)
-    return Batch(padded, lengths, [t for _, t, _ in items], [s for _, _, s in items], sample_seconds)
+    return Batch(padded, lengths, [t for _, t, _ in items], [s for _, _, s in items], sample_seconds, list(indices))
 
 
 def select_utterances(utts: Sequence[Utterance], tokenizer: CharTokenizer, min_s: float, max_s: float,
@@ -130,11 +132,11 @@ class SpeechDataset:
         return item
 
     def batch(self, indices: Sequence[int]) -> Batch | None:
-        items = [it for it in (self.get(i) for i in indices) if it is not None]
-        if not items:
+        loaded = [(i, it) for i, it in ((i, self.get(i)) for i in indices) if it is not None]
+        if not loaded:
             return None
-        seconds = sum(self.utts[i].duration_s for i in indices if i not in self._bad)
-        return collate(items, seconds)
+        seconds = sum(self.utts[i].duration_s for i, _ in loaded)
+        return collate([it for _, it in loaded], seconds, [i for i, _ in loaded])
 
     def compute_stats(self, max_utterances: int, seed: int = 0) -> FeatureStats:
         """Normalisation statistics from a seeded sample of at most ``max_utterances`` training utterances."""
