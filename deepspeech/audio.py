@@ -16,6 +16,7 @@ import soxr
 
 SAMPLE_RATE = 16_000  # every model in this project runs at 16 kHz
 MAX_DURATION_S = 4 * 3600.0  # longer input is refused; long recordings are chunked by the caller
+AUDIO_SUFFIXES = (".wav", ".flac", ".ogg", ".oga", ".opus", ".mp3", ".aiff", ".aif")  # what folder scans pick up
 
 
 class AudioError(ValueError):

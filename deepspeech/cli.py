@@ -13,7 +13,6 @@ from pathlib import Path
 from deepspeech.logs import setup_logging
 
 log = logging.getLogger("deepspeech")
-AUDIO_SUFFIXES = (".wav", ".flac", ".ogg", ".mp3", ".opus", ".aiff", ".aif")
 
 
 def _add_common(p: argparse.ArgumentParser) -> None:
@@ -76,6 +75,8 @@ def _cmd_eval(args: argparse.Namespace) -> int:
 
 def expand_inputs(items: list[str]) -> list[str]:
     """Files, folders (searched recursively for audio) and glob patterns -> a sorted, de-duplicated file list."""
+    from deepspeech.audio import AUDIO_SUFFIXES
+
     paths: list[str] = []
     for item in items:
         if os.path.isdir(item):

@@ -16,7 +16,7 @@ from deepspeech.checkpoint import AcousticModel
 from deepspeech.data.dataset import SpeechDataset, collate
 from deepspeech.data.manifest import Utterance
 from deepspeech.data.sampler import FRAMES_PER_SECOND
-from deepspeech.decoding import GreedyResult, greedy_decode
+from deepspeech.decoding import greedy_decode
 from deepspeech.features import extract
 from deepspeech.metrics import ErrorCounts
 from deepspeech.model import DeepSpeech2
@@ -115,11 +115,3 @@ def transcribe_files(am: AcousticModel, paths: Sequence[str | Path], device: tor
     flush()
     return out
 
-
-def transcribe_waveform(am: AcousticModel, wav: np.ndarray) -> GreedyResult:
-    """One 16 kHz waveform -> greedy result."""
-    feats = am.stats.normalize(extract(wav, am.config.features))[None]
-    device = next(am.model.parameters()).device
-    with torch.no_grad():
-        logits, lengths = am.model(feats.to(device), torch.tensor([feats.shape[1]], device=device))
-    return greedy_decode(logits, lengths, am.tokenizer)[0]

@@ -9,6 +9,7 @@ from datetime import date
 from pathlib import Path
 
 from deepspeech.checkpoint import CONFIG, STATS, TOKENIZER, WEIGHTS, load_model_dir
+from deepspeech.config import to_dict
 from deepspeech.data.manifest import read_manifest
 from deepspeech.inference import evaluate_manifest
 
@@ -27,7 +28,7 @@ def export_model(src: str | Path, dst: str | Path, command: str, evals: dict[str
         counts, _ = evaluate_manifest(am, read_manifest(manifest), progress=progress)
         metrics[name] = {**counts.summary(), "manifest": manifest}
     (dst / "metrics.json").write_text(json.dumps(metrics, indent=1))
-    cfg = json.loads((dst / CONFIG).read_text())["config"]
+    cfg = to_dict(am.config)
     rows = "\n".join(f"| {n} | `{m['manifest']}` | {m['n']} | {100 * m['wer']:.2f}% | {100 * m['cer']:.2f}% |"
                      for n, m in metrics.items())
     m = cfg["model"]

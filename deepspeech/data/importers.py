@@ -18,13 +18,12 @@ from pathlib import Path
 
 from tqdm import tqdm
 
-from deepspeech.audio import AudioError, audio_duration
+from deepspeech.audio import AUDIO_SUFFIXES, AudioError, audio_duration
 from deepspeech.data.manifest import LANGS, ManifestError, Utterance, write_manifest
 
 log = logging.getLogger(__name__)
 
 PathLike = str | os.PathLike[str]
-AUDIO_SUFFIXES = (".wav", ".flac", ".ogg", ".mp3")
 AISHELL_SPLITS = ("train", "dev", "test")
 AISHELL_TRANSCRIPT = Path("transcript") / "aishell_transcript_v0.8.txt"
 DIGIT_WORDS = ("zero", "one", "two", "three", "four", "five", "six", "seven", "eight", "nine")

@@ -28,6 +28,3 @@ def dp_loss_scale(state: ParallelState) -> float:
     """Factor on the local loss that undoes DDP's gradient averaging (see module docstring)."""
     return float(group_size(state.dp_group))
 
-
-def unwrap(model: nn.Module) -> nn.Module:
-    return model.module if isinstance(model, DistributedDataParallel) else model
