@@ -1,2 +1,3 @@
-"""Data synthesis: synthetic speech corpora (espeak-ng). Noise superposition and the rest of DS1 section 4 build
-on deepspeech.augment."""
+"""Data synthesis (Deep Speech 1, arXiv 1412.5567 section 4): noise superposition of many tracks at a target SNR
+(:mod:`.noise`), reverberation (:mod:`.reverb`), offline corpus augmentation (:mod:`.offline`) and synthetic
+speech corpora from espeak-ng (:mod:`.tts`). The training-time pipeline that applies them is deepspeech.augment."""

@@ -11,9 +11,10 @@ from __future__ import annotations
 
 import io
 import logging
+import multiprocessing as mp
 import shutil
 import subprocess
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -29,6 +30,11 @@ log = logging.getLogger(__name__)
 # espeak-ng's own English voices (formant synthesis; the mbrola voices need the separate mbrola program).
 ENGLISH_VOICES = ("en-gb", "en-us", "en-gb-scotland", "en-gb-x-gbclan", "en-gb-x-rp", "en-gb-x-gbcwmd",
                   "en-029", "en-us-nyc")
+# Held out of training for the unseen-voice test sets: two accents, and every fifth voice variant (sorted by name).
+ENGLISH_TEST_VOICES = ("en-gb-scotland", "en-us-nyc")
+MANDARIN_VOICES = ("cmn-latn-pinyin",)  # speaks numbered pinyin ("ni3 hao3"); the plain cmn voice is garbled
+TEST_VARIANT_EVERY = 5
+VOICE_SPLITS = ("all", "train", "test")
 
 
 class SynthesisError(RuntimeError):
@@ -45,6 +51,37 @@ class TTSConfig:
     peak: tuple[float, float] = (0.1, 0.9)  # output peak amplitude range
     trim_db: float = -30.0  # silence threshold for trimming, relative to the loudest 10 ms
     margin_s: float = 0.02  # silence kept at each end
+    variant_split: str = "all"  # all | train | test: which share of the voice variants to draw from
+
+    def __post_init__(self) -> None:
+        if self.variant_split not in VOICE_SPLITS:
+            raise ValueError(f"variant_split must be one of {VOICE_SPLITS}")
+        if not self.voices:
+            raise ValueError("no voices")
+
+
+def voice_split(lang: str, split: str) -> TTSConfig:
+    """The voices and variants of a split: ``train`` and ``test`` share no voice/variant combination.
+
+    English: test voices are :data:`ENGLISH_TEST_VOICES` with the held-out variants; train voices are the others
+    with the remaining variants. Mandarin has one voice, so its speakers are split by variant only.
+    """
+    if split not in VOICE_SPLITS:
+        raise ValueError(f"split must be one of {VOICE_SPLITS}")
+    if lang == "zh":
+        return TTSConfig(voices=MANDARIN_VOICES, variant_split=split)
+    voices = {"all": ENGLISH_VOICES, "test": ENGLISH_TEST_VOICES,
+              "train": tuple(v for v in ENGLISH_VOICES if v not in ENGLISH_TEST_VOICES)}[split]
+    return TTSConfig(voices=voices, variant_split=split)
+
+
+def split_variants(variants: Sequence[str], split: str) -> list[str]:
+    """Every :data:`TEST_VARIANT_EVERY`-th variant in name order is a test variant ("all": input order)."""
+    if split == "all":
+        return list(variants)
+    ordered = sorted(variants)
+    test = set(ordered[::TEST_VARIANT_EVERY])
+    return [v for v in ordered if (v in test) == (split == "test")]
 
 
 def _espeak() -> str:
@@ -83,29 +120,74 @@ def trim(x: np.ndarray, sr: int, threshold_db: float, margin_s: float) -> np.nda
     return x[max(loud[0] * hop - m, 0): min((loud[-1] + 1) * hop + m, x.size)]
 
 
+def _render(job: tuple[int, str, str, int, int, float, str, str]) -> Utterance | str:
+    """Speak one text and write it; returns the utterance, or a message saying why it was skipped."""
+    k, text, voice, pitch, rate, peak, out, lang = job
+    cfg: TTSConfig = _CFG["cfg"]  # type: ignore[assignment]
+    spoken = _CFG["spoken"]
+    try:
+        x, sr = speak(spoken(text) if callable(spoken) else text, voice, pitch, rate)
+    except (SynthesisError, subprocess.TimeoutExpired) as e:
+        return f"{text!r}: {e}"
+    x = trim(x, sr, cfg.trim_db, cfg.margin_s)
+    y = soxr.resample(x, sr, cfg.sample_rate).astype(np.float32)
+    if y.size == 0 or not np.any(y):
+        return f"{text!r} with {voice} gave silence"
+    y = y / np.abs(y).max() * peak
+    path = Path(out) / "audio" / f"tts_{k:06d}.flac"
+    sf.write(path, y, cfg.sample_rate, subtype="PCM_16")
+    return Utterance(str(path), text, y.size / cfg.sample_rate, f"{voice}/p{pitch}/s{rate}", lang)
+
+
+_CFG: dict[str, object] = {}
+
+
+def _init(cfg: TTSConfig, spoken: Callable[[str], str] | None) -> None:
+    _CFG.update(cfg=cfg, spoken=spoken)
+
+
 def synthesize_corpus(texts: Sequence[str], out_dir: str | Path, cfg: TTSConfig = TTSConfig(), seed: int = 0,
-                      lang: str = "en", progress: bool = True) -> list[Utterance]:
-    """Speak each text once with a random voice/variant/pitch/rate; write FLAC files and ``manifest.jsonl``."""
+                      lang: str = "en", progress: bool = True, workers: int = 1,
+                      spoken: Callable[[str], str] | None = None) -> list[Utterance]:
+    """Speak each text once with a random voice/variant/pitch/rate; write FLAC files and ``manifest.jsonl``.
+
+    The voice, pitch, rate and level of every utterance are drawn in order from one generator seeded by ``seed``
+    before any audio is made, so the corpus does not depend on ``workers``. ``spoken`` maps a transcript to what
+    espeak-ng is given (Mandarin: characters -> numbered pinyin); the manifest keeps the transcript.
+    """
     out = Path(out_dir)
     (out / "audio").mkdir(parents=True, exist_ok=True)
     rng = np.random.default_rng(seed)
-    variants = list_variants() if cfg.use_variants else []
-    utts: list[Utterance] = []
-    for k, text in enumerate(tqdm(texts, desc="synthesising", unit="utt", disable=not progress)):
+    variants = split_variants(list_variants(), cfg.variant_split) if cfg.use_variants else []
+    jobs = []
+    for k, text in enumerate(texts):
         voice = str(rng.choice(cfg.voices))
         if variants:
             voice += "+" + str(rng.choice(variants))
         pitch, rate = int(rng.integers(cfg.pitch[0], cfg.pitch[1] + 1)), int(rng.integers(cfg.rate[0], cfg.rate[1] + 1))
-        peak = float(rng.uniform(*cfg.peak))
-        x, sr = speak(text, voice, pitch, rate)
-        x = trim(x, sr, cfg.trim_db, cfg.margin_s)
-        y = soxr.resample(x, sr, cfg.sample_rate).astype(np.float32)
-        if y.size == 0 or not np.any(y):
-            log.warning("%r with %s gave silence; skipped", text, voice)
-            continue
-        y = y / np.abs(y).max() * peak
-        path = out / "audio" / f"tts_{k:06d}.flac"
-        sf.write(path, y, cfg.sample_rate, subtype="PCM_16")
-        utts.append(Utterance(str(path), text, y.size / cfg.sample_rate, f"{voice}/p{pitch}/s{rate}", lang))
+        jobs.append((k, text, voice, pitch, rate, float(rng.uniform(*cfg.peak)), str(out), lang))
+    utts: list[Utterance] = []
+    bar = tqdm(total=len(jobs), desc="synthesising", unit="utt", disable=not progress)
+    if workers > 1:
+        pool = mp.get_context("fork").Pool(workers, initializer=_init, initargs=(cfg, spoken))
+        results = pool.imap(_render, jobs, chunksize=8)
+    else:
+        pool = None
+        _init(cfg, spoken)
+        results = map(_render, jobs)
+    try:
+        for r in results:
+            bar.update()
+            if isinstance(r, str):
+                log.warning("skipped: %s", r)
+            else:
+                utts.append(r)
+    finally:
+        bar.close()
+        if pool is not None:
+            pool.close()
+            pool.join()
+    if not utts:
+        raise SynthesisError("no utterance was synthesised")
     write_manifest(out / "manifest.jsonl", utts)
     return utts

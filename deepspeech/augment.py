@@ -1,8 +1,11 @@
-"""Training-time augmentation in the feature pipeline: speed perturbation (Ko et al., Interspeech 2015), random
-gain, and SpecAugment frequency/time masks (Park et al., arXiv 1904.08779, section 2).
+"""Training-time augmentation: the waveform pipeline (speed perturbation, Ko et al. Interspeech 2015;
+reverberation; noise superposition of 1..K tracks at a drawn SNR, Deep Speech 1 arXiv 1412.5567 section 4.1;
+gain) and SpecAugment masks in the feature pipeline (Park et al., arXiv 1904.08779, section 2).
 
-All transforms are pure functions of their input and a numpy Generator; the dataset seeds the generator from
-(seed, epoch, utterance index), so augmentation is identical across data-parallel layouts and resumed runs.
+The signal processing lives in :mod:`data_synthesis`; this module holds the configuration and the order of
+operations. Every transform is a pure function of its input and a numpy Generator; the dataset seeds the
+generator from (seed, epoch, utterance index), so augmentation is identical across data-parallel layouts, loader
+workers and resumed runs, and the offline ``deepspeech synth noise`` seeds it from (seed, copy, index).
 """
 
 from __future__ import annotations
@@ -13,7 +16,11 @@ import numpy as np
 import soxr
 import torch
 
+from data_synthesis.noise import NOISE_KINDS, NoiseSources, coloured_noise, superimpose
+from data_synthesis.reverb import ReverbConfig, reverberate
 from deepspeech.audio import SAMPLE_RATE
+
+__all__ = ["AugmentConfig", "augment_waveform", "coloured_noise", "spec_augment", "speed_perturb"]
 
 
 @dataclass(frozen=True)
@@ -26,46 +33,46 @@ class AugmentConfig:
     time_masks: int = 2  # SpecAugment time masks per utterance
     time_mask_frames: int = 20  # widest time mask, in frames
     time_mask_ratio: float = 0.15  # no time mask covers more than this share of the utterance
-    noise_prob: float = 0.0  # share of augmented utterances that get coloured noise added
+    noise_prob: float = 0.0  # share of augmented utterances that get noise superimposed
     noise_snr_db: tuple[float, float] = (5.0, 30.0)  # signal-to-noise ratio drawn uniformly, in dB
+    noise_tracks: tuple[int, int] = (1, 3)  # number of superimposed noise tracks, drawn uniformly
+    noise_kinds: tuple[str, ...] = ("real", "coloured", "babble")  # each track's kind is drawn from these
+    noise_manifest: str = ""  # manifest of recorded noise clips for the "real" kind (training clips only)
+    babble_speakers: tuple[int, int] = (3, 7)  # utterances superimposed into one babble track
+    reverb_prob: float = 0.0  # share of augmented utterances convolved with a synthetic room impulse response
+    reverb_rt60_s: tuple[float, float] = (0.2, 0.8)
+    reverb_drr_db: tuple[float, float] = (0.0, 12.0)
 
     def __post_init__(self) -> None:
-        if not 0.0 <= self.prob <= 1.0:
-            raise ValueError("augment.prob must be in [0, 1]")
+        for name in ("prob", "noise_prob", "reverb_prob"):
+            if not 0.0 <= getattr(self, name) <= 1.0:
+                raise ValueError(f"augment.{name} must be in [0, 1]")
         if not 0.5 <= self.speed[0] <= self.speed[1] <= 2.0:
             raise ValueError("augment.speed must be an increasing range within [0.5, 2]")
-        if not 0.0 <= self.noise_prob <= 1.0 or self.noise_snr_db[0] > self.noise_snr_db[1]:
+        if self.noise_snr_db[0] > self.noise_snr_db[1] or not 1 <= self.noise_tracks[0] <= self.noise_tracks[1]:
             raise ValueError("invalid augment noise settings")
+        if not self.noise_kinds or any(k not in NOISE_KINDS for k in self.noise_kinds):
+            raise ValueError(f"augment.noise_kinds must be a non-empty subset of {NOISE_KINDS}")
+        if not 1 <= self.babble_speakers[0] <= self.babble_speakers[1]:
+            raise ValueError("invalid augment.babble_speakers")
         if self.gain_db[0] > self.gain_db[1] or min(self.freq_masks, self.time_masks) < 0:
             raise ValueError("invalid augment settings")
+        self.reverb  # noqa: B018 - validates the reverb ranges
 
     @property
     def enabled(self) -> bool:
         return self.prob > 0
 
+    @property
+    def reverb(self) -> ReverbConfig:
+        return ReverbConfig(rt60_s=self.reverb_rt60_s, drr_db=self.reverb_drr_db)
+
 
 def speed_perturb(wav: np.ndarray, factor: float) -> np.ndarray:
     """Play ``factor`` times faster (pitch and tempo together): resample as if recorded at factor x 16 kHz."""
-    if factor == 1.0:
+    if factor == 1.0 or wav.size < 2:
         return wav
     return soxr.resample(wav, SAMPLE_RATE * factor, SAMPLE_RATE).astype(np.float32, copy=False)
-
-
-def coloured_noise(n: int, exponent: float, rng: np.random.Generator) -> np.ndarray:
-    """(n,) noise with power spectral density ~ 1/f**exponent (0 white, 1 pink, 2 brown), unit RMS."""
-    spec = rng.standard_normal(n // 2 + 1) + 1j * rng.standard_normal(n // 2 + 1)
-    f = np.arange(n // 2 + 1, dtype=np.float64)
-    f[0] = 1.0
-    noise = np.fft.irfft(spec / f ** (exponent / 2.0), n=n)
-    return (noise / max(float(np.sqrt(np.mean(noise**2))), 1e-12)).astype(np.float32)
-
-
-def mix_at_snr(signal: np.ndarray, noise: np.ndarray, snr_db: float) -> np.ndarray:
-    """signal + g * noise with g = sqrt(E_signal / (E_noise * 10^(snr/10))); silence stays silence (no NaN)."""
-    es, en = float(np.mean(signal.astype(np.float64) ** 2)), float(np.mean(noise.astype(np.float64) ** 2))
-    if es <= 0.0 or en <= 0.0:
-        return signal
-    return (signal + np.sqrt(es / (en * 10.0 ** (snr_db / 10.0))) * noise).astype(np.float32)
 
 
 def spec_augment(feats: torch.Tensor, cfg: AugmentConfig, rng: np.random.Generator) -> torch.Tensor:
@@ -86,13 +93,19 @@ def spec_augment(feats: torch.Tensor, cfg: AugmentConfig, rng: np.random.Generat
     return out
 
 
-def augment_waveform(wav: np.ndarray, cfg: AugmentConfig, rng: np.random.Generator) -> np.ndarray:
-    """Speed, coloured noise and gain; clipping is avoided by rescaling only if the peak would exceed 1."""
+def augment_waveform(wav: np.ndarray, cfg: AugmentConfig, rng: np.random.Generator,
+                     sources: NoiseSources | None = None) -> np.ndarray:
+    """speed -> reverberation -> noise superposition -> gain, on a 16 kHz waveform. Without ``sources`` only
+    coloured noise is available. The output never clips: it is rescaled only if its peak would exceed 1."""
     wav = speed_perturb(wav, float(rng.uniform(*cfg.speed)))
+    if rng.random() < cfg.reverb_prob:
+        wav = reverberate(wav, cfg.reverb, rng)
     if rng.random() < cfg.noise_prob:
-        noise = coloured_noise(wav.size, float(rng.choice([0.0, 1.0, 2.0])), rng)
-        wav = mix_at_snr(wav, noise, float(rng.uniform(*cfg.noise_snr_db)))
-    gain = 10.0 ** (float(rng.uniform(*cfg.gain_db)) / 20.0)
-    wav = wav * gain
+        src = sources if sources is not None else NoiseSources()
+        kinds = src.available(cfg.noise_kinds) or ["coloured"]
+        k = int(rng.integers(cfg.noise_tracks[0], cfg.noise_tracks[1] + 1))
+        tracks = [src.track(str(rng.choice(kinds)), wav.size, rng) for _ in range(k)]
+        wav = superimpose(wav, tracks, float(rng.uniform(*cfg.noise_snr_db)), rng)
+    wav = wav * np.float32(10.0 ** (float(rng.uniform(*cfg.gain_db)) / 20.0))
     peak = float(np.abs(wav).max(initial=0.0))
-    return wav / peak if peak > 1.0 else wav
+    return (wav / peak if peak > 1.0 else wav).astype(np.float32, copy=False)

@@ -146,7 +146,8 @@ def _cmd_export(args: argparse.Namespace) -> int:
 def _cmd_synth_tts(args: argparse.Namespace) -> int:
     import dataclasses
 
-    from data_synthesis.tts import TTSConfig, synthesize_corpus
+    from data_synthesis.corpus import to_pinyin
+    from data_synthesis.tts import synthesize_corpus, voice_split
 
     if args.text:
         texts = [t.strip() for t in Path(args.text).read_text(encoding="utf-8").splitlines() if t.strip()]
@@ -155,11 +156,49 @@ def _cmd_synth_tts(args: argparse.Namespace) -> int:
     if not texts:
         raise SystemExit("nothing to say: give --text FILE or --words a,b,c")
     texts = [t for _ in range(args.repeat) for t in texts]
-    cfg = TTSConfig(sample_rate=args.sample_rate)
+    cfg = dataclasses.replace(voice_split(args.lang, args.voice_split), sample_rate=args.sample_rate)
     if args.voices:
         cfg = dataclasses.replace(cfg, voices=tuple(v.strip() for v in args.voices.split(",")))
-    utts = synthesize_corpus(texts, args.out, cfg, seed=args.seed, lang=args.lang, progress=not args.no_progress)
+    utts = synthesize_corpus(texts, args.out, cfg, seed=args.seed, lang=args.lang, progress=not args.no_progress,
+                             workers=args.workers, spoken=to_pinyin if args.lang == "zh" else None)
     print(f"{args.out}/manifest.jsonl: {len(utts)} utterances, {sum(u.duration_s for u in utts) / 60:.1f} min")
+    return 0
+
+
+def _range(text: str, kind: type = float) -> tuple:
+    """'a,b' or 'a' -> (a, b) / (a, a)."""
+    parts = [kind(x) for x in text.split(",")]
+    if len(parts) not in (1, 2):
+        raise argparse.ArgumentTypeError(f"expected A or A,B, got {text!r}")
+    return (parts[0], parts[-1])
+
+
+def _cmd_synth_noise(args: argparse.Namespace) -> int:
+    from data_synthesis.offline import augment_corpus
+    from deepspeech.augment import AugmentConfig
+    from deepspeech.data.manifest import read_manifest
+
+    cfg = AugmentConfig(prob=1.0, speed=args.speed, gain_db=args.gain_db, noise_prob=args.noise_prob,
+                        noise_snr_db=args.snr_db, noise_tracks=args.tracks,
+                        noise_kinds=tuple(k.strip() for k in args.kinds.split(",")),
+                        noise_manifest=args.noise_manifest or "", reverb_prob=args.reverb_prob)
+    utts = read_manifest(args.manifest)
+    done = augment_corpus(utts, args.out, cfg, seed=args.seed, copies=args.copies, workers=args.workers,
+                          progress=not args.no_progress)
+    print(f"{args.out}/manifest.jsonl: {len(done)} utterances, {sum(u.duration_s for u in done) / 60:.1f} min")
+    return 0
+
+
+def _cmd_synth_sentences(args: argparse.Namespace) -> int:
+    from data_synthesis.corpus import CorpusConfig, build_corpus
+
+    cfg = CorpusConfig(lang=args.lang, train_sentences=args.train, dev_sentences=args.dev,
+                       test_sentences=args.test, min_len=args.min_len, max_len=args.max_len)
+    parts = build_corpus(args.text.split(","), args.out, cfg, seed=args.seed, workers=args.workers,
+                         progress=not args.no_progress)
+    for name, utts in parts.items():
+        print(f"{args.out}/{name}/manifest.jsonl: {len(utts)} utterances, "
+              f"{sum(u.duration_s for u in utts) / 3600:.2f} h")
     return 0
 
 
@@ -215,9 +254,44 @@ def build_parser() -> argparse.ArgumentParser:
     q.add_argument("--voices", help="comma-separated espeak-ng voices (default: its English voices)")
     q.add_argument("--sample-rate", type=int, default=16000)
     q.add_argument("--lang", default="en", choices=["en", "zh"])
+    q.add_argument("--voice-split", choices=["all", "train", "test"], default="all",
+                   help="draw from the training or the held-out test voices (default: all)")
+    q.add_argument("--workers", type=int, default=1, help="parallel processes")
     q.add_argument("--seed", type=int, default=0)
     _add_common(q)
     q.set_defaults(func=_cmd_synth_tts)
+
+    q = ssub.add_parser("sentences", help="a synthetic sentence corpus: train/dev/test with unseen test voices "
+                        "and unseen test sentences (the last 1,000 lines of each text file)")
+    q.add_argument("--text", required=True, help="comma-separated sentence files (one sentence a line)")
+    q.add_argument("--out", required=True, help="output folder: train/, dev/, test/")
+    q.add_argument("--lang", default="en", choices=["en", "zh"])
+    q.add_argument("--train", type=int, default=5000, help="training sentences")
+    q.add_argument("--dev", type=int, default=200, help="dev sentences (training text and voices)")
+    q.add_argument("--test", type=int, default=500, help="test sentences (test text, test voices)")
+    q.add_argument("--min-len", type=int, default=4, help="shortest sentence: words (en) or characters (zh)")
+    q.add_argument("--max-len", type=int, default=20, help="longest sentence: words (en) or characters (zh)")
+    q.add_argument("--workers", type=int, default=os.cpu_count() or 1, help="parallel processes")
+    q.add_argument("--seed", type=int, default=0)
+    _add_common(q)
+    q.set_defaults(func=_cmd_synth_sentences)
+
+    q = ssub.add_parser("noise", help="write a noisy / reverberant copy of a corpus (audio + manifest)")
+    q.add_argument("--manifest", required=True, help="input manifest (clean speech)")
+    q.add_argument("--out", required=True, help="output folder (audio/ and manifest.jsonl)")
+    q.add_argument("--noise-manifest", help="recorded noise clips for the 'real' kind (training clips only!)")
+    q.add_argument("--kinds", default="real,coloured,babble", help="noise kinds to draw each track from")
+    q.add_argument("--snr-db", type=_range, default=(0.0, 30.0), help="SNR range in dB, 'lo,hi' (default 0,30)")
+    q.add_argument("--tracks", type=lambda t: _range(t, int), default=(1, 3), help="noise tracks, 'lo,hi'")
+    q.add_argument("--noise-prob", type=float, default=1.0, help="share of utterances that get noise")
+    q.add_argument("--reverb-prob", type=float, default=0.0, help="share of utterances that get reverberation")
+    q.add_argument("--speed", type=_range, default=(1.0, 1.0), help="speed factor range, e.g. 0.9,1.1")
+    q.add_argument("--gain-db", type=_range, default=(0.0, 0.0), help="gain range in dB")
+    q.add_argument("--copies", type=int, default=1, help="augmented copies of each utterance")
+    q.add_argument("--workers", type=int, default=os.cpu_count() or 1, help="parallel processes")
+    q.add_argument("--seed", type=int, default=0)
+    _add_common(q)
+    q.set_defaults(func=_cmd_synth_noise)
 
     p = sub.add_parser("data", help="data preparation")
     dsub = p.add_subparsers(dest="data_command", required=True)
@@ -230,8 +304,8 @@ def build_parser() -> argparse.ArgumentParser:
     _add_common(q)
     q.set_defaults(func=_cmd_data_import)
     q = dsub.add_parser("prepare", help="write train/dev/test manifests of a fixed evaluation protocol")
-    q.add_argument("protocol", choices=["fsdd", "aishell-sample"])
-    q.add_argument("source", help="FSDD audio folder, or the AISHELL sample folder (with manifest.jsonl)")
+    q.add_argument("protocol", choices=["fsdd", "aishell-sample", "noise"])
+    q.add_argument("source", help="FSDD audio folder, or the AISHELL sample or noise kit folder (with manifest.jsonl)")
     q.add_argument("--out", required=True, help="folder for train.jsonl, dev.jsonl, test.jsonl")
     _add_common(q)
     q.set_defaults(func=_cmd_data_prepare)

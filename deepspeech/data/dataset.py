@@ -9,6 +9,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
+from data_synthesis.noise import NoiseSources, load_noise_clips
 from deepspeech.audio import AudioError, load_audio
 from deepspeech.augment import AugmentConfig, augment_waveform, spec_augment
 from deepspeech.data.manifest import Utterance
@@ -66,7 +67,8 @@ class SpeechDataset:
 
     Audio that fails to load is reported and replaced by nothing: :meth:`get` returns None for it, and the
     trainer drops it from its batch. With ``augment`` enabled, waveforms are cached instead of features and each
-    item is augmented with a generator seeded by (seed, epoch, index): see :meth:`set_epoch`.
+    item is augmented with a generator seeded by (seed, epoch, index): see :meth:`set_epoch`. Babble noise is made
+    from other utterances of this dataset.
     """
 
     def __init__(self, utts: Sequence[Utterance], tokenizer: CharTokenizer, fcfg: FeatureConfig,
@@ -79,6 +81,15 @@ class SpeechDataset:
         self._cache: dict[int, tuple[torch.Tensor, torch.Tensor, str]] = {}
         self._wav_cache: dict[int, np.ndarray] = {}
         self._bad: set[int] = set()
+        self.noise: NoiseSources | None = None
+        if self.augment is not None and self.augment.noise_prob > 0:
+            a = self.augment
+            clips = load_noise_clips(a.noise_manifest) if a.noise_manifest and "real" in a.noise_kinds else []
+            self.noise = NoiseSources(clips=clips, corpus=self._waveform, corpus_size=len(self.utts),
+                                      babble_speakers=a.babble_speakers)
+            missing = set(a.noise_kinds) - set(self.noise.available(a.noise_kinds))
+            if missing:
+                log.warning("noise kinds %s unavailable (no noise_manifest or corpus too small)", sorted(missing))
 
     def set_epoch(self, epoch: int) -> None:
         self.epoch = epoch
@@ -116,7 +127,7 @@ class SpeechDataset:
         if self.augment is not None:
             rng = np.random.default_rng([self.seed, self.epoch, i])
             if rng.random() < self.augment.prob:
-                wav = augment_waveform(wav, self.augment, rng)
+                wav = augment_waveform(wav, self.augment, rng, self.noise)
             else:
                 rng = None
         feats = extract(wav, self.fcfg)

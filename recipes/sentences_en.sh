@@ -1,0 +1,21 @@
+#!/usr/bin/env bash
+# Recipe sentences-en: the `small` model on about 5 hours of synthetic English sentences, with noise synthesis.
+# Needs the data kit's Project Gutenberg sentences (../shared/data/text_en_gutenberg; public domain) and espeak-ng.
+# Text protocol: the file's last 1,000 lines are test text; voices: en-gb-scotland, en-us-nyc and every fifth
+# voice variant are test voices. So the test set has unseen voices and unseen sentences.
+# About 5 minutes of synthesis and 90 minutes of training on 2 CPU cores. Re-running resumes.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+ds=.venv/bin/deepspeech
+kit=${DATA_KIT:-../shared/data}
+out=${OUT:-runs/sentences-en}
+text="$kit/text_en_gutenberg/sentences_norm.txt"
+[ -f "$text" ] || { echo "missing $text (the data kit): set DATA_KIT to its folder" >&2; exit 2; }
+
+if [ ! -f data/sentences_en/test/manifest.jsonl ]; then
+  $ds synth sentences --lang en --text "$text" --out data/sentences_en --train 6000 --dev 200 --test 500 \
+    --min-len 4 --max-len 24 --seed 0
+fi
+$ds train --preset sentences-en --out "$out"
+echo "== unseen voices, unseen sentences (greedy decoding) =="
+$ds eval --model "$out/best" --manifest data/sentences_en/test/manifest.jsonl
