@@ -2,7 +2,7 @@
 
     .venv/bin/python bench/run.py [--steps 16] [--quick]
 
-Rows (../shared/BENCHMARKS.md, B6):
+Rows (../shared/BENCHMARKS.md, B6; and the synthesis rows S1-S3 of ``bench/synth.py``):
 - training throughput (audio seconds per wall second) of the ``tiny`` and ``small`` presets, one process;
 - data parallel: ``tiny`` with 2 gloo processes x 1 thread against 1 process x 2 threads on the same global
   batches (same machine, same run, same total threads); ratio = 2-process throughput / 1-process throughput.
@@ -63,18 +63,12 @@ def _summary(xs: list[float]) -> dict[str, float]:
     return {"median": statistics.median(xs), "min": min(xs), "max": max(xs), "n": len(xs)}
 
 
-def main() -> int:
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--steps", type=int, default=16, help="optimiser steps per measurement (first 3 are warm-up)")
-    ap.add_argument("--quick", action="store_true", help="tiny preset only, fewer steps")
-    args = ap.parse_args()
-    steps = 8 if args.quick else args.steps
-    cores = os.cpu_count() or 2
+def _training_rows(steps: int, cores: int, quick: bool) -> list[dict]:
     rows = []
     with tempfile.TemporaryDirectory() as td:
         tmp = Path(td)
         man = _manifest(tmp, 600)
-        presets = ["tiny"] if args.quick else ["tiny", "small"]
+        presets = ["tiny"] if quick else ["tiny", "small"]
         for p in presets:
             r = _summary(_train(p, man, tmp / f"{p}-1", steps, 1, cores))
             rows.append({"id": "B6", "what": f"train throughput {p}, 1 proc x {cores} threads",
@@ -86,6 +80,24 @@ def main() -> int:
         rows.append({"id": "B6", "what": "data-parallel ratio 2 procs / 1 proc", "unit": "x",
                      "median": two["median"] / one["median"], "min": two["min"] / one["max"],
                      "max": two["max"] / one["min"], "n": min(one["n"], two["n"])})
+    return rows
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--steps", type=int, default=16, help="optimiser steps per measurement (first 3 are warm-up)")
+    ap.add_argument("--quick", action="store_true", help="tiny preset only, fewer steps")
+    ap.add_argument("--only", choices=["all", "train", "synth"], default="all", help="which rows to run")
+    args = ap.parse_args()
+    steps = 8 if args.quick else args.steps
+    cores = os.cpu_count() or 2
+    rows = []
+    if args.only in ("all", "synth"):
+        sys.path.insert(0, str(REPO))
+        from bench.synth import synthesis_rows
+        rows += synthesis_rows(reps=3 if args.quick else 5)
+    if args.only in ("all", "train"):
+        rows += _training_rows(steps, cores, args.quick)
     print(f"\n{'id':4} {'benchmark':52} {'median':>10} {'spread':>21} {'unit':>10}")
     for r in rows:
         spread = f"{r['min']:.2f}..{r['max']:.2f}"
