@@ -138,7 +138,9 @@ def _cmd_export(args: argparse.Namespace) -> int:
 
     evals = dict(e.split("=", 1) for e in args.eval or [])
     notes = Path(args.notes).read_text() if args.notes else ""
-    metrics = export_model(args.model, args.to, args.command_line, evals, notes, progress=not args.no_progress)
+    half = {"auto": None, "fp16": True, "fp32": False}[args.precision]
+    metrics = export_model(args.model, args.to, args.command_line, evals, notes, progress=not args.no_progress,
+                           half=half)
     print(json.dumps(metrics))
     return 0
 
@@ -241,6 +243,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--command-line", required=True, help="the command that produced the model (for the card)")
     p.add_argument("--eval", action="append", metavar="NAME=MANIFEST", help="evaluation set for the card")
     p.add_argument("--notes", help="a Markdown file appended to the card")
+    p.add_argument("--precision", choices=["auto", "fp16", "fp32"], default="auto",
+                   help="stored weights (auto: float16 if the float32 weights exceed 20 MB)")
     _add_common(p)
     p.set_defaults(func=_cmd_export)
 

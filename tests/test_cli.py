@@ -10,6 +10,7 @@ from pathlib import Path
 
 import numpy as np
 import soundfile as sf
+import torch
 
 from tests.conftest import FSDD, REPO, cut_manifest, run_cli
 
@@ -91,3 +92,23 @@ def test_core_imports_without_optional_extras() -> None:
     )
     res = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=REPO)
     assert res.returncode == 0 and res.stdout.strip() == "ok", res.stderr
+
+
+def test_export_in_half_precision_keeps_the_recognition(tmp_path: Path) -> None:
+    """float16 storage halves the file; loaded back (computed in float32) the model recognises the same words."""
+    from safetensors.torch import load_file
+
+    dev = cut_manifest(FSDD / "dev.jsonl", tmp_path / "dev.jsonl", 40)
+    outs = {}
+    for prec in ("fp32", "fp16"):
+        res = run_cli("export", "--model", str(MODEL), "--to", str(tmp_path / prec), "--command-line", "test",
+                      "--eval", f"dev={dev}", "--precision", prec, "--no-progress")
+        assert res.returncode == 0, res.stderr
+        outs[prec] = json.loads(res.stdout)["dev"]
+    w16 = load_file(str(tmp_path / "fp16" / "model.safetensors"))
+    assert all(v.dtype == torch.float16 for v in w16.values() if v.is_floating_point())
+    size = {p: (tmp_path / p / "model.safetensors").stat().st_size for p in outs}
+    assert size["fp16"] < 0.55 * size["fp32"]
+    # float16 keeps ~3 significant digits; 40 utterances may differ by at most one word
+    assert abs(outs["fp16"]["wer"] - outs["fp32"]["wer"]) <= 1 / 40 + 1e-9
+    assert "float16" in (tmp_path / "fp16" / "README.md").read_text()
