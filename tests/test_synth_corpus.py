@@ -137,3 +137,13 @@ def test_cli_synth_sentences_writes_three_protocol_splits(tmp_path: Path, lang: 
     assert all(u.speaker.split("+")[1].split("/")[0] in sv for u in parts["test"])
     assert not any(u.speaker.split("+")[1].split("/")[0] in sv for u in parts["train"] + parts["dev"])
     assert all(0.3 < u.duration_s < 15 for u in parts["train"])
+
+
+def test_noise_protocol_holds_out_the_two_test_clips(tmp_path: Path, shared_data: Path) -> None:
+    res = run_cli("data", "prepare", "noise", str(shared_data / "noise_real"), "--out", str(tmp_path))
+    assert res.returncode == 0, res.stderr
+    test = [Path(u.audio).name for u in read_manifest(tmp_path / "test.jsonl")]
+    train = [Path(u.audio).name for u in read_manifest(tmp_path / "train.jsonl")]
+    assert sorted(test) == ["dude_miaowing.wav", "running_tap.wav"] and len(train) == 10
+    shipped = {Path(u.audio).stem for u in read_manifest(REPO / "data" / "noise" / "train.jsonl")}
+    assert shipped == {Path(n).stem for n in train}  # the shipped clips are exactly the training clips
