@@ -100,10 +100,10 @@ def sentences_en() -> TrainConfig:
     training-text sentences in training voices. Four epochs fit about 90 minutes on 2 CPU cores."""
     base = small("en")
     data = dataclasses.replace(base.data, train="data/sentences_en/train/manifest.jsonl",
-                               dev="data/sentences_en/dev/manifest.jsonl", max_duration_s=16.0)
+                               dev="data/sentences_en/dev/manifest.jsonl", max_duration_s=16.0, max_batch=16)
     return dataclasses.replace(base, name="sentences-en", data=data, epochs=4, save_every_steps=200,
                                features=dataclasses.replace(base.features, utterance_norm="mean"),
-                               augment=_sentence_noise())
+                               augment=_sentence_noise(), optim=dataclasses.replace(base.optim, warmup_steps=200))
 
 
 def sentences_zh() -> TrainConfig:
@@ -114,10 +114,10 @@ def sentences_zh() -> TrainConfig:
     base = small("zh")
     data = dataclasses.replace(
         base.data, train="data/sentences_zh/train/manifest.jsonl,data/aishell_sample/train.jsonl",
-        dev="data/sentences_zh/dev/manifest.jsonl,data/aishell_sample/dev.jsonl", max_duration_s=16.0)
+        dev="data/sentences_zh/dev/manifest.jsonl,data/aishell_sample/dev.jsonl", max_duration_s=16.0, max_batch=16)
     return dataclasses.replace(base, name="sentences-zh", data=data, epochs=4, save_every_steps=200,
                                features=dataclasses.replace(base.features, utterance_norm="mean"),
-                               augment=_sentence_noise())
+                               augment=_sentence_noise(), optim=dataclasses.replace(base.optim, warmup_steps=200))
 
 
 PRESETS: dict[str, Callable[[], TrainConfig]] = {

@@ -13,7 +13,7 @@ text="$kit/text_en_gutenberg/sentences_norm.txt"
 [ -f "$text" ] || { echo "missing $text (the data kit): set DATA_KIT to its folder" >&2; exit 2; }
 
 if [ ! -f data/sentences_en/test/manifest.jsonl ]; then
-  $ds synth sentences --lang en --text "$text" --out data/sentences_en --train 6000 --dev 200 --test 500 \
+  $ds synth sentences --lang en --text "$text" --out data/sentences_en --train 5100 --dev 200 --test 500 \
     --min-len 4 --max-len 24 --seed 0
 fi
 $ds train --preset sentences-en --out "$out"
