@@ -138,25 +138,27 @@ def test_checkpoint_directory_is_complete_and_loads_safely(tmp_path: Path, fsdd_
 
 
 @pytest.mark.slow
-def test_mandarin_path_overfits_twenty_utterances(tmp_path: Path, shared_data: Path) -> None:
-    """Proves the Mandarin path learns: tiny-zh memorises 20 short AISHELL utterances to CER < 5%."""
+def test_mandarin_path_overfits_ten_utterances(tmp_path: Path, shared_data: Path) -> None:
+    """Proves the Mandarin path learns: a narrowed tiny-zh (2 GRU layers of 128) memorises the 10 shortest
+    S0150 AISHELL utterances to CER < 5% (chance is ~100% CER over a vocabulary of ~150 characters)."""
     from tests.conftest import cut_manifest
 
     src = shared_data / "zh_aishell1_sample" / "manifest.jsonl"
     rows = [json.loads(x) for x in src.read_text().splitlines()]
-    rows = sorted((r for r in rows if r["speaker"] == "S0150"), key=lambda r: r["duration_s"])[:20]
+    rows = sorted((r for r in rows if r["speaker"] == "S0150"), key=lambda r: r["duration_s"])[:10]
     allm = cut_manifest(src, tmp_path / "all.jsonl", 10_000)
     keep = {r["audio"].split("/")[-1] for r in rows}
     lines = [x for x in allm.read_text().splitlines() if json.loads(x)["audio"].split("/")[-1] in keep]
-    man = tmp_path / "twenty.jsonl"
+    man = tmp_path / "ten.jsonl"
     man.write_text("\n".join(lines) + "\n")
     args = ["--preset", "tiny-zh", "--out", str(tmp_path / "zh"), "--no-progress",
             "--set", f"data.train={man}", "--set", "data.dev=", "--set", "epochs=150",
-            "--set", "data.max_batch=20", "--set", "data.max_frames=100000", "--set", "optim.lr=3e-3",
+            "--set", "data.max_batch=10", "--set", "data.max_frames=100000", "--set", "optim.lr=3e-3",
+            "--set", "model.rnn_layers=2", "--set", "model.rnn_hidden=128",
             "--set", "optim.warmup_steps=10", "--set", "save_every_steps=0"]
     res = run_cli("train", *args, timeout=1200)
     assert res.returncode == 0, res.stderr[-3000:]
     ev = run_cli("eval", "--model", str(tmp_path / "zh" / "last"), "--manifest", str(man), "--format", "json")
     assert ev.returncode == 0, ev.stderr
     result = json.loads(ev.stdout)
-    assert result["n"] == 20 and result["cer"] < 0.05, result
+    assert result["n"] == 10 and result["cer"] < 0.05, result
