@@ -8,16 +8,15 @@ processes or their scheduling. Babble is made from other utterances of the input
 from __future__ import annotations
 
 import logging
-import multiprocessing as mp
 from collections.abc import Sequence
 from functools import lru_cache
 from pathlib import Path
 
 import numpy as np
 import soundfile as sf
-from tqdm import tqdm
 
 from data_synthesis.noise import NoiseSources, load_noise_clips
+from data_synthesis.parallel import imap_jobs
 from deepspeech.audio import SAMPLE_RATE, AudioError, load_audio
 from deepspeech.augment import AugmentConfig, augment_waveform
 from deepspeech.data.manifest import Utterance, write_manifest
@@ -55,34 +54,19 @@ def augment_corpus(utts: Sequence[Utterance], out_dir: str | Path, cfg: AugmentC
                    copies: int = 1, workers: int = 1, progress: bool = True) -> list[Utterance]:
     """Write ``copies`` augmented versions of every utterance to ``out_dir/audio/`` (16 kHz FLAC) and
     ``out_dir/manifest.jsonl``; unreadable inputs are reported and skipped. Returns the written utterances."""
-    if copies < 1 or workers < 1:
-        raise ValueError("copies and workers must be at least 1")
+    if copies < 1:
+        raise ValueError("copies must be at least 1")
     out = Path(out_dir)
     (out / "audio").mkdir(parents=True, exist_ok=True)
     jobs = [(i, c) for c in range(copies) for i in range(len(utts))]
-    bar = tqdm(total=len(jobs), desc="augmenting", unit="utt", disable=not progress)
     written: list[Utterance] = []
     skipped = 0
-    if workers == 1:
-        _init(utts, cfg, out, seed)
-        results = map(_one, jobs)
-        pool = None
-    else:
-        pool = mp.get_context("fork").Pool(workers, initializer=_init, initargs=(utts, cfg, out, seed))
-        results = pool.imap(_one, jobs, chunksize=16)
-    try:
-        for r in results:
-            bar.update()
-            if isinstance(r, str):
-                skipped += 1
-                log.warning("skipping utterance: %s", r)
-            else:
-                written.append(r)
-    finally:
-        bar.close()
-        if pool is not None:
-            pool.close()
-            pool.join()
+    for r in imap_jobs(_one, jobs, workers, _init, (utts, cfg, out, seed), "augmenting", progress, chunksize=16):
+        if isinstance(r, str):
+            skipped += 1
+            log.warning("skipping utterance: %s", r)
+        else:
+            written.append(r)
     if not written:
         raise AudioError("no utterance could be read")
     write_manifest(out / "manifest.jsonl", written)

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import io
 import logging
-import multiprocessing as mp
 import shutil
 import subprocess
 from collections.abc import Callable, Sequence
@@ -21,8 +20,8 @@ from pathlib import Path
 import numpy as np
 import soundfile as sf
 import soxr
-from tqdm import tqdm
 
+from data_synthesis.parallel import imap_jobs
 from deepspeech.data.manifest import Utterance, write_manifest
 
 log = logging.getLogger(__name__)
@@ -167,26 +166,11 @@ def synthesize_corpus(texts: Sequence[str], out_dir: str | Path, cfg: TTSConfig 
         pitch, rate = int(rng.integers(cfg.pitch[0], cfg.pitch[1] + 1)), int(rng.integers(cfg.rate[0], cfg.rate[1] + 1))
         jobs.append((k, text, voice, pitch, rate, float(rng.uniform(*cfg.peak)), str(out), lang))
     utts: list[Utterance] = []
-    bar = tqdm(total=len(jobs), desc="synthesising", unit="utt", disable=not progress)
-    if workers > 1:
-        pool = mp.get_context("fork").Pool(workers, initializer=_init, initargs=(cfg, spoken))
-        results = pool.imap(_render, jobs, chunksize=8)
-    else:
-        pool = None
-        _init(cfg, spoken)
-        results = map(_render, jobs)
-    try:
-        for r in results:
-            bar.update()
-            if isinstance(r, str):
-                log.warning("skipped: %s", r)
-            else:
-                utts.append(r)
-    finally:
-        bar.close()
-        if pool is not None:
-            pool.close()
-            pool.join()
+    for r in imap_jobs(_render, jobs, workers, _init, (cfg, spoken), "synthesising", progress):
+        if isinstance(r, str):
+            log.warning("skipped: %s", r)
+        else:
+            utts.append(r)
     if not utts:
         raise SynthesisError("no utterance was synthesised")
     write_manifest(out / "manifest.jsonl", utts)
