@@ -12,6 +12,7 @@ Rows, each against a peer measured in the same run (alternating, median and spre
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import shutil
 import statistics
@@ -73,7 +74,7 @@ def _loader_rows(aug, reps: int) -> list[dict]:
     from deepspeech.text import english_tokenizer
 
     utts = _fsdd(32)
-    aug = type(aug)(**{**aug.__dict__, "noise_manifest": str(REPO / aug.noise_manifest)})
+    aug = dataclasses.replace(aug, noise_manifest=str(REPO / aug.noise_manifest))
     plain_ds = SpeechDataset(utts, english_tokenizer(), FeatureConfig(), None, augment=None, cache=False)
     aug_ds = SpeechDataset(utts, english_tokenizer(), FeatureConfig(), None, augment=aug)
     wavs = {i: aug_ds._waveform(i) for i in range(len(utts))}  # decode once for both

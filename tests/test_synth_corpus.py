@@ -95,8 +95,10 @@ def test_text_protocol_and_sentence_selection(tmp_path: Path) -> None:
     assert usable("你好。", zh) == "你好" and usable("1982年", zh) is None and usable("你好你好你好", zh) is None
     picked = pick(train, 50, cfg, np.random.default_rng(0))
     assert len(picked) == 50 and len(set(picked)) == 50
+    short = tmp_path / "short.txt"
+    short.write_text("a\n")
     with pytest.raises(ValueError, match="more than 1000"):
-        text_protocol([tmp_path / "short.txt"]) if (tmp_path / "short.txt").write_text("a\n") else None
+        text_protocol([short])
 
 
 @needs_espeak
@@ -112,7 +114,8 @@ def test_voice_protocol_keeps_test_voices_out_of_training() -> None:
 @needs_espeak
 @pytest.mark.parametrize("lang", ["en", "zh"])
 def test_cli_synth_sentences_writes_three_protocol_splits(tmp_path: Path, lang: str) -> None:
-    pytest.importorskip("pypinyin") if lang == "zh" else None
+    if lang == "zh":
+        pytest.importorskip("pypinyin")
     f = tmp_path / "text.txt"
     if lang == "en":
         lines = [f"the {w} number {i} walked home" for i, w in enumerate(["red", "blue", "green"] * 367)]
