@@ -10,6 +10,7 @@ import os
 import sys
 from pathlib import Path
 
+from deepspeech.cli_lm import add_decoder_args, add_lm_parser
 from deepspeech.logs import setup_logging
 
 log = logging.getLogger("deepspeech")
@@ -54,12 +55,14 @@ def _cmd_train(args: argparse.Namespace) -> int:
 
 def _cmd_eval(args: argparse.Namespace) -> int:
     from deepspeech.checkpoint import load_model_dir
+    from deepspeech.cli_lm import decoder_from_args
     from deepspeech.data.manifest import read_manifest
     from deepspeech.inference import evaluate_manifest
 
     am = load_model_dir(args.model, device=args.device)
+    decoder = decoder_from_args(args, args.model, am.tokenizer)
     utts = read_manifest(args.manifest)
-    counts, records = evaluate_manifest(am, utts, args.device, progress=not args.no_progress)
+    counts, records = evaluate_manifest(am, utts, args.device, progress=not args.no_progress, decoder=decoder)
     if args.hypotheses:
         with open(args.hypotheses, "w", encoding="utf-8") as f:
             for r in records:
@@ -225,6 +228,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--format", choices=["text", "json"], default="text")
     p.add_argument("--hypotheses", help="write per-utterance references and hypotheses (JSON Lines) here")
     p.add_argument("--device", default="cpu")
+    add_decoder_args(p)
     _add_common(p)
     p.set_defaults(func=_cmd_eval)
 
@@ -297,6 +301,8 @@ def build_parser() -> argparse.ArgumentParser:
     _add_common(q)
     q.set_defaults(func=_cmd_synth_noise)
 
+    add_lm_parser(sub, _add_common)
+
     p = sub.add_parser("data", help="data preparation")
     dsub = p.add_subparsers(dest="data_command", required=True)
     q = dsub.add_parser("import", help="write a manifest from a corpus layout")
@@ -320,12 +326,15 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     setup_logging(args.verbose)
     from deepspeech.audio import AudioError
+    from deepspeech.beam import DecoderError
     from deepspeech.checkpoint import CheckpointError
     from deepspeech.data.manifest import ManifestError
+    from lm.ngram import KenLMError
 
     try:
         return int(args.func(args) or 0)
-    except (AudioError, CheckpointError, ManifestError, FileNotFoundError, ValueError) as e:
+    except (AudioError, CheckpointError, ManifestError, DecoderError, KenLMError, FileNotFoundError,
+            ValueError) as e:
         log.error("%s", e)
         return 2
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+import numpy as np
 import torch
 
 from deepspeech.text import CharTokenizer
@@ -17,19 +18,32 @@ class GreedyResult:
     frames: list[int]  # output frame index at which each id was emitted (first frame of its run)
 
 
+def _collapse(best: list[int], blank: int) -> tuple[list[int], list[int]]:
+    ids, frames, prev = [], [], blank
+    for t, s in enumerate(best):
+        if s != blank and s != prev:
+            ids.append(s)
+            frames.append(t)
+        prev = s
+    return ids, frames
+
+
+def _text(ids: list[int], tokenizer: CharTokenizer) -> str:
+    return " ".join(tokenizer.decode(ids).split()) if tokenizer.lang == "en" else tokenizer.decode(ids)
+
+
+def greedy_decode_logp(logp: np.ndarray, tokenizer: CharTokenizer, blank: int = 0) -> GreedyResult:
+    """(T, V) log-probabilities (or logits) of one utterance -> its best path."""
+    ids, frames = _collapse(np.asarray(logp).argmax(-1).tolist(), blank)
+    return GreedyResult(_text(ids, tokenizer), ids, frames)
+
+
 def greedy_decode(logits: torch.Tensor, lengths: torch.Tensor, tokenizer: CharTokenizer,
                   blank: int = 0) -> list[GreedyResult]:
     """logits (B, T, V), lengths (B,) -> one result per utterance."""
     best = logits.argmax(-1).cpu()
     out = []
     for b in range(best.shape[0]):
-        path = best[b, : int(lengths[b])].tolist()
-        ids, frames, prev = [], [], blank
-        for t, s in enumerate(path):
-            if s != blank and s != prev:
-                ids.append(s)
-                frames.append(t)
-            prev = s
-        out.append(GreedyResult(" ".join(tokenizer.decode(ids).split()) if tokenizer.lang == "en"
-                                else tokenizer.decode(ids), ids, frames))
+        ids, frames = _collapse(best[b, : int(lengths[b])].tolist(), blank)
+        out.append(GreedyResult(_text(ids, tokenizer), ids, frames))
     return out

@@ -1,4 +1,4 @@
-"""Batched inference: evaluation on a manifest and transcription of audio files (greedy decoding)."""
+"""Batched inference: evaluation on a manifest and transcription of audio files (greedy or beam decoding)."""
 
 from __future__ import annotations
 
@@ -12,6 +12,7 @@ import torch
 from tqdm import tqdm
 
 from deepspeech.audio import SAMPLE_RATE, AudioError, load_audio
+from deepspeech.beam import BeamSearchDecoder
 from deepspeech.checkpoint import AcousticModel
 from deepspeech.data.dataset import SpeechDataset, collate
 from deepspeech.data.manifest import Utterance
@@ -20,6 +21,7 @@ from deepspeech.decoding import greedy_decode
 from deepspeech.features import extract
 from deepspeech.metrics import ErrorCounts
 from deepspeech.model import DeepSpeech2
+from deepspeech.text import CharTokenizer
 
 log = logging.getLogger(__name__)
 
@@ -39,10 +41,20 @@ def length_batches(durations: Sequence[float], max_frames: int, max_batch: int) 
 
 
 @torch.no_grad()
+def decode_texts(logits: torch.Tensor, lengths: torch.Tensor, tokenizer: CharTokenizer,
+                 decoder: BeamSearchDecoder | None = None) -> list[str]:
+    """(B, T, V) logits -> best texts: greedy, or beam search when ``decoder`` is given."""
+    if decoder is None:
+        return [r.text for r in greedy_decode(logits, lengths, tokenizer)]
+    logp = torch.log_softmax(logits.float(), dim=-1).cpu().numpy()
+    return [nbest[0].text for nbest in decoder.decode_batch(logp, lengths.tolist())]
+
+
 def evaluate_dataset(model: DeepSpeech2, dataset: SpeechDataset, indices: Sequence[int], device: torch.device,
                      max_frames: int = 40_000, max_batch: int = 64, progress: bool = False,
-                     hypotheses: dict[int, str] | None = None) -> ErrorCounts:
-    """Greedy-decode ``indices`` of ``dataset`` and count errors against its normalised references."""
+                     hypotheses: dict[int, str] | None = None,
+                     decoder: BeamSearchDecoder | None = None) -> ErrorCounts:
+    """Decode ``indices`` of ``dataset`` (greedy, or ``decoder``) and count errors against normalised references."""
     was_training = model.training
     model.eval()
     counts = ErrorCounts()
@@ -54,25 +66,48 @@ def evaluate_dataset(model: DeepSpeech2, dataset: SpeechDataset, indices: Sequen
         if batch is None:
             continue
         logits, lengths = model(batch.feats.to(device), batch.lengths.to(device))
-        results = greedy_decode(logits, lengths, dataset.tokenizer)
-        for i, ref, res in zip(batch.indices, batch.texts, results, strict=True):
-            counts.add(ref, res.text, dataset.tokenizer.lang)
+        texts = decode_texts(logits, lengths, dataset.tokenizer, decoder)
+        for i, ref, hyp in zip(batch.indices, batch.texts, texts, strict=True):
+            counts.add(ref, hyp, dataset.tokenizer.lang)
             if hypotheses is not None:
-                hypotheses[i] = res.text
+                hypotheses[i] = hyp
     model.train(was_training)
     return counts
 
 
 def evaluate_manifest(am: AcousticModel, utts: Sequence[Utterance], device: torch.device | str = "cpu",
-                      progress: bool = True) -> tuple[ErrorCounts, list[dict[str, object]]]:
+                      progress: bool = True, decoder: BeamSearchDecoder | None = None
+                      ) -> tuple[ErrorCounts, list[dict[str, object]]]:
     """WER/CER of a loaded model on utterances; also returns per-utterance records (audio, ref, hyp)."""
     ds = SpeechDataset(utts, am.tokenizer, am.config.features, am.stats, cache=False)
     hyps: dict[int, str] = {}
     counts = evaluate_dataset(am.model, ds, list(range(len(ds))), torch.device(device), progress=progress,
-                              hypotheses=hyps)
+                              hypotheses=hyps, decoder=decoder)
     records = [{"audio": u.audio, "ref": am.tokenizer.normalize(u.text), "hyp": hyps.get(i)}
                for i, u in enumerate(utts)]
     return counts, records
+
+
+@torch.no_grad()
+def collect_log_probs(am: AcousticModel, utts: Sequence[Utterance], device: torch.device | str = "cpu",
+                      progress: bool = True, max_frames: int = 40_000, max_batch: int = 64
+                      ) -> list[tuple[np.ndarray, str]]:
+    """Per-utterance (T, V) float32 log-probabilities and normalised reference, in manifest order (for tuning
+    decoders: the network runs once, the decoder many times). Unreadable utterances are skipped with a warning."""
+    ds = SpeechDataset(utts, am.tokenizer, am.config.features, am.stats, cache=False)
+    out: dict[int, tuple[np.ndarray, str]] = {}
+    groups = list(length_batches([u.duration_s for u in utts], max_frames, max_batch))
+    for group in tqdm(groups, desc="acoustic model", disable=not progress, leave=False):
+        batch = ds.batch(group)
+        if batch is None:
+            continue
+        logits, lengths = am.model(batch.feats.to(device), batch.lengths.to(device))
+        logp = torch.log_softmax(logits.float(), dim=-1).cpu().numpy()
+        for b, (i, ref) in enumerate(zip(batch.indices, batch.texts, strict=True)):
+            out[i] = (np.ascontiguousarray(logp[b, : int(lengths[b])]), ref)
+    if len(out) < len(utts):
+        log.warning("%d of %d utterances could not be read", len(utts) - len(out), len(utts))
+    return [out[i] for i in sorted(out)]
 
 
 @dataclass

@@ -16,4 +16,7 @@ echo "setting up .venv (extras: $extras) with $py" >&2
 # torch 2.13.0 first: the CPU wheel (about 200 MB). An unpinned torch would pull a multi-GB CUDA build.
 .venv/bin/python -m pip install -q "torch==2.13.0" numpy
 .venv/bin/python -m pip install -q -e ".[$extras]"
+# KenLM's lmplz/build_binary for `deepspeech lm ngram`: built from the kenlm sdist (needs cmake, g++, Boost headers).
+scripts/build_kenlm.sh || echo "warning: KenLM binaries not built; \`deepspeech lm ngram\` needs them" \
+  "(install the packages listed in scripts/build_kenlm.sh, then run it)" >&2
 echo "$want" > "$stamp"

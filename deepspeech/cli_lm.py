@@ -1,0 +1,132 @@
+"""``deepspeech lm``: build KenLM n-gram models, tune beam-search weights; shared decoder options for eval and
+transcribe."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+from pathlib import Path
+from typing import Any
+
+log = logging.getLogger("deepspeech")
+
+
+def add_decoder_args(p: argparse.ArgumentParser) -> None:
+    """--decoder greedy|beam and the beam-search settings (defaults: the model's decoder.json, then BeamConfig)."""
+    g = p.add_argument_group("decoding")
+    g.add_argument("--decoder", choices=["greedy", "beam"], default="greedy", help="default: greedy")
+    g.add_argument("--lm", help="KenLM directory (`deepspeech lm ngram`); default: the model directory's lm/")
+    g.add_argument("--no-lm", action="store_true", help="beam search without a language model")
+    g.add_argument("--backend", choices=["pyctcdecode", "flashlight"], help="beam-search implementation")
+    g.add_argument("--beam-width", type=int)
+    g.add_argument("--alpha", type=float, help="LM weight")
+    g.add_argument("--beta", type=float, help="word insertion bonus")
+    g.add_argument("--cutoff-prob", type=float, help="per-frame cumulative probability pruning (DS2: 0.99)")
+    g.add_argument("--cutoff-top-n", type=int, help="at most this many symbols per frame")
+    g.add_argument("--hotword", action="append", dest="hotwords", metavar="WORD",
+                   help="boost this word or phrase (pyctcdecode backend; repeatable)")
+    g.add_argument("--hotword-weight", type=float)
+
+
+def decoder_from_args(args: argparse.Namespace, model_dir: str, tokenizer: Any) -> Any:
+    """None for greedy decoding, else a BeamSearchDecoder for the model directory."""
+    if args.decoder == "greedy":
+        return None
+    from deepspeech.beam import build_decoder
+
+    return build_decoder(model_dir, tokenizer, lm_dir=args.lm, use_lm=not args.no_lm, backend=args.backend,
+                         beam_width=args.beam_width, alpha=args.alpha, beta=args.beta, cutoff_prob=args.cutoff_prob,
+                         cutoff_top_n=args.cutoff_top_n,
+                         hotwords=tuple(args.hotwords) if args.hotwords else None,
+                         hotword_weight=args.hotword_weight)
+
+
+def _cmd_lm_ngram(args: argparse.Namespace) -> int:
+    from data_synthesis.corpus import TEST_LINES
+    from deepspeech.data.manifest import read_manifest
+    from lm.ngram import NgramConfig, build_ngram, iter_text, lm_units
+
+    files = [f for item in args.text for f in item.split(",") if f]
+    for f in files:
+        if not Path(f).is_file():
+            raise FileNotFoundError(f"no such text file: {f}")
+    exclude: set[str] = set()
+    for m in args.exclude or []:
+        exclude |= {lm_units(u.text, args.lang) for u in read_manifest(m)}
+    if args.test_lines:
+        log.info("holding out the last %d lines of each file (the data kit's text test split is the last %d)",
+                 args.test_lines, TEST_LINES)
+    cfg = NgramConfig(lang=args.lang, order=args.order, prune=tuple(args.prune or ()), memory=args.memory,
+                      binary_type=args.binary_type, quantize_bits=args.quantize, keep_arpa=not args.no_arpa)
+    out = build_ngram(iter_text(files, args.lang, exclude, drop_last=args.test_lines), args.out, cfg,
+                      sources=[*args.text, *(f"excluding {m}" for m in args.exclude or [])]
+                      + ([f"without the last {args.test_lines} lines of each file"] if args.test_lines else []))
+    meta = json.loads((out / "lm.json").read_text(encoding="utf-8"))
+    print(json.dumps({k: meta[k] for k in ("unit", "order", "lines", "tokens", "vocabulary", "ngrams",
+                                          "binary_bytes")}))
+    return 0
+
+
+def _cmd_lm_tune(args: argparse.Namespace) -> int:
+    from deepspeech.beam import BeamConfig, build_decoder
+    from deepspeech.checkpoint import load_model_dir
+    from deepspeech.data.manifest import read_manifest
+    from deepspeech.inference import collect_log_probs
+    from deepspeech.lmtune import grid, tune
+
+    am = load_model_dir(args.model, device=args.device)
+    base = build_decoder(args.model, am.tokenizer, lm_dir=args.lm, backend=args.backend, beam_width=args.beam_width,
+                         cutoff_prob=args.cutoff_prob, cutoff_top_n=args.cutoff_top_n)
+    if base.lm is None:
+        raise SystemExit(f"{args.model}: no LM to tune (give --lm DIR)")
+    data = collect_log_probs(am, read_manifest(args.manifest), args.device, progress=not args.no_progress)
+    result = tune(data, am.tokenizer, base.lm, base.cfg, grid(args.alphas), grid(args.betas),
+                  progress=not args.no_progress)
+    if not args.dry_run:
+        best: BeamConfig = result["config"]
+        settings = {k: v for k, v in best.__dict__.items() if k not in ("hotwords", "hotword_weight", "nbest")}
+        record = {"config": settings, "tuned_on": args.manifest, "metric": result["metric"],
+                  "dev": result["best"], "greedy": result["greedy"], "lm": str(base.lm.path)}
+        (Path(args.model) / "decoder.json").write_text(json.dumps(record, indent=1) + "\n", encoding="utf-8")
+    summary = {"alpha": result["config"].alpha, "beta": result["config"].beta, "metric": result["metric"],
+               "best": result["best"], "greedy": result["greedy"], "written": not args.dry_run}
+    print(json.dumps(summary))
+    return 0
+
+
+def add_lm_parser(sub: Any, add_common: Any) -> None:
+    p = sub.add_parser("lm", help="language models: build KenLM n-grams, tune beam-search weights")
+    lsub = p.add_subparsers(dest="lm_command", required=True)
+    q = lsub.add_parser("ngram", help="build a KenLM n-gram LM (words for English, characters for Mandarin)")
+    q.add_argument("--text", action="append", required=True, help="text file(s), one sentence a line (repeatable, "
+                   "or comma-separated)")
+    q.add_argument("--out", required=True, help="LM directory to write (e.g. MODEL/lm)")
+    q.add_argument("--lang", choices=["en", "zh"], default="en")
+    q.add_argument("--order", type=int, default=3)
+    q.add_argument("--prune", type=int, nargs="+", metavar="N", help="lmplz --prune count thresholds, e.g. 0 1 1")
+    q.add_argument("--test-lines", type=int, default=0,
+                   help="hold out the last N lines of each file (the data kit's text test split: 1000)")
+    q.add_argument("--exclude", action="append", metavar="MANIFEST",
+                   help="leave out sentences that are transcripts of this manifest (e.g. the dev set used to tune)")
+    q.add_argument("--binary-type", choices=["trie", "probing"], default="trie")
+    q.add_argument("--quantize", type=int, default=8, help="trie quantisation bits (0 = none)")
+    q.add_argument("--memory", default="10%", help="lmplz sort memory (-S)")
+    q.add_argument("--no-arpa", action="store_true", help="keep only the binary")
+    add_common(q)
+    q.set_defaults(func=_cmd_lm_ngram)
+
+    q = lsub.add_parser("tune", help="grid-search alpha/beta on a dev manifest; writes MODEL/decoder.json")
+    q.add_argument("--model", required=True, help="model directory")
+    q.add_argument("--manifest", required=True, help="dev manifest (never the test split)")
+    q.add_argument("--lm", help="LM directory (default: MODEL/lm)")
+    q.add_argument("--alphas", default="0:3:0.25", help="LM weights: START:STOP:STEP or a,b,c (default 0:3:0.25)")
+    q.add_argument("--betas", default="-1:4:0.5", help="insertion bonuses (default -1:4:0.5)")
+    q.add_argument("--backend", choices=["pyctcdecode", "flashlight"])
+    q.add_argument("--beam-width", type=int)
+    q.add_argument("--cutoff-prob", type=float)
+    q.add_argument("--cutoff-top-n", type=int)
+    q.add_argument("--dry-run", action="store_true", help="report only; do not write decoder.json")
+    q.add_argument("--device", default="cpu")
+    add_common(q)
+    q.set_defaults(func=_cmd_lm_tune)

@@ -1,0 +1,1 @@
+"""Language models: KenLM n-grams for beam search (and, later, neural LMs for N-best rescoring)."""
