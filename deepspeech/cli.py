@@ -94,25 +94,76 @@ def expand_inputs(items: list[str]) -> list[str]:
 
 def _cmd_transcribe(args: argparse.Namespace) -> int:
     from deepspeech.checkpoint import load_model_dir
+    from deepspeech.cli_lm import decoder_from_args
     from deepspeech.data.manifest import read_manifest
-    from deepspeech.inference import transcribe_files
+    from deepspeech.longform import ChunkConfig
+    from deepspeech.transcribe import done_in_jsonl, output_path, render, transcribe_files
 
-    am = load_model_dir(args.model, device=args.device)
+    fmt = {"text": "txt", "json": "jsonl"}.get(args.format, args.format)
+    if args.output and args.output_dir:
+        raise SystemExit("give --output FILE or --output-dir DIR, not both")
+    if args.output and fmt not in ("txt", "jsonl"):
+        raise SystemExit(f"--output FILE takes txt or jsonl; use --output-dir for {fmt}")
     paths = expand_inputs(args.inputs)
     if args.manifest:
         paths += [u.audio for u in read_manifest(args.manifest)]
     if not paths:
         raise SystemExit("no input files")
-    results = transcribe_files(am, paths, args.device, progress=not args.no_progress)
-    for r in results:
-        if args.format == "json":
-            print(json.dumps({"path": r.path, "text": r.text, "error": r.error}, ensure_ascii=False))
-        elif r.error is None:
-            print(f"{r.path}\t{r.text}")
+    am = load_model_dir(args.model, device=args.device)
+    decoder = decoder_from_args(args, args.model, am.tokenizer)
+    lang = am.tokenizer.lang
+    root = os.path.commonpath([os.path.dirname(os.path.abspath(p)) for p in paths]) if args.output_dir else None
+    out_file = Path(args.output) if args.output else None
+    if out_file is not None:  # resume: skip what an earlier run wrote
+        done = done_in_jsonl(out_file) if fmt == "jsonl" else (
+            {ln.split("\t", 1)[0] for ln in out_file.read_text(encoding="utf-8").splitlines()}
+            if out_file.is_file() else set())
+    elif args.output_dir:
+        done = {p for p in paths if output_path(p, Path(args.output_dir), fmt, root).is_file()}
+    else:
+        done = set()
+    todo = [p for p in paths if str(p) not in done]
+    if done:
+        log.info("%d of %d files already transcribed: skipped", len(paths) - len(todo), len(paths))
+    sink = open(out_file, "a", encoding="utf-8") if out_file else None
+
+    def write(t: object) -> None:
+        from deepspeech.transcribe import Transcript
+
+        assert isinstance(t, Transcript)
+        if args.output_dir:
+            if t.error is None:
+                dst = output_path(t.path, Path(args.output_dir), fmt, root)
+                dst.parent.mkdir(parents=True, exist_ok=True)
+                tmp = dst.with_suffix(dst.suffix + ".part")
+                tmp.write_text(render(t, fmt, lang), encoding="utf-8")
+                tmp.replace(dst)  # complete files only, so a rerun never skips a half-written one
+            return
+        if fmt == "jsonl":
+            line = render(t, fmt, lang)
+        elif t.error is not None:
+            return
+        elif fmt == "txt":
+            line = f"{t.path}\t{t.text}\n"
+        else:
+            line = render(t, fmt, lang)
+        if sink:
+            sink.write(line)
+            sink.flush()
+        else:
+            sys.stdout.write(line)
+
+    chunk = ChunkConfig(min_segment_s=args.segment_min_s, max_segment_s=args.segment_max_s)
+    try:
+        results = transcribe_files(am, todo, args.device, max_batch=args.batch_size, progress=not args.no_progress,
+                                   decoder=decoder, chunk=chunk, on_result=write)
+    finally:
+        if sink:
+            sink.close()
     failed = sum(r.error is not None for r in results)
     if failed:
         log.error("%d of %d files could not be read", failed, len(results))
-    return 1 if failed == len(results) else 0
+    return 1 if results and failed == len(results) else 0
 
 
 def _cmd_data_import(args: argparse.Namespace) -> int:
@@ -232,12 +283,20 @@ def build_parser() -> argparse.ArgumentParser:
     _add_common(p)
     p.set_defaults(func=_cmd_eval)
 
-    p = sub.add_parser("transcribe", help="transcribe audio files, folders or globs")
+    p = sub.add_parser("transcribe", help="transcribe audio files, folders or globs (long recordings too)")
     p.add_argument("inputs", nargs="*", help="audio files, folders or glob patterns")
     p.add_argument("--model", required=True, help="model directory")
     p.add_argument("--manifest", help="also transcribe the audio of this manifest")
-    p.add_argument("--format", choices=["text", "json"], default="text")
+    p.add_argument("--format", choices=["txt", "jsonl", "srt", "vtt", "text", "json"], default="txt",
+                   help="txt (path<TAB>text on stdout), jsonl (text, words with times, confidence), srt, vtt")
+    p.add_argument("--output", help="one output file (txt or jsonl), appended to; files already in it are skipped")
+    p.add_argument("--output-dir", help="one output file per audio file; existing ones are skipped")
+    p.add_argument("--batch-size", type=int, default=16, help="short files per forward pass")
+    p.add_argument("--segment-min-s", type=float, default=8.0,
+                   help="files longer than this are segmented in pauses (bounded memory)")
+    p.add_argument("--segment-max-s", type=float, default=20.0, help="longest segment")
     p.add_argument("--device", default="cpu")
+    add_decoder_args(p)
     _add_common(p)
     p.set_defaults(func=_cmd_transcribe)
 

@@ -81,7 +81,11 @@ def log_spectrogram(samples: np.ndarray | torch.Tensor, cfg: FeatureConfig = Fea
 def extract(samples: np.ndarray | torch.Tensor, cfg: FeatureConfig = FeatureConfig()) -> torch.Tensor:
     """The model's raw input features: :func:`log_spectrogram`, then the configured per-utterance normalisation.
     (T, n_bins); global statistics (:class:`FeatureStats`) are applied on top of this."""
-    feats = log_spectrogram(samples, cfg)
+    return utterance_normalize(log_spectrogram(samples, cfg), cfg)
+
+
+def utterance_normalize(feats: torch.Tensor, cfg: FeatureConfig) -> torch.Tensor:
+    """The configured per-utterance normalisation of (T, n_bins) log power: none, mean or mean and variance."""
     if cfg.utterance_norm != "none":
         feats = feats - feats.mean(0, keepdim=True)
     if cfg.utterance_norm == "meanvar":

@@ -4,21 +4,17 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Iterator, Sequence
-from dataclasses import dataclass
-from pathlib import Path
 
 import numpy as np
 import torch
 from tqdm import tqdm
 
-from deepspeech.audio import SAMPLE_RATE, AudioError, load_audio
 from deepspeech.beam import BeamSearchDecoder
 from deepspeech.checkpoint import AcousticModel
-from deepspeech.data.dataset import SpeechDataset, collate
+from deepspeech.data.dataset import SpeechDataset
 from deepspeech.data.manifest import Utterance
 from deepspeech.data.sampler import FRAMES_PER_SECOND
 from deepspeech.decoding import greedy_decode
-from deepspeech.features import extract
 from deepspeech.metrics import ErrorCounts
 from deepspeech.model import DeepSpeech2
 from deepspeech.text import CharTokenizer
@@ -108,45 +104,3 @@ def collect_log_probs(am: AcousticModel, utts: Sequence[Utterance], device: torc
     if len(out) < len(utts):
         log.warning("%d of %d utterances could not be read", len(utts) - len(out), len(utts))
     return [out[i] for i in sorted(out)]
-
-
-@dataclass
-class Transcript:
-    path: str
-    text: str | None
-    error: str | None = None
-    duration_s: float = 0.0
-
-
-@torch.no_grad()
-def transcribe_files(am: AcousticModel, paths: Sequence[str | Path], device: torch.device | str = "cpu",
-                     max_batch: int = 16, progress: bool = True) -> list[Transcript]:
-    """Greedy transcription of audio files, batched; unreadable files get ``error`` set and the run goes on."""
-    dev = torch.device(device)
-    out: list[Transcript] = []
-    pending: list[tuple[int, torch.Tensor]] = []
-
-    def flush() -> None:
-        if not pending:
-            return
-        items = [(am.stats.normalize(f), torch.zeros(0, dtype=torch.long), "") for _, f in pending]
-        batch = collate(items, 0.0)
-        logits, lengths = am.model(batch.feats.to(dev), batch.lengths.to(dev))
-        for (k, _), res in zip(pending, greedy_decode(logits, lengths, am.tokenizer), strict=True):
-            out[k].text = res.text
-        pending.clear()
-
-    for p in tqdm(paths, desc="transcribe", unit="file", disable=not progress):
-        try:
-            wav = load_audio(p)
-        except AudioError as e:
-            log.error("%s", e)
-            out.append(Transcript(str(p), None, str(e)))
-            continue
-        out.append(Transcript(str(p), None, None, wav.size / SAMPLE_RATE))
-        pending.append((len(out) - 1, extract(wav, am.config.features)))
-        if len(pending) >= max_batch:
-            flush()
-    flush()
-    return out
-

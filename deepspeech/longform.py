@@ -1,0 +1,176 @@
+"""Recordings of any length in bounded memory: streamed audio, silence-based segmentation, segment-wise decoding.
+
+1. Audio is read block by block (libsndfile) and resampled with a streaming resampler (soxr), mixed to mono.
+2. Features come from the streaming featuriser (:func:`deepspeech.features.stream_log_spectrogram`: the same
+   frames as the whole-file spectrogram); a per-utterance normalisation (``utterance_norm``) is applied to each
+   segment, as to each training utterance.
+3. Segmentation: once ``min_segment_s`` of features are pending, the recording is cut in the middle of the
+   quietest ``pause_s`` stretch between ``min_segment_s`` and ``max_segment_s`` (frame energy from the log power
+   spectrum): a pause between phrases where there is one. Each segment goes through the network on its own, like
+   a training utterance, so memory holds at most ``max_segment_s`` of features, activations and log-probabilities.
+   A file no longer than ``min_segment_s`` is one segment: the same computation as whole-file decoding.
+4. Each segment is decoded (greedy or beam search; the LM context restarts at a cut) and word frames are offset to
+   the recording's time line.
+
+Why segments and not overlapping windows: a bidirectional recurrent model's outputs depend on context many seconds
+away (measured on ``sentences-en``: 0.1-0.3 nats 8 s from a cut), so windows with overlap change the text anywhere
+in the window; cutting in pauses keeps every segment a natural utterance.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import soundfile as sf
+import soxr
+import torch
+
+from deepspeech.audio import SAMPLE_RATE, AudioError
+from deepspeech.beam import BeamSearchDecoder, Hypothesis, Word, path_words
+from deepspeech.checkpoint import AcousticModel
+from deepspeech.decoding import greedy_decode_logp
+from deepspeech.features import StreamState, stream_log_spectrogram, utterance_normalize
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class ChunkConfig:
+    min_segment_s: float = 8.0  # look for a cut once this much is pending (files this short are one segment)
+    max_segment_s: float = 20.0  # ... and cut no later than this
+    pause_s: float = 0.2  # the cut is in the middle of the quietest stretch this long
+    block_s: float = 10.0  # audio read per block
+
+    def __post_init__(self) -> None:
+        if min(self.block_s, self.pause_s) <= 0:
+            raise ValueError("block_s and pause_s must be > 0")
+        if not 0 < self.min_segment_s <= self.max_segment_s:
+            raise ValueError("need 0 < min_segment_s <= max_segment_s")
+        if self.pause_s >= self.min_segment_s:
+            raise ValueError("pause_s must be shorter than min_segment_s")
+
+
+def stream_audio(path: str | Path, block_s: float = 10.0) -> Iterator[np.ndarray]:
+    """16 kHz mono float32 blocks of an audio file, read and resampled incrementally."""
+    try:
+        f = sf.SoundFile(str(path))
+    except (sf.LibsndfileError, RuntimeError, OSError, TypeError, ValueError) as e:
+        raise AudioError(f"{path}: cannot read audio ({e})") from e
+    with f:
+        sr = f.samplerate
+        rs = soxr.ResampleStream(sr, SAMPLE_RATE, 1, dtype="float32", quality="HQ") if sr != SAMPLE_RATE else None
+        total = 0
+        try:
+            for block in f.blocks(blocksize=max(1, int(block_s * sr)), dtype="float32", always_2d=True):
+                mono = np.ascontiguousarray(block.mean(axis=1), dtype=np.float32)
+                if not np.all(np.isfinite(mono)):
+                    raise AudioError(f"{path}: audio contains NaN or infinite samples")
+                total += mono.size
+                out = rs.resample_chunk(mono) if rs else mono
+                if out.size:
+                    yield out
+        except (sf.LibsndfileError, RuntimeError) as e:
+            raise AudioError(f"{path}: cannot read audio ({e})") from e
+        if total == 0:
+            raise AudioError(f"{path}: audio is empty")
+        if rs:
+            tail = rs.resample_chunk(np.zeros(0, np.float32), last=True)
+            if tail.size:
+                yield tail
+
+
+def stream_features(path: str | Path, am: AcousticModel, block_s: float) -> Iterator[torch.Tensor]:
+    """Raw log-spectrogram frames of a file, block by block (no normalisation)."""
+    cfg = am.config.features
+    state: StreamState | None = None
+    pending: np.ndarray | None = None
+    for block in stream_audio(path, block_s):  # one block of look-behind so the last one is sent with final=True
+        if pending is not None:
+            feats, state = stream_log_spectrogram(pending, state, cfg)
+            if feats.shape[0]:
+                yield feats
+        pending = block
+    if pending is not None:
+        feats, state = stream_log_spectrogram(pending, state, cfg, final=True)
+        if feats.shape[0]:
+            yield feats
+
+
+def quietest_cut(raw: torch.Tensor, lo: int, hi: int, width: int, multiple: int = 1) -> int:
+    """The middle frame of the ``width``-frame stretch of lowest mean energy starting in [lo, hi - width]
+    (``raw``: (T, bins) log power; frame energy = log of the mean power over bins), rounded down to a multiple of
+    ``multiple`` (the model's time stride, so each segment's output frames tile the recording's exactly)."""
+    energy = torch.logsumexp(raw[lo:hi].double(), dim=1).numpy()
+    width = max(1, min(width, energy.size))
+    window = np.convolve(energy, np.ones(width) / width, mode="valid")
+    cut = lo + int(np.argmin(window)) + width // 2
+    return max(multiple, cut - cut % multiple)
+
+
+def segment_features(path: str | Path, am: AcousticModel, cc: ChunkConfig) -> Iterator[torch.Tensor]:
+    """Raw (unnormalised) feature segments of a recording, cut in pauses; memory: one segment plus a block."""
+    frames_per_s = 1000.0 / am.config.features.hop_ms
+    lo, hi = int(cc.min_segment_s * frames_per_s), int(cc.max_segment_s * frames_per_s)
+    width = max(1, int(round(cc.pause_s * frames_per_s)))
+    stride = am.config.model.time_stride
+    buf = torch.zeros(0, am.config.features.n_bins)
+    for raw in stream_features(path, am, cc.block_s):
+        buf = torch.cat([buf, raw])
+        while buf.shape[0] >= hi:
+            cut = quietest_cut(buf, lo, hi, width, stride)
+            yield buf[:cut]
+            buf = buf[cut:]
+    if buf.shape[0] > lo:  # what is left is decided with the same rule as inside the file
+        cut = quietest_cut(buf, lo, buf.shape[0], width, stride)
+        if buf.shape[0] - cut >= width:
+            yield buf[:cut]
+            buf = buf[cut:]
+    if buf.shape[0]:
+        yield buf
+
+
+@torch.no_grad()
+def segment_log_probs(path: str | Path, am: AcousticModel, cc: ChunkConfig, device: torch.device | str = "cpu"
+                      ) -> Iterator[np.ndarray]:
+    """(t, V) float32 log-probabilities of each segment of a recording, in order."""
+    cfg = am.config.features
+    for raw in segment_features(path, am, cc):
+        x = utterance_normalize(raw, cfg)  # each segment normalised on its own, like a training utterance
+        x = am.stats.normalize(x).unsqueeze(0).to(device)
+        logits, lengths = am.model(x, torch.tensor([x.shape[1]], device=device))
+        yield np.ascontiguousarray(torch.log_softmax(logits[0, : int(lengths[0])].float(), -1).cpu().numpy())
+
+
+def decode_segments(segments: Iterator[np.ndarray], am: AcousticModel, decoder: BeamSearchDecoder | None,
+                    on_segment: Callable[[int, Hypothesis], None] | None = None) -> Hypothesis:
+    """Decode each segment's log-probabilities -> one hypothesis with word frames on the recording's time line."""
+    offset = 0
+    texts: list[str] = []
+    words: list[Word] = []
+    am_score = lm_score = score = 0.0
+    for logp in segments:
+        if decoder is None:
+            g = greedy_decode_logp(logp, am.tokenizer)
+            hyp = Hypothesis(g.text, path_words(g.ids, g.frames, am.tokenizer),
+                             am_score=float(logp.max(axis=1).sum()) if logp.size else 0.0)
+        else:
+            hyp = decoder.decode(logp)[0]
+        if hyp.text:
+            texts.append(hyp.text)
+        words.extend(Word(w.text, w.start + offset, w.end + offset) for w in hyp.words)
+        am_score, lm_score, score = am_score + hyp.am_score, lm_score + hyp.lm_score, score + hyp.score
+        if on_segment:
+            on_segment(offset, hyp)
+        offset += logp.shape[0]
+    sep = " " if am.tokenizer.lang == "en" else ""
+    return Hypothesis(sep.join(texts), tuple(words), score, am_score, lm_score)
+
+
+def transcribe_long(path: str | Path, am: AcousticModel, cc: ChunkConfig = ChunkConfig(),
+                    decoder: BeamSearchDecoder | None = None, device: torch.device | str = "cpu") -> Hypothesis:
+    """One recording of any length -> its hypothesis (word frames are global output frames)."""
+    return decode_segments(segment_log_probs(path, am, cc, device), am, decoder)

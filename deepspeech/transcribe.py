@@ -1,0 +1,243 @@
+"""Offline transcription of many files: batching, greedy or beam decoding, word times and confidences, long
+recordings in bounded memory (:mod:`deepspeech.longform`), output as txt / jsonl / srt / vtt, resumable.
+
+Word times come from the CTC alignment of the chosen path: a word starts at the output frame of its first
+character and ends after its last (output frame = feature hop x the model's time stride, 20 ms for DS2 models).
+A word's confidence is the geometric mean, over its frames, of the most probable symbol's posterior (the greedy
+path's own probability); the utterance confidence is the mean over words.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import soundfile as sf
+import torch
+from tqdm import tqdm
+
+from deepspeech.audio import SAMPLE_RATE, AudioError, load_audio
+from deepspeech.beam import BeamSearchDecoder, Hypothesis, Word, path_words
+from deepspeech.checkpoint import AcousticModel
+from deepspeech.data.dataset import collate
+from deepspeech.decoding import greedy_decode_logp
+from deepspeech.features import extract
+from deepspeech.longform import ChunkConfig, decode_segments, segment_log_probs
+
+log = logging.getLogger(__name__)
+
+FORMATS = ("txt", "jsonl", "srt", "vtt")
+
+
+@dataclass
+class TimedWord:
+    word: str
+    start: float  # seconds
+    end: float
+    confidence: float
+
+
+@dataclass
+class Transcript:
+    path: str
+    text: str | None
+    error: str | None = None
+    duration_s: float = 0.0
+    words: list[TimedWord] = field(default_factory=list)
+    confidence: float | None = None
+
+    def to_json(self) -> dict[str, Any]:
+        return {"path": self.path, "text": self.text, "duration_s": round(self.duration_s, 3),
+                "confidence": None if self.confidence is None else round(self.confidence, 4),
+                "words": [{"word": w.word, "start": round(w.start, 3), "end": round(w.end, 3),
+                           "confidence": round(w.confidence, 4)} for w in self.words],
+                "error": self.error}
+
+
+def frame_seconds(am: AcousticModel) -> float:
+    return am.config.features.hop_ms / 1000.0 * am.config.model.time_stride
+
+
+def timed_words(words: Iterable[Word], logp: np.ndarray | None, frame_s: float, offset: int = 0) -> list[TimedWord]:
+    """Frame spans -> seconds, with confidences from ``logp`` (the frames of the words' segment)."""
+    out = []
+    best = logp.max(axis=1) if logp is not None and logp.size else None
+    for w in words:
+        conf = 1.0
+        if best is not None:
+            span = best[max(0, w.start - offset): max(w.start - offset + 1, w.end - offset)]
+            conf = float(np.exp(span.mean())) if span.size else 1.0
+        out.append(TimedWord(w.text, w.start * frame_s, w.end * frame_s, conf))
+    return out
+
+
+def _decode_one(logp: np.ndarray, am: AcousticModel, decoder: BeamSearchDecoder | None) -> Hypothesis:
+    if decoder is None:
+        g = greedy_decode_logp(logp, am.tokenizer)
+        return Hypothesis(g.text, path_words(g.ids, g.frames, am.tokenizer))
+    return decoder.decode(logp)[0]
+
+
+def _finish(t: Transcript) -> Transcript:
+    t.confidence = float(np.mean([w.confidence for w in t.words])) if t.words else None
+    return t
+
+
+@torch.no_grad()
+def transcribe_files(am: AcousticModel, paths: Sequence[str | Path], device: torch.device | str = "cpu",
+                     max_batch: int = 16, progress: bool = True, decoder: BeamSearchDecoder | None = None,
+                     chunk: ChunkConfig | None = None,
+                     on_result: Callable[[Transcript], None] | None = None) -> list[Transcript]:
+    """Transcribe audio files in order. Files up to ``chunk.min_segment_s`` long are batched; longer ones are
+    segmented in bounded memory. Unreadable files get ``error`` set and the run goes on. ``on_result`` sees each
+    transcript as soon as it and every earlier one are done (for writing output incrementally)."""
+    dev = torch.device(device)
+    chunk = chunk or ChunkConfig()
+    frame_s = frame_seconds(am)
+    out: list[Transcript | None] = []
+    pending: list[tuple[int, torch.Tensor]] = []
+    emitted = 0
+
+    def emit() -> None:
+        nonlocal emitted
+        while emitted < len(out) and out[emitted] is not None:
+            if on_result:
+                on_result(out[emitted])  # type: ignore[arg-type]
+            emitted += 1
+
+    def flush() -> None:
+        if not pending:
+            return
+        items = [(am.stats.normalize(f), torch.zeros(0, dtype=torch.long), "") for _, f in pending]
+        batch = collate(items, 0.0)
+        logits, lengths = am.model(batch.feats.to(dev), batch.lengths.to(dev))
+        logp_all = torch.log_softmax(logits.float(), dim=-1).cpu().numpy()
+        for b, (k, _) in enumerate(pending):
+            logp = logp_all[b, : int(lengths[b])]
+            hyp = _decode_one(logp, am, decoder)
+            t = out_pending[k]
+            t.text, t.words = hyp.text, timed_words(hyp.words, logp, frame_s)
+            out[k] = _finish(t)
+        pending.clear()
+        emit()
+
+    out_pending: dict[int, Transcript] = {}
+    bar = tqdm(paths, desc="transcribe", unit="file", disable=not progress)
+    for p in bar:
+        k = len(out)
+        out.append(None)
+        try:
+            info = sf.info(str(p))
+            duration = info.frames / info.samplerate if info.frames > 0 else 0.0
+        except (sf.LibsndfileError, RuntimeError, OSError) as e:
+            out[k] = Transcript(str(p), None, f"{p}: cannot read audio ({e})")
+            log.error("%s", out[k].error)  # type: ignore[union-attr]
+            emit()
+            continue
+        try:
+            if duration > chunk.min_segment_s:
+                out[k] = _transcribe_long(p, am, chunk, decoder, dev, duration)
+                emit()
+                continue
+            wav = load_audio(p)
+        except AudioError as e:
+            log.error("%s", e)
+            out[k] = Transcript(str(p), None, str(e))
+            emit()
+            continue
+        out_pending[k] = Transcript(str(p), None, None, wav.size / SAMPLE_RATE)
+        pending.append((k, extract(wav, am.config.features)))
+        if len(pending) >= max_batch:
+            flush()
+    flush()
+    return [t for t in out if t is not None]
+
+
+def _transcribe_long(path: str | Path, am: AcousticModel, chunk: ChunkConfig, decoder: BeamSearchDecoder | None,
+                     device: torch.device, duration: float) -> Transcript:
+    frame_s = frame_seconds(am)
+    words: list[TimedWord] = []
+    segments: list[tuple[int, np.ndarray]] = []
+
+    def keep(offset: int, hyp: Hypothesis) -> None:
+        logp = segments[-1][1]
+        words.extend(timed_words((Word(w.text, w.start + offset, w.end + offset) for w in hyp.words), logp,
+                                 frame_s, offset))
+
+    def tap(it: Iterable[np.ndarray]) -> Iterable[np.ndarray]:
+        for logp in it:
+            segments[:] = [(0, logp)]  # only the current segment is held
+            yield logp
+
+    hyp = decode_segments(iter(tap(segment_log_probs(path, am, chunk, device))), am, decoder, on_segment=keep)
+    return _finish(Transcript(str(path), hyp.text, None, duration, words))
+
+
+# ---------------------------------------------------------------------------------------------------- output
+
+
+def _timestamp(t: float, sep: str) -> str:
+    ms = int(round(t * 1000))
+    h, ms = divmod(ms, 3_600_000)
+    m, ms = divmod(ms, 60_000)
+    s, ms = divmod(ms, 1000)
+    return f"{h:02d}:{m:02d}:{s:02d}{sep}{ms:03d}"
+
+
+def cues(words: Sequence[TimedWord], lang: str, max_s: float = 5.0, max_chars: int = 42,
+         pause_s: float = 0.6) -> list[tuple[float, float, str]]:
+    """Subtitle cues: words grouped until a cue would pass ``max_s`` or ``max_chars``, or a pause."""
+    sep = " " if lang == "en" else ""
+    out: list[tuple[float, float, str]] = []
+    cur: list[TimedWord] = []
+    for w in words:
+        if cur and (w.end - cur[0].start > max_s or len(sep.join(x.word for x in cur + [w])) > max_chars
+                    or w.start - cur[-1].end > pause_s):
+            out.append((cur[0].start, cur[-1].end, sep.join(x.word for x in cur)))
+            cur = []
+        cur.append(w)
+    if cur:
+        out.append((cur[0].start, cur[-1].end, sep.join(x.word for x in cur)))
+    return out
+
+
+def render(t: Transcript, fmt: str, lang: str) -> str:
+    """One transcript in a per-file format (txt, srt, vtt) or as one JSON line (jsonl)."""
+    if fmt == "jsonl":
+        return json.dumps(t.to_json(), ensure_ascii=False) + "\n"
+    if fmt == "txt":
+        return (t.text or "") + "\n"
+    lines = ["WEBVTT", ""] if fmt == "vtt" else []
+    sep = "." if fmt == "vtt" else ","
+    for k, (a, b, text) in enumerate(cues(t.words, lang), 1):
+        if fmt == "srt":
+            lines.append(str(k))
+        lines += [f"{_timestamp(a, sep)} --> {_timestamp(b, sep)}", text, ""]
+    return "\n".join(lines) + ("\n" if lines else "")
+
+
+def output_path(audio: str, out_dir: Path, fmt: str, root: str | None) -> Path:
+    """DIR/<audio path relative to the inputs' common folder, suffix replaced by the format>."""
+    rel = os.path.relpath(os.path.abspath(audio), root) if root else os.path.basename(audio)
+    return out_dir / Path(rel).with_suffix("." + fmt)
+
+
+def done_in_jsonl(path: Path) -> set[str]:
+    """Paths already transcribed (without error) in an existing JSON Lines output; bad lines are ignored."""
+    done: set[str] = set()
+    if not path.is_file():
+        return done
+    for line in path.read_text(encoding="utf-8").splitlines():
+        try:
+            row = json.loads(line)
+        except json.JSONDecodeError:
+            continue
+        if isinstance(row, dict) and row.get("error") is None and row.get("text") is not None:
+            done.add(str(row.get("path")))
+    return done
