@@ -4,6 +4,7 @@ transcribe."""
 from __future__ import annotations
 
 import argparse
+import itertools
 import json
 import logging
 from pathlib import Path
@@ -47,7 +48,9 @@ def _cmd_lm_ngram(args: argparse.Namespace) -> int:
     from deepspeech.data.manifest import read_manifest
     from lm.ngram import NgramConfig, build_ngram, iter_text, lm_units
 
-    files = [f for item in args.text for f in item.split(",") if f]
+    files = [f for item in args.text or [] for f in item.split(",") if f]
+    if not files and not args.manifest:
+        raise SystemExit("give --text FILE and/or --manifest MANIFEST")
     for f in files:
         if not Path(f).is_file():
             raise FileNotFoundError(f"no such text file: {f}")
@@ -59,9 +62,15 @@ def _cmd_lm_ngram(args: argparse.Namespace) -> int:
                  args.test_lines, TEST_LINES)
     cfg = NgramConfig(lang=args.lang, order=args.order, prune=tuple(args.prune or ()), memory=args.memory,
                       binary_type=args.binary_type, quantize_bits=args.quantize, keep_arpa=not args.no_arpa)
-    out = build_ngram(iter_text(files, args.lang, exclude, drop_last=args.test_lines), args.out, cfg,
-                      sources=[*args.text, *(f"excluding {m}" for m in args.exclude or [])]
-                      + ([f"without the last {args.test_lines} lines of each file"] if args.test_lines else []))
+    lines = iter_text(files, args.lang, exclude, drop_last=args.test_lines)
+    if args.manifest:
+        transcripts = [lm_units(u.text, args.lang) for m in args.manifest for u in read_manifest(m)]
+        lines = itertools.chain(lines, (t for t in transcripts if t and t not in exclude))
+    sources = [*files, *(f"transcripts of {m}" for m in args.manifest or []),
+               *(f"excluding {m}" for m in args.exclude or [])]
+    if args.test_lines:
+        sources.append(f"without the last {args.test_lines} lines of each text file")
+    out = build_ngram(lines, args.out, cfg, sources=sources)
     meta = json.loads((out / "lm.json").read_text(encoding="utf-8"))
     print(json.dumps({k: meta[k] for k in ("unit", "order", "lines", "tokens", "vocabulary", "ngrams",
                                           "binary_bytes")}))
@@ -99,8 +108,9 @@ def add_lm_parser(sub: Any, add_common: Any) -> None:
     p = sub.add_parser("lm", help="language models: build KenLM n-grams, tune beam-search weights")
     lsub = p.add_subparsers(dest="lm_command", required=True)
     q = lsub.add_parser("ngram", help="build a KenLM n-gram LM (words for English, characters for Mandarin)")
-    q.add_argument("--text", action="append", required=True, help="text file(s), one sentence a line (repeatable, "
-                   "or comma-separated)")
+    q.add_argument("--text", action="append", help="text file(s), one sentence a line (repeatable, or "
+                   "comma-separated)")
+    q.add_argument("--manifest", action="append", help="also use the transcripts of this manifest (repeatable)")
     q.add_argument("--out", required=True, help="LM directory to write (e.g. MODEL/lm)")
     q.add_argument("--lang", choices=["en", "zh"], default="en")
     q.add_argument("--order", type=int, default=3)

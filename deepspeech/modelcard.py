@@ -7,14 +7,17 @@ import json
 import shutil
 from datetime import date
 from pathlib import Path
+from typing import Any
 
 from safetensors import safe_open
 from safetensors.torch import load_file, save_file
 
+from deepspeech.beam import DECODER_JSON, MODEL_LM_DIR, build_decoder
 from deepspeech.checkpoint import CONFIG, STATS, TOKENIZER, WEIGHTS, load_model_dir
 from deepspeech.config import to_dict
 from deepspeech.data.manifest import read_manifest
 from deepspeech.inference import evaluate_manifest
+from lm.ngram import LM_BINARY, LM_META, UNIGRAMS
 
 SHIP_LIMIT_BYTES = 20_000_000  # shipped models over 20 MB are stored in half precision
 
@@ -38,15 +41,34 @@ def export_model(src: str | Path, dst: str | Path, command: str, evals: dict[str
                   metadata=safe_open(str(src / WEIGHTS), "pt").metadata())
     else:
         shutil.copy2(src / WEIGHTS, dst / WEIGHTS)
+    _copy_decoding_files(src, dst)
     am = load_model_dir(dst)
-    metrics = {}
+    decoder = build_decoder(dst, am.tokenizer) if (dst / MODEL_LM_DIR / LM_BINARY).is_file() else None
+    metrics: dict[str, dict[str, Any]] = {}
     for name, manifest in evals.items():
-        counts, _ = evaluate_manifest(am, read_manifest(manifest), progress=progress)
+        utts = read_manifest(manifest)
+        counts, _ = evaluate_manifest(am, utts, progress=progress)
         metrics[name] = {**counts.summary(), "manifest": manifest}
+        if decoder is not None:
+            beam, _ = evaluate_manifest(am, utts, progress=progress, decoder=decoder)
+            metrics[name]["beam"] = beam.summary()
     (dst / "metrics.json").write_text(json.dumps(metrics, indent=1))
     cfg = to_dict(am.config)
-    rows = "\n".join(f"| {n} | `{m['manifest']}` | {m['n']} | {100 * m['wer']:.2f}% | {100 * m['cer']:.2f}% |"
-                     for n, m in metrics.items())
+    if decoder is not None:
+        rows = "\n".join(f"| {n} | `{m['manifest']}` | {m['n']} | {100 * m['wer']:.2f}% | {100 * m['cer']:.2f}% | "
+                         f"{100 * m['beam']['wer']:.2f}% | {100 * m['beam']['cer']:.2f}% |" for n, m in metrics.items())
+        header = ("| set | manifest | utterances | WER | CER | beam + LM WER | beam + LM CER |\n"
+                  "|---|---|---|---|---|---|---|")
+        lm_meta = json.loads((dst / MODEL_LM_DIR / "lm.json").read_text(encoding="utf-8"))
+        lm_text = (f"\nBeam search: {decoder.cfg.backend}, beam {decoder.cfg.beam_width}, alpha {decoder.cfg.alpha}, "
+                   f"beta {decoder.cfg.beta} (`decoder.json`), with the {lm_meta['order']}-gram {lm_meta['unit']} "
+                   f"KenLM in `lm/` ({lm_meta['vocabulary']:,} units, {lm_meta['binary_bytes'] / 1e6:.1f} MB; "
+                   f"from {'; '.join(lm_meta['sources'])}).\n")
+    else:
+        rows = "\n".join(f"| {n} | `{m['manifest']}` | {m['n']} | {100 * m['wer']:.2f}% | {100 * m['cer']:.2f}% |"
+                         for n, m in metrics.items())
+        header = "| set | manifest | utterances | WER | CER |\n|---|---|---|---|---|"
+        lm_text = ""
     m = cfg["model"]
     arch = (f"{len(m['convs'])} conv + {m['rnn_layers']} {'bidirectional' if m['bidirectional'] else 'unidirectional'} "
             f"{m['rnn_type'].upper()} layers of {m['rnn_hidden']}")
@@ -63,13 +85,13 @@ DS2 acoustic model: {am.model.num_parameters():,} parameters ({arch}), language 
 {command}
 ```
 
-## Measured (greedy decoding)
+## Measured (greedy decoding{", and beam search with the LM" if decoder else ""})
 
-| set | manifest | utterances | WER | CER |
-|---|---|---|---|---|
+{header}
 {rows}
-
-Reproduce a row: `deepspeech eval --model {dst.as_posix()} --manifest MANIFEST --format json`.
+{lm_text}
+Reproduce a row: `deepspeech eval --model {dst.as_posix()} --manifest MANIFEST --format json`
+{"(add `--decoder beam` for the beam-search columns)." if decoder else ""}
 {notes}
 ## Config
 
@@ -79,3 +101,14 @@ Reproduce a row: `deepspeech eval --model {dst.as_posix()} --manifest MANIFEST -
 """
     (dst / "README.md").write_text(card)
     return metrics
+
+
+def _copy_decoding_files(src: Path, dst: Path) -> None:
+    """The model directory's LM (binary, unigrams, metadata; not the ARPA text) and tuned decoder settings."""
+    if (src / MODEL_LM_DIR / LM_BINARY).is_file():
+        (dst / MODEL_LM_DIR).mkdir(exist_ok=True)
+        for name in (LM_BINARY, UNIGRAMS, LM_META):
+            if (src / MODEL_LM_DIR / name).is_file():
+                shutil.copy2(src / MODEL_LM_DIR / name, dst / MODEL_LM_DIR / name)
+    if (src / DECODER_JSON).is_file():
+        shutil.copy2(src / DECODER_JSON, dst / DECODER_JSON)

@@ -1,0 +1,200 @@
+"""Decoder and transcription benchmarks (issue 4 rows D1-D3):
+
+- D1 decoder speed: milliseconds per utterance of CTC beam search with the model's KenLM at beam 16, 64 and 256,
+  for both backends (pyctcdecode, flashlight-text), English (word 3-gram) and Mandarin (character n-gram), with the
+  WER/CER each reaches (the comparison is only fair at equal error rates). The acoustic model runs once; only
+  decoding is timed, one utterance at a time, one thread.
+- D2 transcription real-time factor and WER against pocketsphinx 5 (its own en-us acoustic model, LM and
+  dictionary, shipped in its wheel) on the same audio, one thread each: wall seconds / audio seconds for the whole
+  file-to-text path (reading, features, network, greedy decoding), and WER against the references.
+- D3 a long recording (the test audio concatenated to an hour) through ``deepspeech transcribe``: peak resident
+  memory and real-time factor (2 threads).
+
+    .venv/bin/python bench/decoders.py [--only d1|d2|d3] [--n 100]
+
+Sets: dev splits for D1 (the decoders' weights are tuned on dev anyway), the unseen-voice test split for D2/D3
+(no tuning happens there). Results: bench/results/decoders.json.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import resource
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))
+
+log = logging.getLogger("bench.decoders")
+
+
+def d1_decoders(model: str, manifest: str, n: int, beams: list[int]) -> list[dict[str, object]]:
+    import torch
+
+    from deepspeech.beam import BACKENDS, build_decoder
+    from deepspeech.checkpoint import load_model_dir
+    from deepspeech.data.manifest import read_manifest
+    from deepspeech.inference import collect_log_probs
+    from deepspeech.lmtune import score
+
+    torch.set_num_threads(1)
+    am = load_model_dir(model)
+    data = collect_log_probs(am, read_manifest(manifest)[:n], progress=False)
+    metric = "wer" if am.tokenizer.lang == "en" else "cer"
+    rows: list[dict[str, object]] = [{"lang": am.tokenizer.lang, "backend": "greedy", "beam": 1,
+                                      metric: score(data, am.tokenizer, None).summary()[metric]}]
+    t0 = time.perf_counter()
+    score(data, am.tokenizer, None)
+    rows[0]["ms_per_utt"] = 1000 * (time.perf_counter() - t0) / len(data)
+    for backend in BACKENDS:
+        for beam in beams:
+            dec = build_decoder(model, am.tokenizer, backend=backend, beam_width=beam)
+            times = []
+            from deepspeech.metrics import ErrorCounts
+
+            counts = ErrorCounts()
+            for logp, ref in data:
+                t = time.perf_counter()
+                hyp = dec.decode(logp)[0].text
+                times.append(time.perf_counter() - t)
+                counts.add(ref, hyp, am.tokenizer.lang)
+            rows.append({"lang": am.tokenizer.lang, "backend": backend, "beam": beam, metric: counts.summary()[metric],
+                         "ms_per_utt": 1000 * statistics.mean(times), "ms_median": 1000 * statistics.median(times),
+                         "alpha": dec.cfg.alpha, "beta": dec.cfg.beta})
+            log.info("%s", rows[-1])
+    return rows
+
+
+def _pocketsphinx(paths: list[str]) -> tuple[list[str], float]:
+    from pocketsphinx import Decoder
+
+    from deepspeech.audio import load_audio
+
+    dec = Decoder()  # en-us acoustic model, LM and dictionary from the wheel
+    hyps, t0 = [], time.perf_counter()
+    for p in paths:
+        pcm = (np.clip(load_audio(p), -1, 1) * 32767).astype("<i2").tobytes()
+        dec.start_utt()
+        dec.process_raw(pcm, full_utt=True)
+        dec.end_utt()
+        hyps.append(dec.hyp().hypstr if dec.hyp() else "")
+    return hyps, time.perf_counter() - t0
+
+
+def d2_rtf(model: str, manifest: str, n: int) -> list[dict[str, object]]:
+    import torch
+
+    from deepspeech.checkpoint import load_model_dir
+    from deepspeech.data.manifest import read_manifest
+    from deepspeech.metrics import error_rates
+    from deepspeech.text import normalize_en
+    from deepspeech.transcribe import transcribe_files
+
+    torch.set_num_threads(1)
+    utts = read_manifest(manifest)[:n]
+    paths = [u.audio for u in utts]
+    refs = [normalize_en(u.text) for u in utts]
+    audio_s = sum(u.duration_s for u in utts)
+    t0 = time.perf_counter()
+    am = load_model_dir(model)
+    ours = transcribe_files(am, paths, progress=False)
+    ours_s = time.perf_counter() - t0
+    ps_hyps, ps_s = _pocketsphinx(paths)
+    rows = [{"system": "deepspeech greedy (" + Path(model).name + ")", "rtf": ours_s / audio_s,
+             "wer": error_rates(refs, [t.text or "" for t in ours]).wer},
+            {"system": "pocketsphinx 5 (en-us)", "rtf": ps_s / audio_s,
+             "wer": error_rates(refs, [normalize_en(h) for h in ps_hyps]).wer}]
+    for r in rows:
+        r.update({"utterances": len(utts), "audio_s": audio_s, "threads": 1})
+    return rows
+
+
+def d3_long(model: str, manifest: str, hours: float) -> dict[str, object]:
+    import soundfile as sf
+
+    from deepspeech.audio import load_audio
+    from deepspeech.data.manifest import read_manifest
+
+    utts = read_manifest(manifest)
+    with tempfile.TemporaryDirectory() as tmp:
+        long_path = Path(tmp) / "long.flac"
+        total = 0.0
+        with sf.SoundFile(long_path, "w", samplerate=16000, channels=1, subtype="PCM_16") as f:
+            k = 0
+            while total < hours * 3600:
+                wav = load_audio(utts[k % len(utts)].audio)
+                f.write(np.concatenate([wav, np.zeros(8000, np.float32)]))
+                total += wav.size / 16000 + 0.5
+                k += 1
+        out = Path(tmp) / "out.jsonl"
+        cmd = [sys.executable, "-m", "deepspeech.cli", "transcribe", str(long_path), "--model", model,
+               "--format", "jsonl", "--output", str(out), "--no-progress"]
+        t0 = time.perf_counter()
+        res = subprocess.run(cmd, capture_output=True, text=True, cwd=REPO)
+        wall = time.perf_counter() - t0
+        if res.returncode != 0:
+            raise RuntimeError(res.stderr[-2000:])
+        peak_kb = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss
+        row = json.loads(out.read_text().splitlines()[0])
+    return {"audio_s": total, "utterances": k, "wall_s": wall, "rtf": wall / total, "peak_rss_mb": peak_kb / 1024,
+            "words": len(row["words"]), "threads": int(os.environ.get("OMP_NUM_THREADS", os.cpu_count() or 1))}
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--only", choices=["all", "d1", "d2", "d3"], default="all")
+    ap.add_argument("--n", type=int, default=100, help="utterances for D1 and D2")
+    ap.add_argument("--beams", default="16,64,256")
+    ap.add_argument("--en-model", default="models/sentences-en")
+    ap.add_argument("--zh-model", default="models/sentences-zh")
+    ap.add_argument("--en-dev", default="data/sentences_en/dev/manifest.jsonl")
+    ap.add_argument("--zh-dev", default="data/sentences_zh/dev/manifest.jsonl")
+    ap.add_argument("--en-test", default="data/sentences_en/test/manifest.jsonl")
+    ap.add_argument("--hours", type=float, default=1.0, help="D3 recording length")
+    args = ap.parse_args()
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
+    os.chdir(REPO)
+    results: dict[str, object] = {}
+    beams = [int(b) for b in args.beams.split(",")]
+    if args.only in ("all", "d1"):
+        rows = []
+        for model, man in ((args.en_model, args.en_dev), (args.zh_model, args.zh_dev)):
+            if Path(model).is_dir() and Path(man).is_file():
+                rows += d1_decoders(model, man, args.n, beams)
+            else:
+                log.warning("D1: skipping %s (model or %s missing)", model, man)
+        results["d1_decoders"] = rows
+        print("\nD1 decoder speed (ms per utterance, 1 thread) and error rate")
+        for r in rows:
+            err = r.get("wer", r.get("cer"))
+            print(f"  {r['lang']}  {r['backend']:<12} beam {r['beam']:>4}: {r['ms_per_utt']:8.1f} ms   "
+                  f"{'WER' if 'wer' in r else 'CER'} {100 * float(err):5.2f}%")  # type: ignore[arg-type]
+    if args.only in ("all", "d2"):
+        rows = d2_rtf(args.en_model, args.en_test, args.n)
+        results["d2_rtf"] = rows
+        print("\nD2 transcription real-time factor (1 thread), same audio")
+        for r in rows:
+            print(f"  {r['system']:<40} RTF {r['rtf']:.4f}   WER {100 * float(r['wer']):.2f}%")  # type: ignore[arg-type]
+        print(f"  ratio pocketsphinx RTF / ours: {float(rows[1]['rtf']) / float(rows[0]['rtf']):.1f}x")  # type: ignore[arg-type]
+    if args.only in ("all", "d3"):
+        r = d3_long(args.en_model, args.en_test, args.hours)
+        results["d3_long"] = r
+        print(f"\nD3 {r['audio_s'] / 3600:.2f} h recording: peak RSS {r['peak_rss_mb']:.0f} MB, "
+              f"RTF {r['rtf']:.4f}, {r['words']} words")
+    out = REPO / "bench" / "results"
+    out.mkdir(exist_ok=True)
+    (out / "decoders.json").write_text(json.dumps(results, indent=1) + "\n")
+
+
+if __name__ == "__main__":
+    main()
