@@ -5,8 +5,9 @@
   WER/CER each reaches (the comparison is only fair at equal error rates). The acoustic model runs once; only
   decoding is timed, one utterance at a time, one thread.
 - D2 transcription real-time factor and WER against pocketsphinx 5 (its own en-us acoustic model, LM and
-  dictionary, shipped in its wheel) on the same audio, one thread each: wall seconds / audio seconds for the whole
-  file-to-text path (reading, features, network, greedy decoding), and WER against the references.
+  dictionary, shipped in its wheel) on the same audio, one thread each, the two alternating file by file: wall
+  seconds / audio seconds of the whole file-to-text path (reading, features, network, greedy decoding), median and
+  p10..p90 over the files, and WER against the references.
 - D3 a long recording (the test audio concatenated to an hour) through ``deepspeech transcribe``: peak resident
   memory and real-time factor (2 threads).
 
@@ -75,25 +76,13 @@ def d1_decoders(model: str, manifest: str, n: int, beams: list[int]) -> list[dic
     return rows
 
 
-def _pocketsphinx(paths: list[str]) -> tuple[list[str], float]:
+def d2_rtf(model: str, manifest: str, n: int) -> list[dict[str, object]]:
+    """Per file, alternately: our whole path (read, features, network, greedy) and pocketsphinx's (read, decode);
+    real-time factor per file (median and p10..p90 over the files) and WER over all of them."""
+    import torch
     from pocketsphinx import Decoder
 
     from deepspeech.audio import load_audio
-
-    dec = Decoder()  # en-us acoustic model, LM and dictionary from the wheel
-    hyps, t0 = [], time.perf_counter()
-    for p in paths:
-        pcm = (np.clip(load_audio(p), -1, 1) * 32767).astype("<i2").tobytes()
-        dec.start_utt()
-        dec.process_raw(pcm, full_utt=True)
-        dec.end_utt()
-        hyps.append(dec.hyp().hypstr if dec.hyp() else "")
-    return hyps, time.perf_counter() - t0
-
-
-def d2_rtf(model: str, manifest: str, n: int) -> list[dict[str, object]]:
-    import torch
-
     from deepspeech.checkpoint import load_model_dir
     from deepspeech.data.manifest import read_manifest
     from deepspeech.metrics import error_rates
@@ -102,21 +91,31 @@ def d2_rtf(model: str, manifest: str, n: int) -> list[dict[str, object]]:
 
     torch.set_num_threads(1)
     utts = read_manifest(manifest)[:n]
-    paths = [u.audio for u in utts]
     refs = [normalize_en(u.text) for u in utts]
-    audio_s = sum(u.duration_s for u in utts)
-    t0 = time.perf_counter()
     am = load_model_dir(model)
-    ours = transcribe_files(am, paths, progress=False)
-    ours_s = time.perf_counter() - t0
-    ps_hyps, ps_s = _pocketsphinx(paths)
-    rows = [{"system": "deepspeech greedy (" + Path(model).name + ")", "rtf": ours_s / audio_s,
-             "wer": error_rates(refs, [t.text or "" for t in ours]).wer},
-            {"system": "pocketsphinx 5 (en-us)", "rtf": ps_s / audio_s,
-             "wer": error_rates(refs, [normalize_en(h) for h in ps_hyps]).wer}]
-    for r in rows:
-        r.update({"utterances": len(utts), "audio_s": audio_s, "threads": 1})
-    return rows
+    ps = Decoder()  # en-us acoustic model, LM and dictionary from the wheel
+    transcribe_files(am, [utts[0].audio], progress=False)  # warm-up, both
+    ours_rtf, ps_rtf, ours_hyp, ps_hyp = [], [], [], []
+    for u in utts:
+        t = time.perf_counter()
+        ours_hyp.append(transcribe_files(am, [u.audio], progress=False)[0].text or "")
+        ours_rtf.append((time.perf_counter() - t) / u.duration_s)
+        t = time.perf_counter()
+        pcm = (np.clip(load_audio(u.audio), -1, 1) * 32767).astype("<i2").tobytes()
+        ps.start_utt()
+        ps.process_raw(pcm, full_utt=True)
+        ps.end_utt()
+        ps_hyp.append(ps.hyp().hypstr if ps.hyp() else "")
+        ps_rtf.append((time.perf_counter() - t) / u.duration_s)
+
+    def row(name: str, rtf: list[float], hyps: list[str]) -> dict[str, object]:
+        q = np.percentile(rtf, [10, 50, 90])
+        return {"system": name, "rtf": float(q[1]), "rtf_p10": float(q[0]), "rtf_p90": float(q[2]),
+                "wer": error_rates(refs, [normalize_en(h) for h in hyps]).wer, "utterances": len(utts),
+                "audio_s": sum(u.duration_s for u in utts), "threads": 1}
+
+    return [row(f"deepspeech greedy ({Path(model).name})", ours_rtf, ours_hyp),
+            row("pocketsphinx 5 (en-us)", ps_rtf, ps_hyp)]
 
 
 def d3_long(model: str, manifest: str, hours: float) -> dict[str, object]:
@@ -184,7 +183,8 @@ def main() -> None:
         results["d2_rtf"] = rows
         print("\nD2 transcription real-time factor (1 thread), same audio")
         for r in rows:
-            print(f"  {r['system']:<40} RTF {r['rtf']:.4f}   WER {100 * float(r['wer']):.2f}%")  # type: ignore[arg-type]
+            print(f"  {r['system']:<40} RTF {r['rtf']:.4f} ({r['rtf_p10']:.4f}..{r['rtf_p90']:.4f})   "
+                  f"WER {100 * float(r['wer']):.2f}%")  # type: ignore[arg-type]
         print(f"  ratio pocketsphinx RTF / ours: {float(rows[1]['rtf']) / float(rows[0]['rtf']):.1f}x")  # type: ignore[arg-type]
     if args.only in ("all", "d3"):
         r = d3_long(args.en_model, args.en_test, args.hours)
