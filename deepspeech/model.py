@@ -258,9 +258,12 @@ class DeepSpeech2(nn.Module):
 
 
 def ctc_loss(logits: torch.Tensor, lengths: torch.Tensor, targets: list[torch.Tensor], blank: int = 0) -> torch.Tensor:
-    """Per-utterance CTC negative log-likelihood (B,) in float32; infeasible alignments give 0 (zero_infinity)."""
-    log_probs = logits.float().log_softmax(-1).transpose(0, 1)  # (T, B, V)
+    """Per-utterance CTC negative log-likelihood (B,) in float32 from logits (B, T, V); infeasible alignments give
+    0 (zero_infinity). The fused native kernel (``deepspeech.native``) when it is available, else log-softmax +
+    ``F.ctc_loss``: the same numbers (``tests/test_native_ctc.py``)."""
+    from deepspeech.native import ctc_loss as fused_ctc_loss
+
     target_lengths = torch.tensor([len(t) for t in targets], dtype=torch.long)
     flat = torch.cat(targets) if targets else torch.zeros(0, dtype=torch.long)
-    return F.ctc_loss(log_probs, flat, lengths.cpu(), target_lengths, blank=blank, reduction="none",
-                      zero_infinity=True)
+    return fused_ctc_loss(logits.float().transpose(0, 1), flat, lengths.cpu(), target_lengths, blank=blank,
+                          reduction="none", zero_infinity=True)
