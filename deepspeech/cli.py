@@ -97,7 +97,7 @@ def _cmd_transcribe(args: argparse.Namespace) -> int:
     from deepspeech.cli_lm import decoder_from_args
     from deepspeech.data.manifest import read_manifest
     from deepspeech.longform import ChunkConfig
-    from deepspeech.transcribe import done_in_jsonl, output_path, render, transcribe_files
+    from deepspeech.transcribe import Transcript, done_in_jsonl, output_path, render, transcribe_files
 
     fmt = {"text": "txt", "json": "jsonl"}.get(args.format, args.format)
     if args.output and args.output_dir:
@@ -127,10 +127,7 @@ def _cmd_transcribe(args: argparse.Namespace) -> int:
         log.info("%d of %d files already transcribed: skipped", len(paths) - len(todo), len(paths))
     sink = open(out_file, "a", encoding="utf-8") if out_file else None
 
-    def write(t: object) -> None:
-        from deepspeech.transcribe import Transcript
-
-        assert isinstance(t, Transcript)
+    def write(t: Transcript) -> None:
         if args.output_dir:
             if t.error is None:
                 dst = output_path(t.path, Path(args.output_dir), fmt, root)

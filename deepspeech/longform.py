@@ -146,8 +146,9 @@ def segment_log_probs(path: str | Path, am: AcousticModel, cc: ChunkConfig, devi
 
 
 def decode_segments(segments: Iterator[np.ndarray], am: AcousticModel, decoder: BeamSearchDecoder | None,
-                    on_segment: Callable[[int, Hypothesis], None] | None = None) -> Hypothesis:
-    """Decode each segment's log-probabilities -> one hypothesis with word frames on the recording's time line."""
+                    on_segment: Callable[[int, Hypothesis, np.ndarray], None] | None = None) -> Hypothesis:
+    """Decode each segment's log-probabilities -> one hypothesis with word frames on the recording's time line.
+    ``on_segment(offset, hypothesis, log_probs)`` sees each segment (segment-local frames) as it is decoded."""
     offset = 0
     texts: list[str] = []
     words: list[Word] = []
@@ -164,7 +165,7 @@ def decode_segments(segments: Iterator[np.ndarray], am: AcousticModel, decoder: 
         words.extend(Word(w.text, w.start + offset, w.end + offset) for w in hyp.words)
         am_score, lm_score, score = am_score + hyp.am_score, lm_score + hyp.lm_score, score + hyp.score
         if on_segment:
-            on_segment(offset, hyp)
+            on_segment(offset, hyp, logp)
         offset += logp.shape[0]
     sep = " " if am.tokenizer.lang == "en" else ""
     return Hypothesis(sep.join(texts), tuple(words), score, am_score, lm_score)

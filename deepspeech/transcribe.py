@@ -163,19 +163,12 @@ def _transcribe_long(path: str | Path, am: AcousticModel, chunk: ChunkConfig, de
                      device: torch.device, duration: float) -> Transcript:
     frame_s = frame_seconds(am)
     words: list[TimedWord] = []
-    segments: list[tuple[int, np.ndarray]] = []
 
-    def keep(offset: int, hyp: Hypothesis) -> None:
-        logp = segments[-1][1]
+    def keep(offset: int, hyp: Hypothesis, logp: np.ndarray) -> None:
         words.extend(timed_words((Word(w.text, w.start + offset, w.end + offset) for w in hyp.words), logp,
                                  frame_s, offset))
 
-    def tap(it: Iterable[np.ndarray]) -> Iterable[np.ndarray]:
-        for logp in it:
-            segments[:] = [(0, logp)]  # only the current segment is held
-            yield logp
-
-    hyp = decode_segments(iter(tap(segment_log_probs(path, am, chunk, device))), am, decoder, on_segment=keep)
+    hyp = decode_segments(segment_log_probs(path, am, chunk, device), am, decoder, on_segment=keep)
     return _finish(Transcript(str(path), hyp.text, None, duration, words))
 
 
