@@ -47,6 +47,7 @@ def d1_decoders(model: str, manifest: str, n: int, beams: list[int]) -> list[dic
     from deepspeech.data.manifest import read_manifest
     from deepspeech.inference import collect_log_probs
     from deepspeech.lmtune import score
+    from deepspeech.metrics import ErrorCounts
 
     torch.set_num_threads(1)
     am = load_model_dir(model)
@@ -61,8 +62,6 @@ def d1_decoders(model: str, manifest: str, n: int, beams: list[int]) -> list[dic
         for beam in beams:
             dec = build_decoder(model, am.tokenizer, backend=backend, beam_width=beam)
             times = []
-            from deepspeech.metrics import ErrorCounts
-
             counts = ErrorCounts()
             for logp, ref in data:
                 t = time.perf_counter()

@@ -28,6 +28,7 @@ from typing import Any
 
 import numpy as np
 
+from deepspeech.decoding import greedy_decode_logp
 from deepspeech.text import BLANK, UNK, CharTokenizer
 from lm.ngram import NgramLM
 
@@ -141,6 +142,16 @@ def path_words(ids: Sequence[int], frames: Sequence[int], tokenizer: CharTokeniz
     return tuple(words)
 
 
+def best_hypothesis(logp: np.ndarray, tokenizer: CharTokenizer, decoder: BeamSearchDecoder | None) -> Hypothesis:
+    """(T, V) log-probabilities of one utterance -> the best hypothesis: greedy (its acoustic score is the best
+    path's log-probability) or, with ``decoder``, beam search."""
+    if decoder is not None:
+        return decoder.decode(logp)[0]
+    g = greedy_decode_logp(logp, tokenizer)
+    return Hypothesis(g.text, path_words(g.ids, g.frames, tokenizer),
+                      am_score=float(logp.max(axis=1).sum()) if logp.size else 0.0)
+
+
 class BeamSearchDecoder:
     """Beam search over one model's symbols with an optional KenLM directory; one instance serves many calls."""
 
@@ -233,9 +244,9 @@ class _Flashlight:
         self.sil = tok.index[" "] if tok.lang == "en" else tok.blank_id
         # flashlight adds LM scores as given: KenLM's are log10, so the weight is alpha * ln(10) on natural logs.
         lm_weight = cfg.alpha * LN10
+        self.words = None  # the English lexicon's word dictionary
         if lm is None:
             fl_lm = fl.ZeroLM()
-            self.words = None
         if tok.lang == "zh":
             if lm is not None:
                 fl_lm = KenLM(str(lm.binary), Dictionary([s for s in tok.symbols]))

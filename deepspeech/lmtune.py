@@ -12,8 +12,7 @@ from typing import Any
 import numpy as np
 from tqdm import tqdm
 
-from deepspeech.beam import BeamConfig, BeamSearchDecoder
-from deepspeech.decoding import greedy_decode_logp
+from deepspeech.beam import BeamConfig, BeamSearchDecoder, best_hypothesis
 from deepspeech.metrics import ErrorCounts
 from deepspeech.text import CharTokenizer
 from lm.ngram import NgramLM
@@ -39,8 +38,7 @@ def score(data: Sequence[tuple[np.ndarray, str]], tokenizer: CharTokenizer,
     """Error counts of greedy (decoder None) or beam decoding of stored (log-probs, reference) pairs."""
     counts = ErrorCounts()
     for logp, ref in data:
-        hyp = decoder.decode(logp)[0].text if decoder else greedy_decode_logp(logp, tokenizer).text
-        counts.add(ref, hyp, tokenizer.lang)
+        counts.add(ref, best_hypothesis(logp, tokenizer, decoder).text, tokenizer.lang)
     return counts
 
 

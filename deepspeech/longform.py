@@ -30,9 +30,8 @@ import soxr
 import torch
 
 from deepspeech.audio import SAMPLE_RATE, AudioError
-from deepspeech.beam import BeamSearchDecoder, Hypothesis, Word, path_words
+from deepspeech.beam import BeamSearchDecoder, Hypothesis, Word, best_hypothesis
 from deepspeech.checkpoint import AcousticModel
-from deepspeech.decoding import greedy_decode_logp
 from deepspeech.features import StreamState, stream_log_spectrogram, utterance_normalize
 
 log = logging.getLogger(__name__)
@@ -154,12 +153,7 @@ def decode_segments(segments: Iterator[np.ndarray], am: AcousticModel, decoder: 
     words: list[Word] = []
     am_score = lm_score = score = 0.0
     for logp in segments:
-        if decoder is None:
-            g = greedy_decode_logp(logp, am.tokenizer)
-            hyp = Hypothesis(g.text, path_words(g.ids, g.frames, am.tokenizer),
-                             am_score=float(logp.max(axis=1).sum()) if logp.size else 0.0)
-        else:
-            hyp = decoder.decode(logp)[0]
+        hyp = best_hypothesis(logp, am.tokenizer, decoder)
         if hyp.text:
             texts.append(hyp.text)
         words.extend(Word(w.text, w.start + offset, w.end + offset) for w in hyp.words)

@@ -23,10 +23,9 @@ import torch
 from tqdm import tqdm
 
 from deepspeech.audio import SAMPLE_RATE, AudioError, load_audio
-from deepspeech.beam import BeamSearchDecoder, Hypothesis, Word, path_words
+from deepspeech.beam import BeamSearchDecoder, Hypothesis, Word, best_hypothesis
 from deepspeech.checkpoint import AcousticModel
 from deepspeech.data.dataset import collate
-from deepspeech.decoding import greedy_decode_logp
 from deepspeech.features import extract
 from deepspeech.longform import ChunkConfig, decode_segments, segment_log_probs
 
@@ -77,13 +76,6 @@ def timed_words(words: Iterable[Word], logp: np.ndarray | None, frame_s: float, 
     return out
 
 
-def _decode_one(logp: np.ndarray, am: AcousticModel, decoder: BeamSearchDecoder | None) -> Hypothesis:
-    if decoder is None:
-        g = greedy_decode_logp(logp, am.tokenizer)
-        return Hypothesis(g.text, path_words(g.ids, g.frames, am.tokenizer))
-    return decoder.decode(logp)[0]
-
-
 def _finish(t: Transcript) -> Transcript:
     t.confidence = float(np.mean([w.confidence for w in t.words])) if t.words else None
     return t
@@ -120,7 +112,7 @@ def transcribe_files(am: AcousticModel, paths: Sequence[str | Path], device: tor
         logp_all = torch.log_softmax(logits.float(), dim=-1).cpu().numpy()
         for b, (k, _) in enumerate(pending):
             logp = logp_all[b, : int(lengths[b])]
-            hyp = _decode_one(logp, am, decoder)
+            hyp = best_hypothesis(logp, am.tokenizer, decoder)
             t = out_pending[k]
             t.text, t.words = hyp.text, timed_words(hyp.words, logp, frame_s)
             out[k] = _finish(t)

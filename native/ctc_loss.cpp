@@ -120,7 +120,7 @@ void ctc_log_space(const scalar_t* logits, scalar_t* grad, int64_t T, int64_t st
 // (extreme logits); the caller then runs the log-space path.
 template <typename scalar_t>
 bool ctc_scaled(const scalar_t* logits, scalar_t* grad, int64_t T, int64_t stride_t, int64_t V, const int64_t* label,
-                int64_t L, int64_t blank, bool zero_infinity, scalar_t* loss_out) {
+                int64_t L, int64_t blank, scalar_t* loss_out) {
   const int64_t S = 2 * L + 1;
   int64_t repeats = 0;
   for (int64_t k = 1; k < L; ++k) repeats += (label[k] == label[k - 1]);
@@ -211,14 +211,13 @@ bool ctc_scaled(const scalar_t* logits, scalar_t* grad, int64_t T, int64_t strid
     const double iz = 1.0 / z;
     for (int64_t s = 0; s < S; ++s) g[ext[s]] -= static_cast<scalar_t>(occ[s] * iz);
   }
-  (void)zero_infinity;
   return true;
 }
 
 template <typename scalar_t>
 void ctc_one(const scalar_t* logits, scalar_t* grad, int64_t T, int64_t stride_t, int64_t V, const int64_t* label,
              int64_t L, int64_t blank, bool zero_infinity, scalar_t* loss_out) {
-  if (!ctc_scaled<scalar_t>(logits, grad, T, stride_t, V, label, L, blank, zero_infinity, loss_out))
+  if (!ctc_scaled<scalar_t>(logits, grad, T, stride_t, V, label, L, blank, loss_out))
     ctc_log_space<scalar_t>(logits, grad, T, stride_t, V, label, L, blank, zero_infinity, loss_out);
 }
 
