@@ -59,7 +59,8 @@ def load_audio(
     except AudioError:
         raise
     except (sf.LibsndfileError, RuntimeError, TypeError, OSError, ValueError) as e:
-        raise AudioError(f"{name}: cannot read audio ({e})") from e
+        why = str(e).rsplit(": ", 1)[-1] if isinstance(source, bytes | bytearray) else str(e)  # no object repr
+        raise AudioError(f"{name}: cannot read audio ({why})") from e
     return _finish(samples, sr, name, max_duration_s)
 
 

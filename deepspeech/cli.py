@@ -12,6 +12,7 @@ from pathlib import Path
 
 from deepspeech.cli_lm import add_decoder_args, add_lm_parser
 from deepspeech.logs import setup_logging
+from serving.cli import add_serve_parsers
 
 log = logging.getLogger("deepspeech")
 
@@ -358,6 +359,7 @@ def build_parser() -> argparse.ArgumentParser:
     q.set_defaults(func=_cmd_synth_noise)
 
     add_lm_parser(sub, _add_common)
+    add_serve_parsers(sub, _add_common)
 
     p = sub.add_parser("data", help="data preparation")
     dsub = p.add_subparsers(dest="data_command", required=True)

@@ -28,14 +28,15 @@ def _collapse(best: list[int], blank: int) -> tuple[list[int], list[int]]:
     return ids, frames
 
 
-def _text(ids: list[int], tokenizer: CharTokenizer) -> str:
+def ids_to_text(ids: list[int], tokenizer: CharTokenizer) -> str:
+    """Collapsed label ids -> text (English: single spaces, no leading or trailing space)."""
     return " ".join(tokenizer.decode(ids).split()) if tokenizer.lang == "en" else tokenizer.decode(ids)
 
 
 def greedy_decode_logp(logp: np.ndarray, tokenizer: CharTokenizer, blank: int = 0) -> GreedyResult:
     """(T, V) log-probabilities (or logits) of one utterance -> its best path."""
     ids, frames = _collapse(np.asarray(logp).argmax(-1).tolist(), blank)
-    return GreedyResult(_text(ids, tokenizer), ids, frames)
+    return GreedyResult(ids_to_text(ids, tokenizer), ids, frames)
 
 
 def greedy_decode(logits: torch.Tensor, lengths: torch.Tensor, tokenizer: CharTokenizer,
@@ -45,5 +46,5 @@ def greedy_decode(logits: torch.Tensor, lengths: torch.Tensor, tokenizer: CharTo
     out = []
     for b in range(best.shape[0]):
         ids, frames = _collapse(best[b, : int(lengths[b])].tolist(), blank)
-        out.append(GreedyResult(_text(ids, tokenizer), ids, frames))
+        out.append(GreedyResult(ids_to_text(ids, tokenizer), ids, frames))
     return out

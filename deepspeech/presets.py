@@ -79,6 +79,16 @@ def digits_en() -> TrainConfig:
         optim=dataclasses.replace(base.optim, warmup_steps=50))
 
 
+def streaming_en() -> TrainConfig:
+    """The streaming server's default model: ``tiny-streaming`` (3 unidirectional GRUs of 256 + a 200 ms lookahead
+    convolution) trained like ``digits-en``, but on global feature statistics only (``utterance_norm="none"``:
+    a stream cannot know its own mean in advance; gain augmentation teaches level invariance instead)."""
+    base = tiny_streaming("en")
+    digits = digits_en()
+    return dataclasses.replace(base, name="streaming-en", data=digits.data, epochs=15, save_every_steps=100,
+                               augment=digits.augment, optim=digits.optim)
+
+
 def aishell_sample_zh() -> TrainConfig:
     """``tiny-zh`` on the AISHELL-1 sample: S0150 first 130 utterances (train), last 20 (dev). Tiny data."""
     base = tiny("zh")
@@ -132,6 +142,7 @@ PRESETS: dict[str, Callable[[], TrainConfig]] = {
     "ds2-streaming-zh": lambda: ds2_streaming("zh"),
     "tiny-streaming-zh": lambda: tiny_streaming("zh"),
     "digits-en": digits_en,
+    "streaming-en": streaming_en,
     "aishell-sample-zh": aishell_sample_zh,
     "sentences-en": sentences_en,
     "sentences-zh": sentences_zh,

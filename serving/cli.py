@@ -1,0 +1,82 @@
+"""``deepspeech serve`` and ``deepspeech stream``: the server and its command-line client."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import logging
+import os
+import sys
+from collections.abc import Callable
+
+log = logging.getLogger(__name__)
+
+
+def _cmd_serve(args: argparse.Namespace) -> int:
+    from serving.config import ServerConfig
+    from serving.server import run_server
+
+    cfg = ServerConfig(host=args.host, port=args.port, device=args.device, decoder=args.decoder,
+                       max_batch=args.max_batch, max_wait_ms=args.max_wait_ms, threads=args.threads,
+                       max_streams=args.max_streams, max_pending_requests=args.max_pending_requests,
+                       max_request_bytes=args.max_request_mb * 1024 * 1024, max_audio_s=args.max_audio_s,
+                       idle_timeout_s=args.idle_timeout_s, drain_timeout_s=args.drain_timeout_s,
+                       api_key=args.api_key or os.environ.get("DEEPSPEECH_API_KEY") or None)
+    run_server(args.model, cfg, log_level="debug" if args.verbose else "info")
+    return 0
+
+
+def _cmd_stream(args: argparse.Namespace) -> int:
+    from serving.client import stream_file
+
+    def show(msg: dict) -> None:
+        if msg["type"] == "partial" and not args.quiet and sys.stderr.isatty():
+            print(f"\r{msg['text'][-100:]}", end="", file=sys.stderr, flush=True)
+
+    result = asyncio.run(stream_file(args.file, args.url, chunk_ms=args.chunk_ms, realtime=args.realtime,
+                                     api_key=args.api_key or os.environ.get("DEEPSPEECH_API_KEY"),
+                                     on_message=show))
+    if sys.stderr.isatty() and not args.quiet:
+        print(file=sys.stderr)
+    if result.error or result.final is None:
+        log.error("stream failed: %s (close code %s)", result.error or "no final result", result.close_code)
+        return 1
+    if args.format == "json":
+        print(json.dumps(result.final, ensure_ascii=False))
+    else:
+        print(result.final["text"])
+    return 0
+
+
+def add_serve_parsers(sub: argparse._SubParsersAction, add_common: Callable[[argparse.ArgumentParser], None]
+                      ) -> None:
+    p = sub.add_parser("serve", help="the streaming server (REST + WebSocket, Batch Dispatch)")
+    p.add_argument("--model", required=True, help="model directory (a streaming model: unidirectional)")
+    p.add_argument("--host", default="127.0.0.1", help="bind address (default loopback only)")
+    p.add_argument("--port", type=int, default=8000)
+    p.add_argument("--device", default="cpu")
+    p.add_argument("--decoder", choices=["greedy", "beam"], default="greedy", help="decoder for final results")
+    p.add_argument("--max-batch", type=int, default=32, help="streams per forward pass (1 = no batching)")
+    p.add_argument("--max-wait-ms", type=float, default=0.0, help="wait for more streams before a step (0 = eager)")
+    p.add_argument("--threads", type=int, default=0, help="torch threads of the inference worker (0 = default)")
+    p.add_argument("--max-streams", type=int, default=64, help="concurrent WebSocket streams")
+    p.add_argument("--max-pending-requests", type=int, default=8, help="queued uploads before 503")
+    p.add_argument("--max-request-mb", type=int, default=50, help="upload size limit")
+    p.add_argument("--max-audio-s", type=float, default=600.0, help="audio per upload or stream")
+    p.add_argument("--idle-timeout-s", type=float, default=15.0, help="close streams silent this long")
+    p.add_argument("--drain-timeout-s", type=float, default=30.0, help="graceful shutdown: time for open streams")
+    p.add_argument("--api-key", help="require this key (or set DEEPSPEECH_API_KEY)")
+    add_common(p)
+    p.set_defaults(func=_cmd_serve)
+
+    p = sub.add_parser("stream", help="stream an audio file to a server at real-time pace and print the result")
+    p.add_argument("file", help="audio file (any format the loader reads)")
+    p.add_argument("--url", default="ws://127.0.0.1:8000/v1/stream")
+    p.add_argument("--chunk-ms", type=float, default=100.0, help="audio per WebSocket frame")
+    p.add_argument("--realtime", type=float, default=1.0, help="speed relative to real time (0 = no pacing)")
+    p.add_argument("--api-key", help="API key (or set DEEPSPEECH_API_KEY)")
+    p.add_argument("--format", choices=["text", "json"], default="text")
+    p.add_argument("--quiet", action="store_true", help="no live partial results on stderr")
+    add_common(p)
+    p.set_defaults(func=_cmd_stream)

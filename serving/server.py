@@ -1,0 +1,64 @@
+"""Build the server from a model directory and run it under uvicorn, with a graceful shutdown.
+
+On the first SIGINT/SIGTERM the server drains: new streams and uploads are refused (1013 / 503), open streams may
+finish for up to ``drain_timeout_s``, then uvicorn stops. A second signal stops at once.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from pathlib import Path
+from types import FrameType
+
+import uvicorn
+from fastapi import FastAPI
+
+from deepspeech.beam import build_decoder
+from deepspeech.checkpoint import load_model_dir
+from deepspeech.streaming import StreamingModel
+from serving.app import create_app
+from serving.config import ServerConfig
+from serving.dispatch import BatchDispatcher
+from serving.metrics import Metrics
+
+log = logging.getLogger(__name__)
+
+
+def build_app(model_dir: str | Path, cfg: ServerConfig) -> FastAPI:
+    """Load the model (it must be a streaming one: unidirectional, no per-utterance normalisation)."""
+    am = load_model_dir(model_dir, device=cfg.device)
+    engine = StreamingModel(am, cfg.device)
+    decoder = build_decoder(model_dir, am.tokenizer) if cfg.decoder == "beam" else None
+    metrics = Metrics()
+    return create_app(BatchDispatcher(engine, cfg, metrics, decoder), cfg, metrics)
+
+
+class _DrainingServer(uvicorn.Server):
+    def __init__(self, config: uvicorn.Config, app: FastAPI, drain_timeout_s: float) -> None:
+        super().__init__(config)
+        self._app, self._drain_timeout_s, self._draining = app, drain_timeout_s, False
+
+    def handle_exit(self, sig: int, frame: FrameType | None) -> None:
+        dispatcher = self._app.state.dispatcher
+        if self._draining:
+            return super().handle_exit(sig, frame)
+        self._draining = True
+        dispatcher.draining = True
+        log.info("draining: %d open streams may finish (up to %.0f s)", dispatcher.active, self._drain_timeout_s)
+
+        async def drain() -> None:
+            await asyncio.to_thread(dispatcher.wait_idle, self._drain_timeout_s)
+            super(_DrainingServer, self).handle_exit(sig, frame)
+
+        asyncio.get_event_loop().create_task(drain())
+
+
+def run_server(model_dir: str | Path, cfg: ServerConfig, log_level: str = "info") -> None:
+    app = build_app(model_dir, cfg)
+    if cfg.host not in ("127.0.0.1", "localhost", "::1"):
+        log.warning("listening on %s: reachable beyond this machine%s", cfg.host,
+                    "" if cfg.api_key else " and without an API key")
+    config = uvicorn.Config(app, host=cfg.host, port=cfg.port, log_level=log_level, ws_max_size=cfg.max_frame_bytes,
+                            timeout_graceful_shutdown=5, limit_concurrency=cfg.max_streams * 2 + 64)
+    _DrainingServer(config, app, cfg.drain_timeout_s).run()
