@@ -1,5 +1,5 @@
-"""``deepspeech lm``: build KenLM n-gram models, tune beam-search weights; shared decoder options for eval and
-transcribe."""
+"""``deepspeech lm``: build KenLM n-gram models, tune beam-search weights, train the parallel GPT LM, count its
+activation memory; shared decoder options for eval and transcribe."""
 
 from __future__ import annotations
 
@@ -7,6 +7,7 @@ import argparse
 import itertools
 import json
 import logging
+import os
 from pathlib import Path
 from typing import Any
 
@@ -104,8 +105,67 @@ def _cmd_lm_tune(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_lm_train(args: argparse.Namespace) -> int:
+    from dataclasses import replace
+
+    from deepspeech.parallel import ParallelDims, destroy_parallel, init_parallel
+    from lm.gpt import PRESETS
+    from lm.tokenizer import default_text_path, read_text
+    from lm.train import LMTrainConfig, train
+
+    if args.pp != 1:
+        raise ValueError(f"pipeline parallelism is not implemented yet (--pp {args.pp}); use --pp 1")
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    if args.tp < 1 or world % (args.tp * args.pp):
+        raise ValueError(f"world size {world} is not divisible by tp*pp = {args.tp * args.pp}")
+    model = PRESETS[args.preset]()
+    model = replace(model, sequence_parallel=args.sp, recompute=args.recompute or model.recompute,
+                    **({"positions": args.positions} if args.positions else {}),
+                    **({"dropout": args.dropout} if args.dropout is not None else {}))
+    overrides = {k: getattr(args, k) for k in ("steps", "batch_size", "lr", "seed") if getattr(args, k) is not None}
+    cfg = LMTrainConfig(model=model, **overrides)
+    path = Path(args.text) if args.text else default_text_path()
+    if not path.is_file():
+        raise FileNotFoundError(f"no such text file: {path}")
+    log.info("training text: %s", path)
+    state = init_parallel(ParallelDims(dp=world // (args.tp * args.pp), tp=args.tp, pp=args.pp))
+
+    def emit(record: dict[str, Any]) -> None:
+        if args.format == "json":
+            print(json.dumps(record), flush=True)
+        else:
+            print(f"step {record['step']:>5}  loss {record['loss']:.4f}  lr {record['lr']:.2e}  "
+                  f"grad-norm {record['grad_norm']:.3f}  {record['tokens_per_s']:.0f} tokens/s", flush=True)
+
+    try:
+        _, tokenizer, _ = train(cfg, state, read_text(path), emit)
+        if args.out and state.is_main:
+            out = Path(args.out)
+            out.mkdir(parents=True, exist_ok=True)
+            tokenizer.save(out / "tokenizer.json")
+    finally:
+        destroy_parallel()
+    return 0
+
+
+def add_memory_args(p: argparse.ArgumentParser) -> None:
+    """Options of the activation-memory table (defaults: lm.activation_memory.LayerShape)."""
+    p.add_argument("--s", type=int, help="sequence length (default 128)")
+    p.add_argument("--b", type=int, help="micro-batch (default 4)")
+    p.add_argument("--h", type=int, help="hidden size (default 128)")
+    p.add_argument("--a", type=int, help="attention heads (default 8)")
+    p.add_argument("--tp", type=int, default=2, help="tensor-parallel size of the t > 1 rows (gloo processes)")
+    p.add_argument("--format", choices=["table", "json"], default="table")
+
+
+def _cmd_lm_memory(args: argparse.Namespace) -> int:
+    from lm.activation_memory import run_memory
+
+    return run_memory(args)
+
+
 def add_lm_parser(sub: Any, add_common: Any) -> None:
-    p = sub.add_parser("lm", help="language models: build KenLM n-grams, tune beam-search weights")
+    p = sub.add_parser("lm", help="language models: build KenLM n-grams, tune beam-search weights, train a GPT LM")
     lsub = p.add_subparsers(dest="lm_command", required=True)
     q = lsub.add_parser("ngram", help="build a KenLM n-gram LM (words for English, characters for Mandarin)")
     q.add_argument("--text", action="append", help="text file(s), one sentence a line (repeatable, or "
@@ -140,3 +200,27 @@ def add_lm_parser(sub: Any, add_common: Any) -> None:
     q.add_argument("--device", default="cpu")
     add_common(q)
     q.set_defaults(func=_cmd_lm_tune)
+
+    q = lsub.add_parser("train", help="train the GPT character LM (torchrun for tensor/data parallelism)")
+    q.add_argument("--preset", choices=["gpt-tiny", "gpt-small"], default="gpt-tiny")
+    q.add_argument("--tp", type=int, default=1, help="tensor-parallel size (dp = world size / (tp * pp))")
+    q.add_argument("--pp", type=int, default=1, help="pipeline-parallel size (only 1 for now)")
+    q.add_argument("--sp", action="store_true", help="sequence parallelism over the tensor-parallel group")
+    q.add_argument("--recompute", choices=["none", "selective", "full"], help="activation recomputation")
+    q.add_argument("--positions", choices=["learned", "rotary"])
+    q.add_argument("--dropout", type=float)
+    q.add_argument("--steps", type=int)
+    q.add_argument("--batch-size", type=int, help="global sequences per step")
+    q.add_argument("--lr", type=float)
+    q.add_argument("--seed", type=int)
+    q.add_argument("--text", help="training text, one sentence a line, or a manifest (.jsonl) whose transcripts "
+                   "to use (default: the data kit's Gutenberg sentences, else data/sentences_en transcripts)")
+    q.add_argument("--out", help="write the tokenizer here")
+    q.add_argument("--format", choices=["json", "text"], default="text", help="per-step lines on stdout")
+    add_common(q)
+    q.set_defaults(func=_cmd_lm_train)
+
+    q = lsub.add_parser("memory", help="activation bytes per layer vs the formulas of arXiv 2205.05198")
+    add_memory_args(q)
+    add_common(q)
+    q.set_defaults(func=_cmd_lm_memory)

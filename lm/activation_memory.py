@@ -1,0 +1,160 @@
+"""Activation memory of one transformer layer, measured against arXiv 2205.05198 (sections 4 and 5, Table 2).
+
+Measured: the bytes autograd saves for backward during one layer's forward in bfloat16 (CPU), counted through
+``torch.autograd.graph.saved_tensors_hooks`` as unique storages, parameters and buffers excluded. Dropout masks are
+bool tensors, 1 byte per element, as the paper counts them. Formulas, per layer, in bytes:
+
+=========================================  ==========================
+no parallelism                              sbh (34 + 5as/h)
+tensor parallel                             sbh (10 + 24/t + 5as/(ht))
+tensor + sequence parallel                  sbh (34 + 5as/h) / t
+tensor + sequence parallel + selective      34 sbh / t
+=========================================  ==========================
+
+plus, for reference, selective recomputation without sequence parallelism sbh (10 + 24/t) and full recomputation
+2sbh (2sbh/t with sequence parallelism). The small rest is LayerNorm's saved mean and 1/std (4 fp32 numbers per
+token and layer). Rows with t > 1 run in t local gloo processes.
+
+    python -m lm.activation_memory --tp 2          (or: deepspeech lm memory --tp 2)
+"""
+
+from __future__ import annotations
+
+import argparse
+import itertools
+import json
+import logging
+import sys
+from collections.abc import Callable
+from dataclasses import asdict, dataclass
+
+import torch
+from torch import nn
+
+from lm.gpt import GPTConfig, TransformerLayer
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class LayerShape:
+    """s, b, h, a of the measured layer; the defaults make every formula term a whole number of sbh."""
+
+    s: int = 128  # sequence length
+    b: int = 4  # micro-batch
+    h: int = 128  # hidden size
+    a: int = 8  # attention heads (5as/h = 40)
+
+
+@dataclass(frozen=True)
+class Case:
+    name: str
+    sp: bool
+    recompute: str
+    formula: Callable[[LayerShape, int], float]  # bytes per layer for (shape, t)
+    in_test: bool = True  # one of the four configurations of Table 2 checked by the tests
+
+
+def _sbh(x: LayerShape) -> float:
+    return float(x.s * x.b * x.h)
+
+
+CASES: tuple[Case, ...] = (
+    Case("no parallelism", False, "none", lambda x, t: _sbh(x) * (34 + 5 * x.a * x.s / x.h)),
+    Case("tensor parallel", False, "none", lambda x, t: _sbh(x) * (10 + 24 / t + 5 * x.a * x.s / (x.h * t))),
+    Case("tensor + sequence parallel", True, "none", lambda x, t: _sbh(x) * (34 + 5 * x.a * x.s / x.h) / t),
+    Case("tensor + sequence parallel + selective recompute", True, "selective", lambda x, t: _sbh(x) * 34 / t),
+    Case("tensor parallel + selective recompute", False, "selective", lambda x, t: _sbh(x) * (10 + 24 / t), False),
+    Case("full recompute", False, "full", lambda x, t: _sbh(x) * 2, False),
+    Case("tensor + sequence parallel + full recompute", True, "full", lambda x, t: _sbh(x) * 2 / t, False),
+)
+
+
+def saved_bytes(fn: Callable[[], torch.Tensor], exclude: nn.Module) -> tuple[int, torch.Tensor]:
+    """Bytes of the distinct storages autograd saves while running ``fn``, without ``exclude``'s parameters and
+    buffers; and fn's output (keep it alive: it holds the graph)."""
+    skip = {t.untyped_storage().data_ptr() for t in itertools.chain(exclude.parameters(), exclude.buffers())}
+    seen: dict[int, int] = {}
+
+    def pack(t: torch.Tensor) -> torch.Tensor:
+        storage = t.untyped_storage()
+        if storage.data_ptr() not in skip and storage.nbytes():
+            seen[storage.data_ptr()] = storage.nbytes()
+        return t
+
+    with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+        out = fn()
+    return sum(seen.values()), out
+
+
+def measure_layer(shape: LayerShape, case: Case, group: torch.distributed.ProcessGroup | None = None) -> int:
+    """Bytes saved for backward by one training-mode layer (dropout 0.1, bfloat16) in ``case``'s configuration."""
+    t = 1 if group is None else torch.distributed.get_world_size(group)
+    cfg = GPTConfig(vocab_size=8, layers=1, hidden=shape.h, heads=shape.a, seq_len=shape.s, dropout=0.1,
+                    recompute=case.recompute, sequence_parallel=case.sp and t > 1)
+    layer = TransformerLayer(cfg, group, seed=0, index=0).to(torch.bfloat16).train()
+    s_local = shape.s // t if cfg.sequence_parallel else shape.s
+    x = torch.randn(s_local, shape.b, shape.h, dtype=torch.bfloat16, requires_grad=True)
+    n, out = saved_bytes(lambda: layer(x), layer)
+    out.float().sum().backward()  # runs the recomputation and the backward collectives on every rank alike
+    return n
+
+
+def _row(shape: LayerShape, case: Case, t: int, measured: int) -> dict[str, object]:
+    formula = case.formula(shape, t)
+    return {"configuration": case.name, "t": t, "measured_bytes": measured, "formula_bytes": round(formula),
+            "ratio": round(measured / formula, 4), "in_table_2": case.in_test}
+
+
+def _tp_rows(shape: LayerShape, t: int) -> list[dict[str, object]]:
+    """On each of t gloo ranks: the rows of the tensor-parallel cases."""
+    from deepspeech.parallel import ParallelDims, init_parallel
+
+    state = init_parallel(ParallelDims(tp=t))
+    return [_row(shape, c, t, measure_layer(shape, c, state.tp_group)) for c in CASES if c.name != "no parallelism"]
+
+
+def memory_table(shape: LayerShape, tp: int = 2) -> list[dict[str, object]]:
+    """Every case at t = 1 (this process) and, for tp > 1, the tensor-parallel cases at t = tp (tp processes)."""
+    torch.manual_seed(0)
+    rows = [_row(shape, c, 1, measure_layer(shape, c)) for c in CASES if c.name == "no parallelism" or not c.sp]
+    if tp > 1:
+        from deepspeech.parallel.workers import GlooWorkers
+
+        with GlooWorkers(tp) as workers:
+            rows += workers.run(_tp_rows, shape, tp)[0]
+    return rows
+
+
+def format_table(shape: LayerShape, rows: list[dict[str, object]]) -> str:
+    head = f"activation bytes per layer, bf16, s={shape.s} b={shape.b} h={shape.h} a={shape.a} (arXiv 2205.05198)"
+    lines = [head, f"{'configuration':50} {'t':>2} {'measured':>10} {'formula':>10} {'ratio':>7}"]
+    for r in rows:
+        lines.append(f"{r['configuration']!s:50} {r['t']!s:>2} {r['measured_bytes']!s:>10} "
+                     f"{r['formula_bytes']!s:>10} {float(r['ratio']):7.4f}")  # type: ignore[arg-type]
+    return "\n".join(lines)
+
+
+def run_memory(args: argparse.Namespace) -> int:
+    d = LayerShape()
+    shape = LayerShape(*(getattr(args, k) or getattr(d, k) for k in ("s", "b", "h", "a")))
+    rows = memory_table(shape, args.tp)
+    if args.format == "json":
+        for r in rows:
+            print(json.dumps({**asdict(shape), **r}))
+    else:
+        print(format_table(shape, rows))
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    from deepspeech.cli_lm import add_memory_args
+
+    p = argparse.ArgumentParser(prog="python -m lm.activation_memory", description=__doc__.split("\n")[0])
+    add_memory_args(p)
+    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    return run_memory(p.parse_args(argv))
+
+
+if __name__ == "__main__":
+    sys.exit(main())

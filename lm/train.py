@@ -1,0 +1,130 @@
+"""Train the GPT character LM, single process or under ``torchrun`` with tensor and data parallelism.
+
+Layout: world = dp * tp * pp (deepspeech.parallel.dims); pipeline parallelism is not implemented yet (pp must be
+1). Every rank draws the same global batch from one seeded generator and keeps its data-parallel rows, so runs with
+different dp at the same global batch follow the same trajectory. Data parallelism is DDP over the dp group
+(gradients averaged; each rank's loss is the mean over an equal share of the batch, so that average is the gradient
+of the global-batch mean). Tensor-parallel peers see the same rows and the same dropout generator.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field, replace
+from typing import Any
+
+import torch
+
+from deepspeech.parallel import ParallelState, all_reduce_sum, wrap_data_parallel
+from deepspeech.parallel.mappings import divide, group_size
+from deepspeech.parallel.tensor_parallel import clip_grad_norm, sync_sequence_parallel_grads
+from lm.gpt import GPT, GPTConfig, gpt_tiny
+from lm.tokenizer import CharTokenizer
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class LMTrainConfig:
+    model: GPTConfig = field(default_factory=gpt_tiny)
+    steps: int = 20
+    batch_size: int = 8  # global sequences per step, split evenly over the data-parallel ranks
+    lr: float = 3e-3  # AdamW peak learning rate
+    min_lr: float = 3e-4  # cosine decay ends here at the last step
+    warmup_steps: int = 2  # linear warm-up from lr / warmup_steps
+    weight_decay: float = 0.1  # on matrices only (not LayerNorm or biases)
+    grad_clip: float = 1.0  # global norm of the unsharded model; 0 = off
+    seed: int = 0  # weights, batches and dropout
+
+    def __post_init__(self) -> None:
+        if self.steps < 1 or self.batch_size < 1:
+            raise ValueError("steps and batch_size must be >= 1")
+        if not 0 <= self.min_lr <= self.lr:
+            raise ValueError("need 0 <= min_lr <= lr")
+
+
+def lr_at(cfg: LMTrainConfig, step: int) -> float:
+    """Learning rate of 1-based ``step``: linear warm-up, then cosine from lr to min_lr."""
+    if step <= cfg.warmup_steps:
+        return cfg.lr * step / cfg.warmup_steps
+    span = max(1, cfg.steps - cfg.warmup_steps)
+    frac = min(1.0, (step - cfg.warmup_steps) / span)
+    return cfg.min_lr + 0.5 * (cfg.lr - cfg.min_lr) * (1 + math.cos(math.pi * frac))
+
+
+class TextBatches:
+    """Random windows of s + 1 tokens: inputs (b_local, s) and next-token targets (b_local, s).
+
+    All ranks draw the same global batch of ``batch_size`` windows and keep rows [dp_rank * b_local, ...).
+    """
+
+    def __init__(self, ids: torch.Tensor, seq_len: int, batch_size: int, seed: int, dp_rank: int = 0,
+                 dp_size: int = 1) -> None:
+        if ids.numel() < seq_len + 2:
+            raise ValueError(f"the text has {ids.numel()} tokens; need more than seq_len + 1 = {seq_len + 1}")
+        self.ids, self.seq_len, self.batch_size = ids, seq_len, batch_size
+        self.local = divide(batch_size, dp_size, "global batch size over data-parallel ranks")
+        self.rows = slice(dp_rank * self.local, (dp_rank + 1) * self.local)
+        self.generator = torch.Generator().manual_seed(seed)
+
+    def next(self) -> tuple[torch.Tensor, torch.Tensor]:
+        starts = torch.randint(0, self.ids.numel() - self.seq_len - 1, (self.batch_size,),
+                               generator=self.generator)[self.rows]
+        windows = torch.stack([self.ids[i: i + self.seq_len + 1] for i in starts.tolist()]).long()
+        return windows[:, :-1], windows[:, 1:]
+
+
+def build_optimizer(model: torch.nn.Module, cfg: LMTrainConfig) -> torch.optim.AdamW:
+    decay = [p for p in model.parameters() if p.dim() >= 2]
+    rest = [p for p in model.parameters() if p.dim() < 2]
+    return torch.optim.AdamW([{"params": decay, "weight_decay": cfg.weight_decay},
+                              {"params": rest, "weight_decay": 0.0}], lr=cfg.lr, betas=(0.9, 0.95))
+
+
+def train(cfg: LMTrainConfig, state: ParallelState, text: str,
+          emit: Callable[[dict[str, Any]], None] | None = None) -> tuple[GPT, CharTokenizer, list[dict[str, Any]]]:
+    """Train on ``text`` for cfg.steps steps; ``emit`` receives each step's record on rank 0. Returns the local model
+    shard, the tokenizer and the records."""
+    if state.dims.pp != 1:
+        raise ValueError(f"pipeline parallelism is not implemented yet (pp={state.dims.pp}); use pp=1")
+    tokenizer = CharTokenizer.train(text)
+    mcfg = replace(cfg.model, vocab_size=tokenizer.padded_vocab_size())
+    if mcfg.sequence_parallel and group_size(state.tp_group) > 1:
+        divide(mcfg.seq_len, state.dims.tp, "seq_len (sequence parallelism splits it over tensor-parallel ranks)")
+    ids = torch.tensor(tokenizer.encode(text), dtype=torch.int32)
+    log.info("text: %d characters, vocabulary %d (padded to %d)", ids.numel(), tokenizer.vocab_size,
+             mcfg.vocab_size)
+    model = GPT(mcfg, state.tp_group, seed=cfg.seed).to(state.device)
+    n_local = sum(p.numel() for p in model.parameters())
+    log.info("GPT: %d layers, h=%d, a=%d, s=%d; %d parameters on this rank (tp=%d dp=%d, sp=%s, recompute=%s)",
+             mcfg.layers, mcfg.hidden, mcfg.heads, mcfg.seq_len, n_local, state.dims.tp, state.dims.dp,
+             mcfg.sequence_parallel, mcfg.recompute)
+    net = wrap_data_parallel(model, state)
+    optimizer = build_optimizer(model, cfg)
+    batches = TextBatches(ids, mcfg.seq_len, cfg.batch_size, cfg.seed, state.dp_rank, state.dims.dp)
+    torch.manual_seed(cfg.seed + 7919 * (state.dp_rank + 1))  # dropout: shared by TP peers, distinct per DP rank
+    records: list[dict[str, Any]] = []
+    model.train()
+    for step in range(1, cfg.steps + 1):
+        t0 = time.perf_counter()
+        lr = lr_at(cfg, step)
+        for g in optimizer.param_groups:
+            g["lr"] = lr
+        x, y = batches.next()
+        _, loss = net(x.to(state.device), y.to(state.device))
+        loss.backward()
+        sync_sequence_parallel_grads(model.parameters(), state.tp_group)
+        norm = clip_grad_norm(model.parameters(), cfg.grad_clip, state.tp_group)
+        optimizer.step()
+        optimizer.zero_grad(set_to_none=True)
+        mean_loss = all_reduce_sum(loss.detach().clone(), state.dp_group).item() / state.dims.dp
+        seconds = time.perf_counter() - t0
+        record = {"step": step, "loss": round(mean_loss, 6), "lr": lr, "grad_norm": round(norm, 6),
+                  "tokens_per_s": round(cfg.batch_size * mcfg.seq_len / seconds, 1)}
+        records.append(record)
+        if emit is not None and state.is_main:
+            emit(record)
+    return model, tokenizer, records
