@@ -27,7 +27,7 @@ from deepspeech.beam import BeamSearchDecoder, Hypothesis, Word, best_hypothesis
 from deepspeech.checkpoint import AcousticModel
 from deepspeech.data.dataset import collate
 from deepspeech.features import extract
-from deepspeech.longform import ChunkConfig, decode_segments, segment_log_probs
+from deepspeech.longform import ChunkConfig, decode_segments, segment_log_probs, stream_audio
 
 log = logging.getLogger(__name__)
 
@@ -134,7 +134,8 @@ def transcribe_files(am: AcousticModel, paths: Sequence[str | Path], device: tor
             continue
         try:
             if duration > chunk.min_segment_s:
-                out[k] = _transcribe_long(p, am, chunk, decoder, dev, duration)
+                long = _transcribe_streaming if _streamable(am) else _transcribe_long
+                out[k] = long(p, am, chunk, decoder, dev, duration)
                 emit()
                 continue
             wav = load_audio(p)
@@ -162,6 +163,35 @@ def _transcribe_long(path: str | Path, am: AcousticModel, chunk: ChunkConfig, de
 
     hyp = decode_segments(segment_log_probs(path, am, chunk, device), am, decoder, on_segment=keep)
     return _finish(Transcript(str(path), hyp.text, None, duration, words))
+
+
+def _streamable(am: AcousticModel) -> bool:
+    from deepspeech.streaming import StreamingError, check_streamable
+
+    try:
+        check_streamable(am)
+        return True
+    except StreamingError:
+        return False
+
+
+def _transcribe_streaming(path: str | Path, am: AcousticModel, chunk: ChunkConfig,
+                          decoder: BeamSearchDecoder | None, device: torch.device, duration: float) -> Transcript:
+    """A long file through a streaming (unidirectional) model: block by block with carried state, so the result is
+    that of the whole file in one pass (no segmentation) in bounded memory, and equals the streaming server's."""
+    from deepspeech.streaming import StreamingModel
+
+    engine = StreamingModel(am, device)
+    s = engine.new_session()
+    blocks = stream_audio(path, chunk.block_s)
+    block = next(blocks)
+    for nxt in blocks:
+        engine.step([s], [block], [False])
+        block = nxt
+    engine.step([s], [block], [True])
+    logp = s.all_log_probs(engine.vocab)
+    hyp = engine.final_hypothesis(s, decoder)
+    return _finish(Transcript(str(path), hyp.text, None, duration, timed_words(hyp.words, logp, frame_seconds(am))))
 
 
 # ---------------------------------------------------------------------------------------------------- output

@@ -220,3 +220,19 @@ def test_api_key_and_graceful_shutdown(model_dir: Path, wavs: list[Path], offlin
         assert second.close_code == 1013 and second.final is None
         assert proc.wait(timeout=30) in (0, -signal.SIGTERM)  # uvicorn re-raises the signal after a clean exit
         assert "draining" in (tmp_path / "log").read_text()
+
+
+def test_long_stream_equals_offline_whole_file(server: str, model_dir: Path, wavs: list[Path], tmp_path: Path
+                                               ) -> None:
+    """Past ChunkConfig.min_segment_s, offline transcription of a streaming model runs the streaming engine over
+    the whole file (no silence segmentation), so long streams match offline too."""
+    import numpy as np
+    import soundfile as sf
+
+    pcm = np.concatenate([sf.read(str(w), dtype="int16")[0] for w in wavs * 3])
+    long = tmp_path / "long.wav"
+    sf.write(str(long), pcm, 16000, subtype="PCM_16")
+    assert pcm.size / 16000 > 12
+    ref = transcribe_files(load_model_dir(model_dir), [long], progress=False)[0].to_json()
+    r = asyncio.run(stream_file(long, f"ws://{server}/v1/stream", chunk_ms=250, realtime=0))
+    assert r.final is not None and r.final["text"] == ref["text"] and words_equal(r.final["words"], ref["words"])
