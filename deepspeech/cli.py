@@ -243,6 +243,17 @@ def _cmd_synth_noise(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_synth_concat(args: argparse.Namespace) -> int:
+    from data_synthesis.concat import ConcatConfig, concat_corpus
+    from deepspeech.data.manifest import read_manifest
+
+    utts = [u for m in args.manifest.split(",") for u in read_manifest(m)]
+    cfg = ConcatConfig(words=args.words, pause_s=args.pause_s, edge_s=args.edge_s)
+    done = concat_corpus(utts, args.out, args.count, cfg, seed=args.seed, progress=not args.no_progress)
+    print(f"{args.out}/manifest.jsonl: {len(done)} utterances, {sum(u.duration_s for u in done) / 60:.1f} min")
+    return 0
+
+
 def _cmd_synth_sentences(args: argparse.Namespace) -> int:
     from data_synthesis.corpus import CorpusConfig, build_corpus
 
@@ -340,6 +351,18 @@ def build_parser() -> argparse.ArgumentParser:
     q.add_argument("--seed", type=int, default=0)
     _add_common(q)
     q.set_defaults(func=_cmd_synth_sentences)
+
+    q = ssub.add_parser("concat", help="connected speech: join 2-5 utterances of a speaker with pauses "
+                        "(e.g. digit strings from isolated digits)")
+    q.add_argument("--manifest", required=True, help="input manifest(s), comma-separated")
+    q.add_argument("--out", required=True, help="output folder (audio/ and manifest.jsonl)")
+    q.add_argument("--count", type=int, required=True, help="utterances to write")
+    q.add_argument("--words", type=lambda t: _range(t, int), default=(2, 5), help="utterances joined, 'lo,hi'")
+    q.add_argument("--pause-s", type=_range, default=(0.05, 0.5), help="pause between them, 'lo,hi' seconds")
+    q.add_argument("--edge-s", type=_range, default=(0.0, 0.3), help="silence at both ends, 'lo,hi' seconds")
+    q.add_argument("--seed", type=int, default=0)
+    _add_common(q)
+    q.set_defaults(func=_cmd_synth_concat)
 
     q = ssub.add_parser("noise", help="write a noisy / reverberant copy of a corpus (audio + manifest)")
     q.add_argument("--manifest", required=True, help="input manifest (clean speech)")

@@ -8,6 +8,7 @@ produces, chunk by chunk, exactly the frames of the whole-utterance function (ea
 
 from __future__ import annotations
 
+import functools
 import json
 import math
 from collections.abc import Iterable
@@ -54,6 +55,7 @@ class FeatureConfig:
         return 1 + max(0, num_samples - self.win_length) // self.hop_length
 
 
+@functools.lru_cache(maxsize=8)
 def _window(cfg: FeatureConfig) -> torch.Tensor:
     fn = torch.hamming_window if cfg.window == "hamming" else torch.hann_window
     return fn(cfg.win_length, periodic=False, dtype=torch.float32)

@@ -81,11 +81,16 @@ def digits_en() -> TrainConfig:
 
 def streaming_en() -> TrainConfig:
     """The streaming server's default model: ``tiny-streaming`` (3 unidirectional GRUs of 256 + a 200 ms lookahead
-    convolution) trained like ``digits-en``, but on global feature statistics only (``utterance_norm="none"``:
-    a stream cannot know its own mean in advance; gain augmentation teaches level invariance instead)."""
+    convolution) on global feature statistics only (``utterance_norm="none"``: a stream cannot know its own mean
+    in advance; gain augmentation teaches level invariance instead). Data as ``digits-en`` plus 800 connected digit
+    strings joined from the same training utterances (``deepspeech synth concat``, built by
+    ``recipes/streaming_en.sh``), so the model learns word boundaries and pauses, as a live stream has them.
+    Model selection on george's isolated digits and strings."""
     base = tiny_streaming("en")
     digits = digits_en()
-    return dataclasses.replace(base, name="streaming-en", data=digits.data, epochs=15, save_every_steps=100,
+    data = dataclasses.replace(digits.data, train=digits.data.train + ",data/digit_strings/train/manifest.jsonl",
+                               dev="data/fsdd/dev.jsonl,data/digit_strings/dev/manifest.jsonl")
+    return dataclasses.replace(base, name="streaming-en", data=data, epochs=10, save_every_steps=100,
                                augment=digits.augment, optim=digits.optim)
 
 
