@@ -113,8 +113,6 @@ def _cmd_lm_train(args: argparse.Namespace) -> int:
     from lm.tokenizer import default_text_path, read_text
     from lm.train import LMTrainConfig, train
 
-    if args.pp != 1:
-        raise ValueError(f"pipeline parallelism is not implemented yet (--pp {args.pp}); use --pp 1")
     world = int(os.environ.get("WORLD_SIZE", "1"))
     if args.tp < 1 or world % (args.tp * args.pp):
         raise ValueError(f"world size {world} is not divisible by tp*pp = {args.tp * args.pp}")
@@ -123,7 +121,11 @@ def _cmd_lm_train(args: argparse.Namespace) -> int:
                     **({"positions": args.positions} if args.positions else {}),
                     **({"dropout": args.dropout} if args.dropout is not None else {}))
     overrides = {k: getattr(args, k) for k in ("steps", "batch_size", "lr", "seed") if getattr(args, k) is not None}
-    cfg = LMTrainConfig(model=model, **overrides)
+    cfg = LMTrainConfig(model=model, vpp=args.vpp, microbatches=args.microbatches or args.pp,
+                        bf16=args.bf16, save_dir=args.save, save_every=args.save_every, load_dir=args.load,
+                        **overrides)
+    if args.layers:
+        cfg = replace(cfg, model=replace(cfg.model, layers=args.layers))
     path = Path(args.text) if args.text else default_text_path()
     if not path.is_file():
         raise FileNotFoundError(f"no such text file: {path}")
@@ -201,10 +203,20 @@ def add_lm_parser(sub: Any, add_common: Any) -> None:
     add_common(q)
     q.set_defaults(func=_cmd_lm_tune)
 
-    q = lsub.add_parser("train", help="train the GPT character LM (torchrun for tensor/data parallelism)")
+    q = lsub.add_parser("train", help="train the GPT character LM (torchrun for tensor/pipeline/data "
+                        "parallelism)")
     q.add_argument("--preset", choices=["gpt-tiny", "gpt-small"], default="gpt-tiny")
     q.add_argument("--tp", type=int, default=1, help="tensor-parallel size (dp = world size / (tp * pp))")
-    q.add_argument("--pp", type=int, default=1, help="pipeline-parallel size (only 1 for now)")
+    q.add_argument("--pp", type=int, default=1, help="pipeline-parallel size (layers split over pp stages)")
+    q.add_argument("--vpp", type=int, default=1, help="model chunks per pipeline rank (interleaved 1F1B when > 1)")
+    q.add_argument("--microbatches", type=int, help="micro-batches per step and data-parallel rank (default: pp; "
+                   "the bubble is (pp - 1) / (vpp * microbatches))")
+    q.add_argument("--layers", type=int, help="override the preset's layer count (divisible by pp * vpp)")
+    q.add_argument("--bf16", action="store_true", help="bf16 compute (autocast), fp32 master weights and optimizer "
+                   "state (for GPUs; runs on CPU too, slowly)")
+    q.add_argument("--save", help="write sharded DCP checkpoints to DIR/step-NNNNNN (loadable at any layout)")
+    q.add_argument("--save-every", type=int, default=0, help="steps between checkpoints (0: after the last step)")
+    q.add_argument("--load", help="resume from a checkpoint directory (or the newest step-* in it)")
     q.add_argument("--sp", action="store_true", help="sequence parallelism over the tensor-parallel group")
     q.add_argument("--recompute", choices=["none", "selective", "full"], help="activation recomputation")
     q.add_argument("--positions", choices=["learned", "rotary"])

@@ -1,7 +1,9 @@
 """Train the GPT character LM, single process or under ``torchrun`` with tensor and data parallelism.
 
-Layout: world = dp * tp * pp (deepspeech.parallel.dims); pipeline parallelism is not implemented yet (pp must be
-1). Every rank draws the same global batch from one seeded generator and keeps its data-parallel rows, so runs with
+Layout: world = dp * tp * pp (deepspeech.parallel.dims). With pp > 1, vpp > 1 or more than one micro-batch the
+step runs through lm.pipeline (1F1B or interleaved 1F1B, arXiv 2104.04473 section 2.2) and gradients are averaged
+over the data-parallel group by one all-reduce after the pipeline flush; otherwise the model is one GPT under DDP.
+Every rank draws the same global batch from one seeded generator and keeps its data-parallel rows, so runs with
 different dp at the same global batch follow the same trajectory. Data parallelism is DDP over the dp group
 (gradients averaged; each rank's loss is the mean over an equal share of the batch, so that average is the gradient
 of the global-batch mean). Tensor-parallel peers see the same rows and the same dropout generator.
@@ -21,7 +23,17 @@ import torch
 from deepspeech.parallel import ParallelState, all_reduce_sum, wrap_data_parallel
 from deepspeech.parallel.mappings import divide, group_size
 from deepspeech.parallel.tensor_parallel import clip_grad_norm, sync_sequence_parallel_grads
+from lm.checkpoint import load_checkpoint, save_checkpoint
 from lm.gpt import GPT, GPTConfig, gpt_tiny
+from lm.pipeline import (
+    CommCounter,
+    all_reduce_dp_grads,
+    build_chunks,
+    forward_backward,
+    split_microbatches,
+    sync_tied_embedding_grads,
+    unique_parameters,
+)
 from lm.tokenizer import CharTokenizer
 
 log = logging.getLogger(__name__)
@@ -38,10 +50,18 @@ class LMTrainConfig:
     weight_decay: float = 0.1  # on matrices only (not LayerNorm or biases)
     grad_clip: float = 1.0  # global norm of the unsharded model; 0 = off
     seed: int = 0  # weights, batches and dropout
+    vpp: int = 1  # model chunks per pipeline rank (interleaved 1F1B when > 1)
+    microbatches: int = 1  # per step and data-parallel rank; the local batch is split into this many
+    bf16: bool = False  # bf16 autocast compute (pipeline sends in bf16), fp32 parameters, gradients and AdamW state
+    save_dir: str | None = None  # write DCP checkpoints to save_dir/step-NNNNNN
+    save_every: int = 0  # steps between checkpoints (0: only after the last step, when save_dir is set)
+    load_dir: str | None = None  # resume from this checkpoint (or the newest step-* in it), any layout
 
     def __post_init__(self) -> None:
         if self.steps < 1 or self.batch_size < 1:
             raise ValueError("steps and batch_size must be >= 1")
+        if self.vpp < 1 or self.microbatches < 1 or self.save_every < 0:
+            raise ValueError("vpp and microbatches must be >= 1, save_every >= 0")
         if not 0 <= self.min_lr <= self.lr:
             raise ValueError("need 0 <= min_lr <= lr")
 
@@ -85,11 +105,19 @@ def build_optimizer(model: torch.nn.Module, cfg: LMTrainConfig) -> torch.optim.A
 
 
 def train(cfg: LMTrainConfig, state: ParallelState, text: str,
-          emit: Callable[[dict[str, Any]], None] | None = None) -> tuple[GPT, CharTokenizer, list[dict[str, Any]]]:
-    """Train on ``text`` for cfg.steps steps; ``emit`` receives each step's record on rank 0. Returns the local model
-    shard, the tokenizer and the records."""
-    if state.dims.pp != 1:
-        raise ValueError(f"pipeline parallelism is not implemented yet (pp={state.dims.pp}); use pp=1")
+          emit: Callable[[dict[str, Any]], None] | None = None, counter: CommCounter | None = None
+          ) -> tuple[torch.nn.Module, CharTokenizer, list[dict[str, Any]]]:
+    """Train on ``text`` up to step cfg.steps; ``emit`` receives each step's record on rank 0. Returns the local model
+    (a GPT, or with the pipeline engine a ModuleList of this rank's GPTChunks), the tokenizer and the records.
+
+    ``counter`` (pipeline engine only) accumulates the bytes of pipeline sends and gradient all-reduces.
+    """
+    pipelined = state.dims.pp > 1 or cfg.vpp > 1 or cfg.microbatches > 1
+    if cfg.vpp > 1 and state.dims.pp == 1:
+        raise ValueError("interleaving (vpp > 1) needs pipeline parallelism (pp > 1)")
+    if cfg.bf16 and state.device.type == "cpu":
+        log.warning("bf16 autocast on CPU: numerically the GPU recipe (bf16 matmuls, fp32 master weights and "
+                    "optimizer state, fp32 loss), but usually slower than fp32 here; meant for checking")
     tokenizer = CharTokenizer.train(text)
     mcfg = replace(cfg.model, vocab_size=tokenizer.padded_vocab_size())
     if mcfg.sequence_parallel and group_size(state.tp_group) > 1:
@@ -97,34 +125,56 @@ def train(cfg: LMTrainConfig, state: ParallelState, text: str,
     ids = torch.tensor(tokenizer.encode(text), dtype=torch.int32)
     log.info("text: %d characters, vocabulary %d (padded to %d)", ids.numel(), tokenizer.vocab_size,
              mcfg.vocab_size)
-    model = GPT(mcfg, state.tp_group, seed=cfg.seed).to(state.device)
+    model: torch.nn.Module
+    if pipelined:
+        model = build_chunks(mcfg, state, cfg.vpp, cfg.seed).to(state.device)
+        named = list(unique_parameters(model))
+        net: torch.nn.Module = model
+    else:
+        model = GPT(mcfg, state.tp_group, seed=cfg.seed).to(state.device)
+        named = list(model.named_parameters())
+        net = wrap_data_parallel(model, state)
     n_local = sum(p.numel() for p in model.parameters())
-    log.info("GPT: %d layers, h=%d, a=%d, s=%d; %d parameters on this rank (tp=%d dp=%d, sp=%s, recompute=%s)",
-             mcfg.layers, mcfg.hidden, mcfg.heads, mcfg.seq_len, n_local, state.dims.tp, state.dims.dp,
-             mcfg.sequence_parallel, mcfg.recompute)
-    net = wrap_data_parallel(model, state)
+    log.info("GPT: %d layers, h=%d, a=%d, s=%d; %d parameters on this rank (tp=%d pp=%d vpp=%d dp=%d, m=%d, sp=%s, "
+             "recompute=%s)", mcfg.layers, mcfg.hidden, mcfg.heads, mcfg.seq_len, n_local, state.dims.tp,
+             state.dims.pp, cfg.vpp, state.dims.dp, cfg.microbatches, mcfg.sequence_parallel, mcfg.recompute)
     optimizer = build_optimizer(model, cfg)
     batches = TextBatches(ids, mcfg.seq_len, cfg.batch_size, cfg.seed, state.dp_rank, state.dims.dp)
-    torch.manual_seed(cfg.seed + 7919 * (state.dp_rank + 1))  # dropout: shared by TP peers, distinct per DP rank
+    start = 0
+    if cfg.load_dir:
+        start = load_checkpoint(cfg.load_dir, named, optimizer, state)
+        for _ in range(start):  # the batch stream resumes where the checkpointed run stood
+            batches.next()
+    torch.manual_seed(cfg.seed + 7919 * (state.dp_rank + 1) + start)  # dropout: shared by TP peers, per DP rank
     records: list[dict[str, Any]] = []
     model.train()
-    for step in range(1, cfg.steps + 1):
+    for step in range(start + 1, cfg.steps + 1):
         t0 = time.perf_counter()
         lr = lr_at(cfg, step)
         for g in optimizer.param_groups:
             g["lr"] = lr
         x, y = batches.next()
-        _, loss = net(x.to(state.device), y.to(state.device))
-        loss.backward()
+        if pipelined:
+            loss = forward_backward(model, split_microbatches(x, y, cfg.microbatches), state,  # type: ignore[arg-type]
+                                    counter, cfg.bf16)
+            sync_tied_embedding_grads(model, state, counter)  # type: ignore[arg-type]
+            all_reduce_sum(loss, state.pp_group)  # the last stage's loss to every stage
+            all_reduce_dp_grads(model.parameters(), state, counter)
+        else:
+            with torch.autocast(state.device.type, dtype=torch.bfloat16, enabled=cfg.bf16):
+                _, loss = net(x.to(state.device), y.to(state.device))
+            loss.backward()
         sync_sequence_parallel_grads(model.parameters(), state.tp_group)
-        norm = clip_grad_norm(model.parameters(), cfg.grad_clip, state.tp_group)
+        norm = clip_grad_norm(model.parameters(), cfg.grad_clip, state.tp_group, state.pp_group)
         optimizer.step()
         optimizer.zero_grad(set_to_none=True)
-        mean_loss = all_reduce_sum(loss.detach().clone(), state.dp_group).item() / state.dims.dp
+        mean_loss = all_reduce_sum(loss.detach().float().clone(), state.dp_group).item() / state.dims.dp
         seconds = time.perf_counter() - t0
         record = {"step": step, "loss": round(mean_loss, 6), "lr": lr, "grad_norm": round(norm, 6),
-                  "tokens_per_s": round(cfg.batch_size * mcfg.seq_len / seconds, 1)}
+                  "tokens_per_s": round(cfg.batch_size * mcfg.seq_len / seconds, 1), "seconds": round(seconds, 5)}
         records.append(record)
         if emit is not None and state.is_main:
             emit(record)
+        if cfg.save_dir and (step == cfg.steps or (cfg.save_every and step % cfg.save_every == 0)):
+            save_checkpoint(cfg.save_dir, named, optimizer, state, step, cfg)
     return model, tokenizer, records

@@ -257,7 +257,7 @@ def test_cli_trains_with_torchrun_and_prints_json(tmp_path: Path) -> None:
     assert last < first - 0.3, losses  # measured (seed 1): 3.30 over the first three steps, 2.71 over the last
 
 
-def test_cli_rejects_pipeline_parallelism() -> None:
+def test_cli_rejects_a_layout_that_does_not_divide_the_world() -> None:
     from deepspeech.cli import main
 
-    assert main(["lm", "train", "--preset", "gpt-tiny", "--pp", "2", "--steps", "1"]) == 2
+    assert main(["lm", "train", "--preset", "gpt-tiny", "--pp", "2", "--steps", "1"]) == 2  # world 1

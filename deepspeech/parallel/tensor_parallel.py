@@ -101,10 +101,13 @@ class _SequenceParallelLinear(torch.autograd.Function):
     @staticmethod
     def backward(ctx: Any, grad: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None, None]:
         x, weight = ctx.saved_tensors
-        total = gather_along(x, 0, ctx.group)
-        grad_input = reduce_scatter_first(grad.matmul(weight), ctx.group)
+        # Under bf16 autocast the forward matmul ran in bf16 on fp32 inputs: backward in the gradient's dtype, and
+        # gradients returned in the inputs' dtypes (fp32 master weights).
+        total = gather_along(x, 0, ctx.group).to(grad.dtype)
+        grad_input = reduce_scatter_first(grad.matmul(weight.to(grad.dtype)), ctx.group).to(x.dtype)
         grad_weight = grad.reshape(-1, grad.shape[-1]).t().matmul(total.reshape(-1, total.shape[-1]))
-        grad_bias = grad.reshape(-1, grad.shape[-1]).sum(0) if ctx.has_bias else None
+        grad_weight = grad_weight.to(weight.dtype)
+        grad_bias = grad.reshape(-1, grad.shape[-1]).sum(0).to(weight.dtype) if ctx.has_bias else None
         return grad_input, grad_weight, grad_bias, None
 
 
@@ -230,22 +233,26 @@ def sync_sequence_parallel_grads(params: Iterable[nn.Parameter], group: Group) -
         g.copy_(new.view_as(g))
 
 
-def clip_grad_norm(params: Iterable[nn.Parameter], max_norm: float, group: Group) -> float:
+def clip_grad_norm(params: Iterable[nn.Parameter], max_norm: float, group: Group, pp_group: Group = None) -> float:
     """Clip by the global gradient norm of the unsharded model; returns the norm before clipping.
 
     Sharded parameters (``tp_dim`` set) contribute their squares summed over the group; replicated ones, equal on
-    every rank, count once.
+    every rank, count once. With a pipeline group the stages' sums are added; a stage's copy of another stage's
+    parameter (``pipeline_copy``, the tied embedding) is clipped but not counted.
     """
     with_grad = [p for p in params if p.grad is not None]
     sharded = torch.zeros((), dtype=torch.float64)
     replicated = torch.zeros((), dtype=torch.float64)
     for p in with_grad:
+        if getattr(p, "pipeline_copy", False):
+            continue
         sq = p.grad.detach().double().pow(2).sum()
         if getattr(p, "tp_dim", None) is not None:
             sharded += sq
         else:
             replicated += sq
-    norm = math.sqrt(float(all_reduce_sum(sharded, group) + replicated))
+    total = all_reduce_sum(sharded, group) + replicated
+    norm = math.sqrt(float(all_reduce_sum(total, pp_group)))
     if max_norm > 0 and norm > max_norm:
         for p in with_grad:
             p.grad.mul_(max_norm / (norm + 1e-6))
