@@ -54,8 +54,8 @@ def concat_corpus(utts: Sequence[Utterance], out_dir: str | Path, count: int, cf
     for i in tqdm(range(count), desc="concat", unit="utt", disable=not progress):
         spk = rng.choices(speakers, weights)[0]
         parts = rng.choices(by_speaker[spk], k=rng.randint(*cfg.words))
-        audio, texts = [_silence(rng.uniform(*cfg.edge_s))], []
-        for k, u in enumerate(parts):
+        clips, texts = [], []
+        for u in parts:
             try:
                 wav = cache.get(u.audio)
                 if wav is None:
@@ -63,13 +63,20 @@ def concat_corpus(utts: Sequence[Utterance], out_dir: str | Path, count: int, cf
             except AudioError as e:
                 log.warning("skipping %s", e)
                 continue
-            if k:
-                audio.append(_silence(rng.uniform(*cfg.pause_s)))
-            audio.append(wav)
+            clips.append(wav)
             texts.append(u.text.strip())
         if not texts:
             continue
-        audio.append(_silence(rng.uniform(*cfg.edge_s)))
+        # Pauses carry the recordings' own background level, never digital silence (which no microphone gives
+        # and which puts log-spectrogram frames at the log floor, far outside the training distribution).
+        floor = min(_noise_floor(c) for c in clips)
+        nprng = np.random.default_rng(rng.getrandbits(32))
+        audio = [_pause(rng.uniform(*cfg.edge_s), floor, nprng)]
+        for k, wav in enumerate(clips):
+            if k:
+                audio.append(_pause(rng.uniform(*cfg.pause_s), floor, nprng))
+            audio.append(wav)
+        audio.append(_pause(rng.uniform(*cfg.edge_s), floor, nprng))
         wav = np.concatenate(audio)
         path = out / "audio" / f"{i:05d}.flac"
         save_audio(path, wav)
@@ -78,5 +85,15 @@ def concat_corpus(utts: Sequence[Utterance], out_dir: str | Path, count: int, cf
     return done
 
 
-def _silence(seconds: float) -> np.ndarray:
-    return np.zeros(int(round(seconds * SAMPLE_RATE)), np.float32)
+def _noise_floor(wav: np.ndarray) -> float:
+    """RMS of the quietest 10% of 20 ms frames (the recording's background level), at least -80 dBFS."""
+    n = wav.size // 320
+    if n == 0:
+        return 1e-4
+    rms = np.sqrt(np.mean(wav[: n * 320].reshape(n, 320).astype(np.float64) ** 2, axis=1))
+    return float(max(np.quantile(rms, 0.1), 1e-4))
+
+
+def _pause(seconds: float, rms: float, rng: np.random.Generator) -> np.ndarray:
+    """White noise at ``rms``: a pause at the background level of the speech around it."""
+    return (rng.standard_normal(int(round(seconds * SAMPLE_RATE))) * rms).astype(np.float32)

@@ -29,6 +29,7 @@ def test_joined_audio_text_and_speakers(tmp_path: Path) -> None:
         # lower bound: the shortest clips plus the shortest pauses
         shortest = min(load_audio(a).size for a in by_audio) / 16000
         assert u.duration_s >= len(parts) * shortest + (len(parts) - 1) * 0.1 - 1e-3
+        assert np.all(wav != 0.0) or np.count_nonzero(wav == 0.0) < 0.01 * wav.size  # no digital silence
     again = concat_corpus(src, tmp_path / "b", 8, cfg, seed=5, progress=False)
     assert [u.text for u in again] == [u.text for u in out]
     assert np.array_equal(load_audio(again[3].audio), load_audio(out[3].audio))
