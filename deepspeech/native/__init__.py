@@ -2,6 +2,9 @@
 
 - :func:`ctc_loss`: fused CTC loss from logits (``native/ctc_loss.cpp``); reference:
   ``F.ctc_loss(logits.log_softmax(-1), ...)``.
+- :func:`gru_layer`, :func:`gru_step`, :class:`FusedGRU`: a fused GRU layer with a hand-written backward and a
+  streaming step (``native/gru.cpp``; forward and step on a GPU: ``native/gru_cuda.cu``); reference: ``nn.GRU``'s
+  ``torch.gru`` and the step-by-step :func:`gru_layer_reference`.
 
 Each kernel compiles on first use (``torch.utils.cpp_extension``, cached by torch); if it cannot be built or
 loaded, a warning is logged once and the reference path runs. ``DEEPSPEECH_NATIVE=0`` forces the reference.
@@ -9,5 +12,7 @@ loaded, a warning is logged once and the reference path runs. ``DEEPSPEECH_NATIV
 
 from deepspeech.native.build import native_available
 from deepspeech.native.ctc import ctc_loss, ctc_loss_reference
+from deepspeech.native.gru import FusedGRU, gru_layer, gru_layer_reference, gru_step, gru_step_reference
 
-__all__ = ["ctc_loss", "ctc_loss_reference", "native_available"]
+__all__ = ["FusedGRU", "ctc_loss", "ctc_loss_reference", "gru_layer", "gru_layer_reference", "gru_step",
+           "gru_step_reference", "native_available"]

@@ -1,0 +1,196 @@
+"""Fused GRU layer (Cho et al. 2014; the recurrent layers of DS2, section 3.1) with nn.GRU's equations and layout.
+
+Gates are stacked (r, z, n) along the 3H rows of ``w_ih`` (3H, I) and ``w_hh`` (3H, H)::
+
+    r = sigmoid(W_ir x + b_ir + W_hr h + b_hr)
+    z = sigmoid(W_iz x + b_iz + W_hz h + b_hz)
+    n = tanh(W_in x + b_in + r * (W_hn h + b_hn))
+    h' = (1 - z) * n + z * h
+
+- :func:`gru_layer`: a unidirectional, batch-first layer with autograd. On the CPU the native kernel
+  (``native/gru.cpp``) runs one GEMM for all input projections, then per step the recurrent GEMM and one fused
+  loop for the gates; its backward is hand-written. Elsewhere (or with ``DEEPSPEECH_NATIVE=0``) ``torch.gru``
+  runs, which is what ``nn.GRU`` calls (cuDNN on a GPU).
+- :func:`gru_step`: one step for streaming inference, no autograd.
+- :func:`gru_layer_reference` / :func:`gru_step_reference`: the equations above in plain PyTorch.
+- :class:`FusedGRU`: a drop-in for ``nn.GRU(input_size, hidden_size, batch_first=True)`` with the same parameter
+  names, so state dicts load either way.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+from torch import Tensor, nn
+from torch.nn.utils.rnn import PackedSequence
+
+from deepspeech.native.build import load_cuda_extension, load_extension
+
+
+@torch.library.custom_op("deepspeech::gru_forward", mutates_args=())
+def _gru_forward(x: Tensor, h0: Tensor, w_ih: Tensor, w_hh: Tensor, b_ih: Tensor, b_hh: Tensor
+                 ) -> tuple[Tensor, Tensor]:
+    ext = load_extension("gru")
+    assert ext is not None
+    out, ws = ext.gru_forward(x, h0, w_ih, w_hh, b_ih, b_hh)
+    return out, ws
+
+
+@_gru_forward.register_fake
+def _(x: Tensor, h0: Tensor, w_ih: Tensor, w_hh: Tensor, b_ih: Tensor, b_hh: Tensor) -> tuple[Tensor, Tensor]:
+    B, T, H = x.shape[0], x.shape[1], w_hh.shape[1]
+    return x.new_empty(B, T, H), x.new_empty(B, T, 4 * H)
+
+
+@torch.library.custom_op("deepspeech::gru_backward", mutates_args=())
+def _gru_backward_op(grad_out: Tensor, x: Tensor, h0: Tensor, w_ih: Tensor, w_hh: Tensor, out: Tensor, ws: Tensor
+                     ) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor, Tensor]:
+    ext = load_extension("gru")
+    assert ext is not None
+    return tuple(ext.gru_backward(grad_out, x, h0, w_ih, w_hh, out, ws))  # type: ignore[return-value]
+
+
+@_gru_backward_op.register_fake
+def _(grad_out: Tensor, x: Tensor, h0: Tensor, w_ih: Tensor, w_hh: Tensor, out: Tensor, ws: Tensor
+      ) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor, Tensor]:
+    return (torch.empty_like(x), torch.empty_like(h0), torch.empty_like(w_ih), torch.empty_like(w_hh),
+            w_ih.new_empty(w_ih.shape[0]), w_hh.new_empty(w_hh.shape[0]))
+
+
+def _setup_context(ctx, inputs, output) -> None:  # type: ignore[no-untyped-def]
+    x, h0, w_ih, w_hh, _, _ = inputs
+    ctx.save_for_backward(x, h0, w_ih, w_hh, *output)
+
+
+def _backward(ctx, grad_out: Tensor, _grad_ws: Tensor):  # type: ignore[no-untyped-def]
+    x, h0, w_ih, w_hh, out, ws = ctx.saved_tensors
+    return _gru_backward_op(grad_out, x, h0, w_ih, w_hh, out, ws)
+
+
+_gru_forward.register_autograd(_backward, setup_context=_setup_context)
+
+
+def gru_layer_reference(x: Tensor, h0: Tensor | None, w_ih: Tensor, w_hh: Tensor, b_ih: Tensor, b_hh: Tensor
+                        ) -> tuple[Tensor, Tensor]:
+    """The equations step by step in PyTorch. x (B, T, I), h0 (B, H) or None -> (outputs (B, T, H), h_T (B, H))."""
+    B, T, H = x.shape[0], x.shape[1], w_hh.shape[1]
+    h = x.new_zeros(B, H) if h0 is None else h0
+    xp = x @ w_ih.T + b_ih  # (B, T, 3H): all input projections at once
+    outs = []
+    for t in range(T):
+        h = gru_step_reference(xp[:, t], h, w_ih, w_hh, b_ih, b_hh, projected=True)
+        outs.append(h)
+    out = torch.stack(outs, 1) if outs else x.new_zeros(B, 0, H)
+    return out, h
+
+
+def gru_step_reference(x: Tensor, h: Tensor, w_ih: Tensor, w_hh: Tensor, b_ih: Tensor, b_hh: Tensor,
+                       projected: bool = False) -> Tensor:
+    """One step in PyTorch: x (B, I) (or its projection (B, 3H) with b_ih when ``projected``), h (B, H) -> (B, H)."""
+    xr, xz, xn = (x if projected else x @ w_ih.T + b_ih).chunk(3, -1)
+    hr, hz, hn = (h @ w_hh.T + b_hh).chunk(3, -1)
+    r, z = torch.sigmoid(xr + hr), torch.sigmoid(xz + hz)
+    n = torch.tanh(xn + r * hn)
+    return (1 - z) * n + z * h
+
+
+def _use_native(x: Tensor, native: bool | None) -> bool:
+    if native is not None:
+        return native
+    return x.device.type == "cpu" and load_extension("gru") is not None
+
+
+def gru_layer(x: Tensor, h0: Tensor | None, w_ih: Tensor, w_hh: Tensor, b_ih: Tensor, b_hh: Tensor,
+              native: bool | None = None) -> tuple[Tensor, Tensor]:
+    """A unidirectional batch-first GRU layer with autograd.
+
+    x (B, T, I), h0 (B, H) or None (zeros), w_ih (3H, I), w_hh (3H, H), b_ih / b_hh (3H,)
+    -> (outputs (B, T, H), final hidden state (B, H)).
+    ``native``: None = the fused CPU kernel when it loads and x is on the CPU; False = ``torch.gru``; on a GPU,
+    without gradients, the fused CUDA forward when that extension loads.
+    """
+    B, T, H = x.shape[0], x.shape[1], w_hh.shape[1]
+    training = torch.is_grad_enabled() and _needs_grad(x, h0, w_ih, w_hh, b_ih, b_hh)
+    if x.is_cuda and native is not False and not training:  # the CUDA kernel is forward-only; cuDNN trains
+        ext = load_cuda_extension("gru_cuda")
+        if ext is not None:
+            out = ext.gru_forward(x, x.new_zeros(B, H) if h0 is None else h0, w_ih, w_hh, b_ih, b_hh)
+            return out, (out[:, -1].clone() if T else (x.new_zeros(B, H) if h0 is None else h0))
+    if not _use_native(x, native) or T == 0:
+        hx = (x.new_zeros(B, H) if h0 is None else h0).unsqueeze(0).contiguous()
+        out, hn = torch.gru(x, hx, [w_ih, w_hh, b_ih, b_hh], True, 1, 0.0, torch.is_grad_enabled(), False, True)
+        return out, hn[0]
+    out, _ = _gru_forward(x, x.new_zeros(B, H) if h0 is None else h0, w_ih, w_hh, b_ih, b_hh)
+    return out, out[:, -1].clone()  # a copy, as nn.GRU's: writing into the state must not change the outputs
+
+
+def _needs_grad(*ts: Tensor | None) -> bool:
+    return any(t is not None and t.requires_grad for t in ts)
+
+
+@torch.no_grad()
+def gru_step(x: Tensor, h: Tensor, w_ih: Tensor, w_hh: Tensor, b_ih: Tensor, b_hh: Tensor, projected: bool = False,
+             native: bool | None = None) -> Tensor:
+    """One GRU step for streaming inference (no autograd): x (B, I) (or its input projection (B, 3H), b_ih
+    included, when ``projected``), h (B, H) -> h' (B, H). The fused kernel on the CPU (or the CUDA one on a GPU)
+    when it loads, else :func:`gru_step_reference`."""
+    if x.is_cuda and native is not False:
+        ext = load_cuda_extension("gru_cuda")
+        if ext is not None:
+            return ext.gru_step(x, h, w_ih, w_hh, b_ih, b_hh, projected)
+    if _use_native(x, native):
+        ext = load_extension("gru")
+        assert ext is not None
+        return ext.gru_step(x, h, w_ih, w_hh, b_ih, b_hh, projected)
+    return gru_step_reference(x, h, w_ih, w_hh, b_ih, b_hh, projected)
+
+
+class FusedGRU(nn.Module):
+    """Drop-in for ``nn.GRU(input_size, hidden_size, batch_first=True)`` (one layer, one direction, with biases).
+
+    Same parameters (``weight_ih_l0`` (3H, I), ``weight_hh_l0`` (3H, H), ``bias_ih_l0``, ``bias_hh_l0`` (3H,)),
+    same initialisation, same call: ``forward(x (B, T, I), hx (1, B, H) | None) -> (out (B, T, H), h_n (1, B, H))``.
+    A ``PackedSequence`` input (ragged streaming batches) takes ``torch.gru``'s packed path, as ``nn.GRU`` does.
+    """
+
+    def __init__(self, input_size: int, hidden_size: int, batch_first: bool = True, native: bool | None = None
+                 ) -> None:
+        super().__init__()
+        if not batch_first:
+            raise ValueError("FusedGRU is batch-first only")
+        self.input_size, self.hidden_size, self.native = input_size, hidden_size, native
+        H = hidden_size
+        self.weight_ih_l0 = nn.Parameter(torch.empty(3 * H, input_size))
+        self.weight_hh_l0 = nn.Parameter(torch.empty(3 * H, H))
+        self.bias_ih_l0 = nn.Parameter(torch.empty(3 * H))
+        self.bias_hh_l0 = nn.Parameter(torch.empty(3 * H))
+        self.reset_parameters()
+
+    def reset_parameters(self) -> None:
+        bound = 1.0 / math.sqrt(self.hidden_size)  # as nn.GRU
+        for p in self.parameters():
+            nn.init.uniform_(p, -bound, bound)
+
+    def forward(self, x: Tensor | PackedSequence, hx: Tensor | None = None) -> tuple[Tensor | PackedSequence, Tensor]:
+        if isinstance(x, PackedSequence):  # ragged batches (streaming sessions): torch.gru's packed path, as nn.GRU
+            return self._forward_packed(x, hx)
+        h0 = None if hx is None else hx[0]
+        out, hn = gru_layer(x, h0, self.weight_ih_l0, self.weight_hh_l0, self.bias_ih_l0, self.bias_hh_l0,
+                            native=self.native)
+        return out, hn.unsqueeze(0)
+
+    def _forward_packed(self, x: PackedSequence, hx: Tensor | None) -> tuple[PackedSequence, Tensor]:
+        data, batch_sizes, sorted_idx, unsorted_idx = x
+        if hx is None:
+            hx = data.new_zeros(1, int(batch_sizes[0]), self.hidden_size)
+        elif sorted_idx is not None:
+            hx = hx.index_select(1, sorted_idx)
+        params = [self.weight_ih_l0, self.weight_hh_l0, self.bias_ih_l0, self.bias_hh_l0]
+        out, hn = torch.gru(data, batch_sizes, hx.contiguous(), params, True, 1, 0.0, self.training, False)
+        if unsorted_idx is not None:
+            hn = hn.index_select(1, unsorted_idx)
+        return PackedSequence(out, batch_sizes, sorted_idx, unsorted_idx), hn
+
+    def extra_repr(self) -> str:
+        return f"{self.input_size}, {self.hidden_size}, batch_first=True"

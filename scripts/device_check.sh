@@ -1,0 +1,175 @@
+#!/usr/bin/env bash
+# One prepared check of the native kernels on a borrowed GPU machine (issue 5), about 3-5 minutes:
+#   1. builds native/gru_cuda.cu (and the CPU extensions native/gru.cpp, native/ctc_loss.cpp) side by side;
+#   2. checks the CUDA GRU forward and step against cuDNN's nn.GRU / nn.GRUCell with the same weights (TF32 off),
+#      float32 and bfloat16, and that training through FusedGRU on the GPU falls back to cuDNN with gradients;
+#   3. checks CTC: F.ctc_loss on the GPU and the native CPU kernel against float64 F.ctc_loss on the CPU
+#      (no CUDA CTC kernel exists yet: this is the baseline one would have to beat);
+#   4. times them and prints one table.
+# Usage, from the repository root on the GPU machine (its python3 holds a CUDA torch, nvcc on the PATH):
+#   bash scripts/device_check.sh            # exit status 0 = every check passed
+set -euo pipefail
+cd "$(dirname "$0")/.."
+export TORCH_CUDA_ARCH_LIST="${TORCH_CUDA_ARCH_LIST:-9.0}"
+export TORCH_EXTENSIONS_DIR="${TORCH_EXTENSIONS_DIR:-/tmp/deepspeech_torch_ext}"
+export MAX_JOBS="${MAX_JOBS:-16}"
+export PYTHONPATH="$PWD${PYTHONPATH:+:$PYTHONPATH}"
+export PYTHONUNBUFFERED=1
+if [ -z "${CUDA_HOME:-}" ] && command -v nvcc >/dev/null; then
+  CUDA_HOME="$(dirname "$(dirname "$(readlink -f "$(command -v nvcc)")")")"
+  export CUDA_HOME
+fi
+nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader || true
+exec timeout 480 "${PYTHON:-python3}" - <<'PY'
+import concurrent.futures
+import logging
+import statistics
+import sys
+import time
+
+import torch
+import torch.nn.functional as F
+
+logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+from deepspeech.native.build import load_cuda_extension, load_extension  # noqa: E402
+
+assert torch.cuda.is_available(), "no GPU visible to torch"
+print(f"torch {torch.__version__} cuda {torch.version.cuda} on {torch.cuda.get_device_name()}")
+torch.backends.cuda.matmul.allow_tf32 = False  # parity needs full float32 GEMMs in both paths
+torch.backends.cudnn.allow_tf32 = False
+dev = torch.device("cuda")
+rows: list[tuple[str, str, str]] = []
+failures: list[str] = []
+
+
+def check(name: str, err: float, tol: float) -> None:
+    ok = err <= tol
+    rows.append((name, f"max err {err:.2e} (tol {tol:.0e})", "ok" if ok else "FAIL"))
+    if not ok:
+        failures.append(name)
+
+
+def gpu_ms(fn, reps: int = 7, inner: int = 10) -> float:
+    """Median over reps of the mean of `inner` calls, milliseconds, CUDA events."""
+    for _ in range(3):
+        fn()
+    times = []
+    for _ in range(reps):
+        a, b = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+        a.record()
+        for _ in range(inner):
+            fn()
+        b.record()
+        torch.cuda.synchronize()
+        times.append(a.elapsed_time(b) / inner)
+    return statistics.median(times)
+
+
+def cpu_ms(fn, reps: int = 7) -> float:
+    fn()
+    times = []
+    for _ in range(reps):
+        t = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - t)
+    return 1000 * statistics.median(times)
+
+
+t0 = time.perf_counter()
+with concurrent.futures.ThreadPoolExecutor(3) as pool:  # nvcc and the two g++ builds at once
+    jobs = {"gru_cuda": pool.submit(load_cuda_extension, "gru_cuda"), "gru": pool.submit(load_extension, "gru"),
+            "ctc_loss": pool.submit(load_extension, "ctc_loss")}
+    ext = {k: f.result() for k, f in jobs.items()}
+built = ", ".join(f"{k} {'ok' if v else 'FAILED'}" for k, v in ext.items())
+print(f"built in {time.perf_counter() - t0:.0f} s: {built}")
+if ext["gru_cuda"] is None:
+    sys.exit("the CUDA GRU extension did not build (see the warning above)")
+cu = ext["gru_cuda"]
+
+# GRU: the fused forward against cuDNN at the presets' first-layer shapes, I = conv_out_features(), H = rnn_hidden
+# (written out: deepspeech.presets imports the audio stack, which this machine lacks).
+shapes = [(328, 192, "tiny"), (656, 384, "small"), (1312, 1088, "ds2")]
+timing: list[str] = []
+for I, H, name in shapes:
+    torch.manual_seed(H)
+    ref = torch.nn.GRU(I, H, batch_first=True).to(dev)
+    w = [p.detach() for p in ref.parameters()]  # weight_ih_l0, weight_hh_l0, bias_ih_l0, bias_hh_l0
+    for B in (1, 16, 64):
+        x, h0 = torch.randn(B, 200, I, device=dev), torch.randn(B, H, device=dev)
+        with torch.no_grad():
+            expect, _ = ref(x, h0[None])
+            got = cu.gru_forward(x, h0, *w)
+            check(f"GRU fwd {name} I{I} H{H} B{B} T200 fp32", (got - expect).abs().max().item(), 1e-4)
+            ms_ours = gpu_ms(lambda: cu.gru_forward(x, h0, *w))
+            ms_ref = gpu_ms(lambda: ref(x, h0[None]))
+        timing.append(f"GRU fwd {name} B{B:>3} T200: fused {ms_ours:7.3f} ms  cuDNN {ms_ref:7.3f} ms  "
+                      f"ratio {ms_ref / ms_ours:.2f}x")
+    with torch.no_grad():  # bfloat16 storage, float gate arithmetic, against the float32 cuDNN result
+        x, h0 = torch.randn(16, 200, I, device=dev), torch.randn(16, H, device=dev)
+        expect, _ = ref(x, h0[None])
+        got = cu.gru_forward(x.bfloat16(), h0.bfloat16(), *[t.bfloat16() for t in w]).float()
+        check(f"GRU fwd {name} B16 bf16 vs fp32", (got - expect).abs().max().item(), 5e-2)
+    cell = torch.nn.GRUCell(I, H).to(dev)
+    cell.load_state_dict({k[:-3]: v for k, v in ref.state_dict().items()})
+    for B in (1, 8, 32, 64):
+        x, h = torch.randn(B, I, device=dev), torch.randn(B, H, device=dev)
+        with torch.no_grad():
+            check(f"GRU step {name} B{B}", (cu.gru_step(x, h, *w, False) - cell(x, h)).abs().max().item(), 1e-5)
+            us_ours = 1000 * gpu_ms(lambda: cu.gru_step(x, h, *w, False), inner=100)
+            us_cell = 1000 * gpu_ms(lambda: cell(x, h), inner=100)
+        timing.append(f"GRU step {name} B{B:>3}: fused {us_ours:7.1f} us  GRUCell {us_cell:7.1f} us  "
+                      f"ratio {us_cell / us_ours:.2f}x")
+
+# Training on the GPU goes through FusedGRU -> torch.gru (cuDNN): gradients flow and equal nn.GRU's.
+from deepspeech.native.gru import FusedGRU  # noqa: E402
+
+ref = torch.nn.GRU(40, 32, batch_first=True).to(dev)
+ours = FusedGRU(40, 32).to(dev)
+ours.load_state_dict(ref.state_dict())
+x = torch.randn(4, 30, 40, device=dev)
+ref(x)[0].square().sum().backward()
+ours(x)[0].square().sum().backward()
+check("FusedGRU train on GPU = nn.GRU grads",
+      max((a.grad - b.grad).abs().max().item() for a, b in zip(ours.parameters(), ref.parameters())), 1e-5)
+
+# CTC: GPU F.ctc_loss and the native CPU kernel against float64 F.ctc_loss on the CPU.
+from deepspeech.native import ctc_loss  # noqa: E402
+
+for V, T, L in ((29, 400, 100), (5000, 400, 50)):
+    g = torch.Generator().manual_seed(V + T)
+    logits = torch.randn(T, 16, V, generator=g, dtype=torch.float64)
+    targets = torch.randint(1, V, (16, L), generator=g)
+    il, tl = torch.full((16,), T), torch.full((16,), L)
+    x64 = logits.clone().requires_grad_()
+    ref64 = F.ctc_loss(x64.log_softmax(-1), targets, il, tl, reduction="sum")
+    (g64,) = torch.autograd.grad(ref64, x64)
+    xg = logits.float().to(dev).requires_grad_()
+
+    def gpu_ctc():
+        return F.ctc_loss(xg.log_softmax(-1), targets.to(dev), il.to(dev), tl.to(dev), reduction="sum")
+
+    lg = gpu_ctc()
+    (gg,) = torch.autograd.grad(lg, xg)
+    check(f"CTC GPU F.ctc_loss V{V} T{T} loss rel", abs(lg.item() - ref64.item()) / abs(ref64.item()), 1e-4)
+    check(f"CTC GPU F.ctc_loss V{V} T{T} grad", (gg.double().cpu() - g64).abs().max().item(), 1e-4)
+    ms_gpu = gpu_ms(lambda: torch.autograd.grad(gpu_ctc(), xg), inner=3)
+    line = f"CTC fwd+bwd V{V:>5} T{T} B16: GPU F.ctc_loss {ms_gpu:7.2f} ms"
+    if ext["ctc_loss"] is not None:
+        xc = logits.float().requires_grad_()
+        lc = ctc_loss(xc, targets, il, tl, reduction="sum", native=True)
+        (gc,) = torch.autograd.grad(lc, xc)
+        check(f"CTC CPU native V{V} T{T} loss rel", abs(lc.item() - ref64.item()) / abs(ref64.item()), 1e-5)
+        check(f"CTC CPU native V{V} T{T} grad", (gc.double() - g64).abs().max().item(), 1e-5)
+        ms_cpu = cpu_ms(lambda: torch.autograd.grad(ctc_loss(xc, targets, il, tl, reduction="sum", native=True), xc))
+        line += f"  CPU native ({torch.get_num_threads()} threads) {ms_cpu:7.2f} ms"
+    timing.append(line)
+
+print("\n| check | result | status |\n|---|---|---|")
+for r in rows:
+    print(f"| {r[0]} | {r[1]} | {r[2]} |")
+print("\ntimings (median of 7):")
+for t in timing:
+    print("  " + t)
+print(f"\n{len(rows) - len(failures)}/{len(rows)} checks passed")
+sys.exit(1 if failures else 0)
+PY
