@@ -22,6 +22,7 @@ import torch.distributed as dist
 import torch.nn.functional as F
 from torch import nn
 
+from deepspeech.native.gru import FusedGRU
 from deepspeech.parallel.mappings import all_reduce_sum_with_grad
 
 CLIP = 20.0  # clipped ReLU ceiling, sigma(x) = min(max(x, 0), 20) (DS2 section 3.1)
@@ -186,7 +187,9 @@ class RecurrentLayer(nn.Module):
     def __init__(self, cfg: ModelConfig, in_size: int, norm: bool, group: dist.ProcessGroup | None) -> None:
         super().__init__()
         self.bn = MaskedBatchNorm(in_size, channel_dim=-1, group=group) if norm else None
-        kind = {"gru": nn.GRU, "lstm": nn.LSTM, "rnn": nn.RNN}[cfg.rnn_type]
+        # GRUs run the native fused kernel (deepspeech/native, same parameter names and numbers as nn.GRU; the
+        # PyTorch path when it cannot build or DEEPSPEECH_NATIVE=0).
+        kind = {"gru": FusedGRU, "lstm": nn.LSTM, "rnn": nn.RNN}[cfg.rnn_type]
         extra = {"nonlinearity": "relu"} if cfg.rnn_type == "rnn" else {}
         self.rnn = kind(in_size, cfg.rnn_hidden, batch_first=True, **extra)
         self.rnn_reverse = kind(in_size, cfg.rnn_hidden, batch_first=True, **extra) if cfg.bidirectional else None

@@ -9,7 +9,8 @@ log-probabilities. What each stream carries between calls (:class:`StreamSession
   and stride s reads input frames j*s - p .. j*s + p, so a layer can emit frame j once frame j*s + p has arrived;
   the buffer starts with p zero frames (the whole-utterance convolution's left padding) and, at the end of the
   stream, gets p zero frames (its right padding; frames past the end are zero in the whole-utterance model too);
-- per recurrent layer, the hidden state (h, and c for LSTMs);
+- per recurrent layer, the hidden state (h, and c for LSTMs); rows of equal length run the layer's fused
+  kernel (:class:`deepspeech.native.gru.FusedGRU`) in one call, ragged batches run packed sequences;
 - the lookahead (row) convolution's pending frames: output t needs h_t .. h_t+tau (section 3.5, eq. 5), so it is a
   convolution with tau frames of right padding and none on the left.
 
@@ -191,14 +192,19 @@ class StreamingModel:
         lengths = torch.tensor([xs[i].shape[0] for i in rows])
         x = torch.nn.utils.rnn.pad_sequence([xs[i] for i in rows], batch_first=True).to(self.device)
         ones = torch.ones(x.shape[0], x.shape[1], 1, device=self.device)
+        equal = bool((lengths == lengths[0]).all())
         for layer, rec in enumerate(self.model.rnns):
             if rec.bn is not None:
                 x = rec.bn(x, ones)
             state = tuple(torch.stack([sessions[i].hidden[layer][k] for i in rows])[None].to(self.device)
                           for k in range(len(sessions[rows[0]].hidden[layer])))
-            packed = pack_padded_sequence(x, lengths, batch_first=True, enforce_sorted=False)
-            y, new = rec.rnn(packed, state if len(state) == 2 else state[0])
-            x, _ = pad_packed_sequence(y, batch_first=True, total_length=x.shape[1])
+            h0 = state if len(state) == 2 else state[0]
+            if equal:  # the usual case (every stream sent the same frame size): one fused call, no packing
+                x, new = rec.rnn(x, h0)
+            else:
+                packed = pack_padded_sequence(x, lengths, batch_first=True, enforce_sorted=False)
+                y, new = rec.rnn(packed, h0)
+                x, _ = pad_packed_sequence(y, batch_first=True, total_length=x.shape[1])
             new = new if isinstance(new, tuple) else (new,)
             for j, i in enumerate(rows):
                 sessions[i].hidden[layer] = tuple(t[0, j].cpu() for t in new)
