@@ -10,9 +10,12 @@ it (queueing + feature/network step + both loopback hops; the model's fixed look
 sizes come from the server's /metrics histogram (difference before/after the level).
 
 A level is held in real time when every stream got its final result and the 98th-percentile partial latency
-stayed under 250 ms (a server that cannot keep up accumulates a backlog, and its latency grows with the run).
-Capacity = the most streams held, searched over 1, 2, 4, 8, 12, 16, 24, 32, 48, 64, 96, 128 (stopping at the
-first level not held). The client shares the 2 cores with the server, in both runs alike.
+stayed within a bound. Two bounds are reported: 100 ms (the issue's p98 target: real time *at interactive
+latency*) and 250 ms (merely keeping up: a server that cannot accumulates a backlog and its latency grows with the
+run; the unbatched server keeps up longer than its per-frame cost suggests because a waiting stream's frames pile
+up and are then stepped together, batching along time instead of across streams). Capacity = the most streams
+held, searched over 1, 2, 4, 8, 12, 16, 24, 32, 48, 64, 96, 128 (stopping at the first level not held). The client
+shares the 2 cores with the server, in both runs alike.
 
     .venv/bin/python bench/serving.py [--model models/streaming-en] [--levels 1,8,16,32,64] [--seconds 10]
 """
@@ -40,7 +43,7 @@ from serving.client import stream_pcm, to_pcm16  # noqa: E402
 from tests.serving_util import running_server  # noqa: E402
 
 log = logging.getLogger("bench.serving")
-HELD_P98_S = 0.25
+BOUNDS_MS = (100.0, 250.0)
 CAPACITY_LEVELS = [1, 2, 4, 8, 12, 16, 24, 32, 48, 64, 96, 128]
 
 
@@ -102,22 +105,33 @@ def measure(model: str, mode: str, levels: list[int], seconds: float, tmp: Path,
             edges = sorted((float(le), c) for le, c in cum.items() if le not in ("+Inf", "sum"))
             below = [0.0] + [c for _, c in edges[:-1]]
             row["batch_hist"] = {f"<={int(e)}": int(c - p) for (e, c), p in zip(edges, below, strict=True) if c > p}
-            row["held"] = row["finals"] == n and row["p98_ms"] <= HELD_P98_S * 1000
-            log.info("%s %3d streams: p50 %.0f ms p98 %.0f ms p99 %.0f ms, %d/%d finals, %d steps, held %s", mode, n,
-                     row["p50_ms"], row["p98_ms"], row["p99_ms"], row["finals"], n, row["steps"], row["held"])
+            row["held"] = {str(int(b)): row["finals"] == n and row["p98_ms"] <= b for b in BOUNDS_MS}
+            log.info("%s %3d streams: p50 %.0f ms p98 %.0f ms p99 %.0f ms, %d/%d finals, %d steps, mean batch %.1f",
+                     mode, n, row["p50_ms"], row["p98_ms"], row["p99_ms"], row["finals"], n, row["steps"],
+                     row["mean_batch"])
             rows.append(row)
     return rows
 
 
-def capacity(model: str, mode: str, seconds: float, tmp: Path, threads: int, known: list[dict]) -> int:
-    held = 0
-    done = {r["streams"]: r for r in known if r["mode"] == mode}
+def capacity(model: str, mode: str, seconds: float, tmp: Path, threads: int, known: list[dict]
+             ) -> dict[str, int]:
+    """Most streams held within each p98 bound (levels measured once, shared by both bounds)."""
+    rows = {r["streams"]: r for r in known if r["mode"] == mode}
+    held = {str(int(b)): 0 for b in BOUNDS_MS}
     for n in CAPACITY_LEVELS:
-        row = done.get(n) or measure(model, mode, [n], seconds, tmp, threads)[0]
-        if not row["held"]:
-            break
-        held = n
+        if not any(held[k] == prev for k, prev in zip(held, [_prev(n)] * len(held), strict=True)):
+            break  # every bound already failed at a lower level
+        row = rows.get(n) or measure(model, mode, [n], seconds, tmp, threads)[0]
+        rows[n] = row
+        for k in held:
+            if held[k] == _prev(n) and row["held"][k]:
+                held[k] = n
     return held
+
+
+def _prev(n: int) -> int:
+    i = CAPACITY_LEVELS.index(n)
+    return CAPACITY_LEVELS[i - 1] if i else 0
 
 
 def main() -> None:
@@ -137,21 +151,24 @@ def main() -> None:
         rows = []
         for mode in ("batched", "unbatched"):
             rows += measure(args.model, mode, levels, args.seconds, tmp, args.threads)
-        caps = {mode: 0 if args.no_capacity else capacity(args.model, mode, args.seconds, tmp, args.threads, rows)
+        caps = {mode: {} if args.no_capacity else capacity(args.model, mode, args.seconds, tmp, args.threads, rows)
                 for mode in ("batched", "unbatched")}
-    print("\n| mode | streams | p50 ms | p98 ms | p99 ms | finals | steps | mean batch | batch sizes | held |")
-    print("|---|---|---|---|---|---|---|---|---|---|")
+    print("\n| mode | streams | p50 ms | p98 ms | p99 ms | finals | steps | mean batch | batch sizes |")
+    print("|---|---|---|---|---|---|---|---|---|")
     for r in rows:
         hist = ", ".join(f"{k}: {v}" for k, v in r["batch_hist"].items())
         print(f"| {r['mode']} | {r['streams']} | {r['p50_ms']:.0f} | {r['p98_ms']:.0f} | {r['p99_ms']:.0f} | "
-              f"{r['finals']}/{r['streams']} | {r['steps']} | {r['mean_batch']:.1f} | {hist} | "
-              f"{'yes' if r['held'] else 'no'} |")
-    ratio = caps["batched"] / max(caps["unbatched"], 1)
-    print(f"\nstreams held in real time: batched {caps['batched']}, unbatched {caps['unbatched']} "
-          f"(ratio {ratio:.1f}x)")
+              f"{r['finals']}/{r['streams']} | {r['steps']} | {r['mean_batch']:.1f} | {hist} |")
+    ratios = {}
+    for b in BOUNDS_MS:
+        k = str(int(b))
+        ratios[k] = caps["batched"][k] / max(caps["unbatched"][k], 1) if not args.no_capacity else None
+        if not args.no_capacity:
+            print(f"streams held in real time at p98 <= {k} ms: batched {caps['batched'][k]}, "
+                  f"unbatched {caps['unbatched'][k]} (ratio {ratios[k]:.1f}x)")
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
-    Path(args.out).write_text(json.dumps({"rows": rows, "capacity": caps, "capacity_ratio": ratio,
-                                          "held_p98_ms": HELD_P98_S * 1000, "seconds": args.seconds}, indent=1))
+    Path(args.out).write_text(json.dumps({"rows": rows, "capacity": caps, "capacity_ratio": ratios,
+                                          "bounds_p98_ms": BOUNDS_MS, "seconds": args.seconds}, indent=1))
 
 
 if __name__ == "__main__":
