@@ -24,7 +24,7 @@ Shapes: features (t, F); convolution buffers (C, F_l, n); recurrent state (layer
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -243,13 +243,21 @@ class StreamingModel:
 
     # ------------------------------------------------------------------------------------------------ helpers
 
+    def run(self, blocks: Iterable[np.ndarray]) -> StreamSession:
+        """A fresh session fed ``blocks`` of 16 kHz audio in order, the last one marked final (one block of
+        look-behind, so an iterator of any length works in bounded memory)."""
+        s = self.new_session()
+        pending: np.ndarray | None = None
+        for block in blocks:
+            if pending is not None:
+                self.step([s], [pending], [False])
+            pending = block
+        self.step([s], [pending if pending is not None else np.zeros(0, np.float32)], [True])
+        return s
+
     def transcribe(self, audio: np.ndarray, decoder: BeamSearchDecoder | None = None,
                    chunk_samples: int | None = None) -> tuple[Hypothesis, np.ndarray]:
         """One whole waveform through a fresh session (in pieces of ``chunk_samples`` when given)."""
-        s = self.new_session()
-        n = audio.size
-        step = chunk_samples or max(n, 1)
-        starts = list(range(0, n, step)) or [0]
-        for k, a in enumerate(starts):
-            self.step([s], [audio[a: a + step]], [k == len(starts) - 1])
+        step = chunk_samples or max(audio.size, 1)
+        s = self.run(audio[a: a + step] for a in range(0, audio.size, step))
         return self.final_hypothesis(s, decoder), s.all_log_probs(self.vocab)

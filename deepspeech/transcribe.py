@@ -41,6 +41,10 @@ class TimedWord:
     end: float
     confidence: float
 
+    def to_json(self) -> dict[str, Any]:
+        return {"word": self.word, "start": round(self.start, 3), "end": round(self.end, 3),
+                "confidence": round(self.confidence, 4)}
+
 
 @dataclass
 class Transcript:
@@ -54,8 +58,7 @@ class Transcript:
     def to_json(self) -> dict[str, Any]:
         return {"path": self.path, "text": self.text, "duration_s": round(self.duration_s, 3),
                 "confidence": None if self.confidence is None else round(self.confidence, 4),
-                "words": [{"word": w.word, "start": round(w.start, 3), "end": round(w.end, 3),
-                           "confidence": round(w.confidence, 4)} for w in self.words],
+                "words": [w.to_json() for w in self.words],
                 "error": self.error}
 
 
@@ -182,13 +185,7 @@ def _transcribe_streaming(path: str | Path, am: AcousticModel, chunk: ChunkConfi
     from deepspeech.streaming import StreamingModel
 
     engine = StreamingModel(am, device)
-    s = engine.new_session()
-    blocks = stream_audio(path, chunk.block_s)
-    block = next(blocks)
-    for nxt in blocks:
-        engine.step([s], [block], [False])
-        block = nxt
-    engine.step([s], [block], [True])
+    s = engine.run(stream_audio(path, chunk.block_s))
     logp = s.all_log_probs(engine.vocab)
     hyp = engine.final_hypothesis(s, decoder)
     return _finish(Transcript(str(path), hyp.text, None, duration, timed_words(hyp.words, logp, frame_seconds(am))))

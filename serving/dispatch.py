@@ -204,8 +204,7 @@ class BatchDispatcher:
                 hyp = self.engine.final_hypothesis(s.session, self.decoder)
                 words = timed_words(hyp.words, logp, self.frame_s)
                 s.emit({"type": "final", "text": hyp.text, "audio_ms": audio_ms,
-                        "words": [{"word": w.word, "start": round(w.start, 3), "end": round(w.end, 3),
-                                   "confidence": round(w.confidence, 4)} for w in words]})
+                        "words": [w.to_json() for w in words]})
                 if s.ended_at is not None:
                     self.metrics.final_latency.observe(time.perf_counter() - s.ended_at)
                 with self._cond:

@@ -93,7 +93,7 @@ def test_rest_upload_raw_and_multipart(server: str, wavs: list[Path], offline: d
     assert flac.status_code == 200 and flac.json()["duration_s"] == pytest.approx(0.3, abs=0.3)  # 8 kHz flac
 
 
-def test_8khz_stream_is_resampled(server: str, tmp_path: Path, offline: dict, wavs: list[Path]) -> None:
+def test_8khz_stream_is_resampled(server: str) -> None:
     import numpy as np
     import soundfile as sf
 
