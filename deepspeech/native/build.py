@@ -11,9 +11,10 @@ from types import ModuleType
 log = logging.getLogger(__name__)
 
 SOURCES = Path(__file__).resolve().parents[2] / "native"
-# Per-extension compiler flags beyond the common ones. gru: -fno-trapping-math lets gcc if-convert the clamps of
-# its branch-free exp and vectorise the gate loops (values are unchanged; FP exceptions are never observed here).
-EXTRA_CFLAGS: dict[str, list[str]] = {"gru": ["-fno-trapping-math"]}
+# Per-extension compiler flags beyond the common ones. -fno-trapping-math lets gcc if-convert the clamps of the
+# branch-free exp in native/fast_math.h and vectorise the loops that call it (values are unchanged; FP exceptions
+# are never observed here).
+EXTRA_CFLAGS: dict[str, list[str]] = {"gru": ["-fno-trapping-math"], "ctc_loss": ["-fno-trapping-math"]}
 
 
 def _enabled() -> bool:

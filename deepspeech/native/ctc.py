@@ -31,10 +31,15 @@ def _(logits: Tensor, targets: Tensor, input_lengths: Tensor, target_lengths: Te
 
 def _setup_context(ctx, inputs, output) -> None:  # type: ignore[no-untyped-def]
     ctx.save_for_backward(output[1])
+    # The stored gradient is an output nobody differentiates; without this autograd would materialise a zero
+    # (T, B, V) tensor as its incoming gradient on every backward (as costly as the softmax at V = 5000).
+    ctx.set_materialize_grads(False)
 
 
 def _backward(ctx, grad_loss: Tensor, _grad_grad: Tensor):  # type: ignore[no-untyped-def]
     (grad,) = ctx.saved_tensors
+    if grad_loss is None:  # only the stored gradient was used downstream: it is treated as a constant
+        return None, None, None, None, None, None
     return grad * grad_loss.to(grad.dtype)[None, :, None], None, None, None, None, None
 
 
