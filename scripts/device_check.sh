@@ -1,11 +1,12 @@
 #!/usr/bin/env bash
 # One prepared check of the native kernels on a borrowed GPU machine (issue 5), about 3-5 minutes:
-#   1. builds native/gru_cuda.cu (and the CPU extensions native/gru.cpp, native/ctc_loss.cpp) side by side;
+#   1. builds native/gru_cuda.cu, native/ctc_cuda.cu (and the CPU extensions native/gru.cpp, native/ctc_loss.cpp);
 #   2. checks the CUDA GRU forward and step against cuDNN's nn.GRU / nn.GRUCell with the same weights (TF32 off),
 #      float32 and bfloat16, and that training through FusedGRU on the GPU falls back to cuDNN with gradients;
-#   3. checks CTC: F.ctc_loss on the GPU and the native CPU kernel against float64 F.ctc_loss on the CPU
-#      (no CUDA CTC kernel exists yet: this is the baseline one would have to beat);
-#   4. times them and prints one table.
+#   3. checks CTC: the fused CUDA kernel (float32 and float64, padded lengths, repeats, an infeasible utterance),
+#      F.ctc_loss on the GPU and the native CPU kernel against float64 F.ctc_loss on the CPU;
+#   4. times them (the CUDA kernel against log-softmax + F.ctc_loss on the GPU, native and cuDNN) and prints one
+#      table.
 # Usage, from the repository root on the GPU machine (its python3 holds a CUDA torch, nvcc on the PATH):
 #   bash scripts/device_check.sh            # exit status 0 = every check passed
 set -euo pipefail
@@ -76,9 +77,10 @@ def cpu_ms(fn, reps: int = 7) -> float:
 
 
 t0 = time.perf_counter()
-with concurrent.futures.ThreadPoolExecutor(3) as pool:  # nvcc and the two g++ builds at once
+with concurrent.futures.ThreadPoolExecutor(4) as pool:  # the two nvcc and the two g++ builds at once
     jobs = {"gru_cuda": pool.submit(load_cuda_extension, "gru_cuda"), "gru": pool.submit(load_extension, "gru"),
-            "ctc_loss": pool.submit(load_extension, "ctc_loss")}
+            "ctc_loss": pool.submit(load_extension, "ctc_loss"),
+            "ctc_cuda": pool.submit(load_cuda_extension, "ctc_cuda")}
     ext = {k: f.result() for k, f in jobs.items()}
 built = ", ".join(f"{k} {'ok' if v else 'FAILED'}" for k, v in ext.items())
 print(f"built in {time.perf_counter() - t0:.0f} s: {built}")
@@ -163,6 +165,54 @@ for V, T, L in ((29, 400, 100), (5000, 400, 50)):
         ms_cpu = cpu_ms(lambda: torch.autograd.grad(ctc_loss(xc, targets, il, tl, reduction="sum", native=True), xc))
         line += f"  CPU native ({torch.get_num_threads()} threads) {ms_cpu:7.2f} ms"
     timing.append(line)
+
+# The fused CUDA CTC kernel: loss and gradient against float64 F.ctc_loss on the CPU, with ragged input and target
+# lengths, repeated labels and one infeasible utterance (T < L + repeats), float32 and float64.
+if ext["ctc_cuda"] is None:
+    failures.append("ctc_cuda build")
+    rows.append(("CTC CUDA build", "did not build (see the warning above)", "FAIL"))
+else:
+    for V, T, L, dtype, tol in ((29, 150, 40, torch.float64, 1e-9), (29, 400, 100, torch.float32, 1e-4),
+                                (5000, 400, 50, torch.float32, 1e-4), (5000, 1000, 200, torch.float32, 1e-4)):
+        g = torch.Generator().manual_seed(V + T + L)
+        B = 16
+        logits = torch.randn(T, B, V, generator=g, dtype=torch.float64)
+        targets = torch.randint(1, V, (B, L), generator=g)
+        targets[:, 1::7] = targets[:, 0:-1:7][:, : targets[:, 1::7].shape[1]]  # repeats
+        il = torch.randint(T // 2, T + 1, (B,), generator=g)
+        il[0] = T
+        tl = torch.randint(1, L + 1, (B,), generator=g)
+        il[1], tl[1], targets[1, :3] = 3, 3, 5  # infeasible: "5 5 5" needs 5 frames
+        x64 = logits.clone().requires_grad_()
+        ref = F.ctc_loss(x64.log_softmax(-1), targets, il, tl, reduction="none", zero_infinity=True)
+        (g64,) = torch.autograd.grad(ref.sum(), x64)
+        xc = logits.to(dev, dtype).requires_grad_()
+        lc = ctc_loss(xc, targets.to(dev), il, tl, reduction="none", zero_infinity=True, native=True)
+        (gc,) = torch.autograd.grad(lc.sum(), xc)
+        scale = ref.abs().clamp_min(1.0)
+        check(f"CTC CUDA V{V} T{T} L{L} {dtype} loss rel", ((lc.double().cpu() - ref) / scale).abs().max().item(), tol)
+        check(f"CTC CUDA V{V} T{T} L{L} {dtype} grad", (gc.double().cpu() - g64).abs().max().item(), tol)
+        lz = ctc_loss(xc, targets.to(dev), il, tl, reduction="none", native=True)
+        check(f"CTC CUDA V{V} T{T} infeasible = inf", 0.0 if torch.isinf(lz[1]).item() else 1.0, 0.0)
+    for V, T, L in ((29, 150, 40), (29, 400, 100), (29, 1000, 250), (5000, 150, 20), (5000, 400, 50),
+                    (5000, 1000, 125)):
+        g = torch.Generator().manual_seed(V * T)
+        x = torch.randn(T, 16, V, generator=g).to(dev).requires_grad_()
+        targets = torch.randint(1, V, (16, L), generator=g)
+        il, tl = torch.full((16,), T), torch.full((16,), L)
+        tg_d, il_d, tl_d = targets.to(dev), il.to(dev), tl.to(dev)
+        ms_ours = gpu_ms(lambda: torch.autograd.grad(ctc_loss(x, tg_d, il, tl, reduction="sum", native=True), x),
+                         inner=3)
+        ms_native = gpu_ms(lambda: torch.autograd.grad(
+            F.ctc_loss(x.log_softmax(-1), tg_d, il_d, tl_d, reduction="sum"), x), inner=3)
+        line = (f"CTC fwd+bwd V{V:>5} T{T:>4} B16: fused CUDA {ms_ours:7.2f} ms  log-softmax + F.ctc_loss "
+                f"{ms_native:7.2f} ms ({ms_native / ms_ours:.2f}x)")
+        if L <= 256:  # cuDNN's conditions: int32 concatenated targets and lengths on the CPU, blank 0, L <= 256
+            flat, il32, tl32 = targets.flatten().int(), il.int(), tl.int()
+            ms_cudnn = gpu_ms(lambda: torch.autograd.grad(
+                F.ctc_loss(x.log_softmax(-1), flat, il32, tl32, reduction="sum"), x), inner=3)
+            line += f"  cuDNN path {ms_cudnn:7.2f} ms ({ms_cudnn / ms_ours:.2f}x)"
+        timing.append(line)
 
 print("\n| check | result | status |\n|---|---|---|")
 for r in rows:

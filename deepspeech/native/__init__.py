@@ -1,13 +1,15 @@
 """Native kernels (sources in the top-level ``native/`` folder) with PyTorch reference fallbacks.
 
-- :func:`ctc_loss`: fused CTC loss from logits (``native/ctc_loss.cpp``); reference:
-  ``F.ctc_loss(logits.log_softmax(-1), ...)``.
+- :func:`ctc_loss`: fused CTC loss from logits (``native/ctc_loss.cpp``; on a GPU ``native/ctc_cuda.cu``);
+  reference: ``F.ctc_loss(logits.log_softmax(-1), ...)``.
 - :func:`gru_layer`, :func:`gru_step`, :class:`FusedGRU`: a fused GRU layer with a hand-written backward and a
   streaming step (``native/gru.cpp``; forward and step on a GPU: ``native/gru_cuda.cu``); reference: ``nn.GRU``'s
   ``torch.gru`` and the step-by-step :func:`gru_layer_reference`.
 
-Each kernel compiles on first use (``torch.utils.cpp_extension``, cached by torch); if it cannot be built or
-loaded, a warning is logged once and the reference path runs. ``DEEPSPEECH_NATIVE=0`` forces the reference.
+Each kernel compiles on first use (``torch.utils.cpp_extension``, cached by torch; the CUDA ones only where torch
+has CUDA, a GPU is visible and nvcc is found); if it cannot be built or loaded, a warning is logged once and the
+reference path runs. ``tests/test_native_cuda_build.py`` compiles the CUDA sources wherever nvcc is on the PATH;
+``scripts/device_check.sh`` checks and times them on a GPU. ``DEEPSPEECH_NATIVE=0`` forces the reference.
 """
 
 from deepspeech.native.build import native_available

@@ -1,8 +1,9 @@
 """CTC loss from unnormalised logits (Graves et al. 2006; fused as in warp-ctc, DS2 section 4).
 
-``ctc_loss(logits, ...)`` means ``F.ctc_loss(logits.log_softmax(-1), ...)``. The native CPU kernel computes the
-log-softmax normaliser, the alpha/beta recursions and the gradient with respect to the logits in one pass, and
-autograd's backward only scales that stored gradient by the incoming per-utterance gradient.
+``ctc_loss(logits, ...)`` means ``F.ctc_loss(logits.log_softmax(-1), ...)``. The native kernels (CPU:
+``native/ctc_loss.cpp``; GPU: ``native/ctc_cuda.cu``) compute the log-softmax normaliser, the alpha/beta recursions
+and the gradient with respect to the logits in one pass, and autograd's backward only scales that stored gradient
+by the incoming per-utterance gradient.
 """
 
 from __future__ import annotations
@@ -11,13 +12,22 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from deepspeech.native.build import load_extension
+from deepspeech.native.build import load_cuda_extension, load_extension
+
+
+def _extension(device: torch.device):  # type: ignore[no-untyped-def]
+    """The fused kernel for ``device``: ``native/ctc_loss.cpp`` on the CPU, ``native/ctc_cuda.cu`` on a GPU."""
+    if device.type == "cpu":
+        return load_extension("ctc_loss")
+    if device.type == "cuda":
+        return load_cuda_extension("ctc_cuda")
+    return None
 
 
 @torch.library.custom_op("deepspeech::ctc_loss_fused", mutates_args=())
 def _ctc_fused(logits: Tensor, targets: Tensor, input_lengths: Tensor, target_lengths: Tensor, blank: int,
                zero_infinity: bool) -> tuple[Tensor, Tensor]:
-    ext = load_extension("ctc_loss")
+    ext = _extension(logits.device)
     assert ext is not None
     loss, grad = ext.ctc_loss_fused(logits, targets, input_lengths, target_lengths, blank, zero_infinity)
     return loss, grad
@@ -67,11 +77,14 @@ def ctc_loss(logits: Tensor, targets: Tensor, input_lengths: Tensor, target_leng
              reduction: str = "mean", zero_infinity: bool = False, native: bool | None = None) -> Tensor:
     """CTC loss of unnormalised ``logits`` (T, B, V); targets (B, S) padded or (sum L,) concatenated; lengths (B,).
 
-    ``native``: None = the fused kernel when it loads and the tensors are on the CPU, else the reference."""
-    use = native if native is not None else (logits.device.type == "cpu" and load_extension("ctc_loss") is not None)
+    ``native``: None = the fused kernel for the logits' device when it builds and loads (C++ on the CPU, CUDA on a
+    GPU), else the reference. Half and bfloat16 logits (autocast) are computed in float32, as ``F.ctc_loss`` does."""
+    use = native if native is not None else _extension(logits.device) is not None
     if not use:
         return ctc_loss_reference(logits, targets, input_lengths, target_lengths, blank, reduction, zero_infinity)
     il = torch.as_tensor(input_lengths, dtype=torch.long).cpu()
     tl = torch.as_tensor(target_lengths, dtype=torch.long).cpu()
+    if logits.dtype not in (torch.float32, torch.float64):
+        logits = logits.float()
     losses, _ = _ctc_fused(logits, targets.long(), il, tl, blank, zero_infinity)
     return _reduce(losses, tl, reduction)
