@@ -8,8 +8,10 @@ temporary include folder when torch lacks it, so the sources compile against exa
 
 from __future__ import annotations
 
+import os
 import re
 import shutil
+import signal
 import subprocess
 import sysconfig
 from pathlib import Path
@@ -37,17 +39,24 @@ def test_cuda_sources_compile_for_sm90(tmp_path: Path) -> None:
     assert {s.name for s in sources} >= {"ctc_cuda.cu", "gru_cuda.cu"}
     flags = ["-c", "-arch=sm_90", "-std=c++17", "-O3", "-DTORCH_API_INCLUDE_EXTENSION_H", *_include_flags(tmp_path)]
     procs = {}
-    for src in sources:  # in parallel: each takes a minute or two of one core
-        obj = tmp_path / f"{src.stem}.o"
-        cmd = [str(NVCC), *flags, f"-DTORCH_EXTENSION_NAME=deepspeech_{src.stem}", str(src), "-o", str(obj)]
-        procs[src.name] = (src, obj, subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True))
-    for name, (src, obj, proc) in procs.items():
-        out, _ = proc.communicate(timeout=900)
-        assert proc.returncode == 0, f"nvcc failed on {name}:\n{out[-4000:]}"
-        assert obj.stat().st_size > 10_000, f"{name}: suspiciously small object"
-        # Device code for every kernel of the source is in the object (its .nv.info section names each one).
-        data = obj.read_bytes()
-        kernels = re.findall(r"__global__ void (\w+)", src.read_text())
-        assert kernels, f"{name}: no kernels found"
-        for k in kernels:
-            assert b".nv.info._Z" in data and k.encode() in data, f"{name}: no device code for {k}"
+    try:
+        for src in sources:  # in parallel: each takes a few minutes of one core (torch's headers, host and device)
+            obj = tmp_path / f"{src.stem}.o"
+            cmd = [str(NVCC), *flags, f"-DTORCH_EXTENSION_NAME=deepspeech_{src.stem}", str(src), "-o", str(obj)]
+            procs[src.name] = (src, obj, subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                                                          text=True, start_new_session=True))
+        for name, (src, obj, proc) in procs.items():
+            out, _ = proc.communicate(timeout=1500)
+            assert proc.returncode == 0, f"nvcc failed on {name}:\n{out[-4000:]}"
+            assert obj.stat().st_size > 10_000, f"{name}: suspiciously small object"
+            # Device code for every kernel of the source is in the object (its .nv.info section names each one).
+            data = obj.read_bytes()
+            kernels = re.findall(r"__global__ void (\w+)", src.read_text())
+            assert kernels, f"{name}: no kernels found"
+            for k in kernels:
+                assert b".nv.info._Z" in data and k.encode() in data, f"{name}: no device code for {k}"
+    finally:  # on a failure or timeout, no compiler is left running behind the test
+        for _, _, proc in procs.values():
+            if proc.poll() is None:
+                os.killpg(proc.pid, signal.SIGKILL)
+                proc.wait()
