@@ -5,6 +5,10 @@
 # Text protocol: each sentence file's last 1,000 lines are test text; voices: every fifth variant of the
 # cmn-latn-pinyin voice is a test voice. Reported: CER on the unseen-voice synthetic test set and on AISHELL S0252.
 # About 5 minutes of synthesis and 90-100 minutes of training on 2 CPU cores. Re-running resumes.
+# Last full run (2026-11-29, 4 epochs, 1,208 steps): greedy CER dev 92.0%, unseen-voice test 90.7%, AISHELL S0252
+# 99.4%; the 4-gram character LM does not help (alpha tuned to 0 on dev). Character CTC over ~4,500 symbols with
+# ~70k training characters (most characters seen a handful of times) mostly emits blanks: the output units, not
+# the schedule, are the problem to solve next (e.g. toned-pinyin CTC mapped to characters by the LM).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 ds=.venv/bin/deepspeech
