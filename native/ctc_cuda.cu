@@ -20,6 +20,8 @@
 #include <c10/cuda/CUDAGuard.h>
 #include <c10/cuda/CUDAStream.h>
 
+#include "ctc_common.h"
+
 #include <algorithm>
 #include <vector>
 
@@ -181,32 +183,10 @@ std::vector<at::Tensor> ctc_loss_fused_cuda(const at::Tensor& logits_in, const a
   const c10::cuda::CUDAGuard guard(logits_in.device());
   const auto logits = logits_in.contiguous();
   const int64_t T = logits.size(0), B = logits.size(1), V = logits.size(2);
-  TORCH_CHECK(blank >= 0 && blank < V, "blank out of range");
   // Lengths and labels are validated on the host (small), then copied to the device with the offsets.
-  const auto il = input_lengths_in.to(at::kCPU, at::kLong).contiguous();
-  const auto tl = target_lengths_in.to(at::kCPU, at::kLong).contiguous();
-  const auto targets = targets_in.to(at::kCPU, at::kLong).contiguous();
-  TORCH_CHECK(il.numel() == B && tl.numel() == B, "need B input and target lengths");
-  const int64_t* ilp = il.data_ptr<int64_t>();
-  const int64_t* tlp = tl.data_ptr<int64_t>();
-  auto offsets = at::empty({B}, il.options());
-  int64_t* off = offsets.data_ptr<int64_t>();
-  int64_t total = 0, L_max = 0;
-  for (int64_t b = 0; b < B; ++b) {
-    TORCH_CHECK(ilp[b] >= 0 && ilp[b] <= T, "input length out of range");
-    TORCH_CHECK(tlp[b] >= 0, "negative target length");
-    off[b] = targets.dim() == 2 ? b * targets.size(1) : total;
-    if (targets.dim() == 2) TORCH_CHECK(tlp[b] <= targets.size(1), "target length exceeds padded targets");
-    total += tlp[b];
-    L_max = std::max(L_max, tlp[b]);
-  }
-  if (targets.dim() == 1) TORCH_CHECK(total <= targets.numel(), "concatenated targets shorter than their lengths");
-  const int64_t* tg = targets.data_ptr<int64_t>();
-  for (int64_t b = 0; b < B; ++b)
-    for (int64_t k = 0; k < tlp[b]; ++k) {
-      const int64_t c = tg[off[b] + k];
-      TORCH_CHECK(c >= 0 && c < V && c != blank, "target label out of range or blank");
-    }
+  const auto args = ds_native::check_ctc_targets(targets_in, input_lengths_in, target_lengths_in, T, B, V, blank);
+  const auto &il = args.input_lengths, &tl = args.target_lengths, &targets = args.targets, &offsets = args.offsets;
+  const int64_t L_max = args.max_target;
   const auto dev = logits.device();
   const auto il_d = il.to(dev), tl_d = tl.to(dev), off_d = offsets.to(dev);
   const auto tg_d = targets.numel() ? targets.reshape({-1}).to(dev) : at::zeros({1}, il.options().device(dev));

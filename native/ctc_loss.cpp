@@ -14,6 +14,7 @@
 
 #include <ATen/Parallel.h>
 
+#include "ctc_common.h"
 #include "fast_math.h"
 
 #include <algorithm>
@@ -235,29 +236,11 @@ std::vector<at::Tensor> ctc_loss_fused(const at::Tensor& logits_in, const at::Te
   TORCH_CHECK(logits_in.is_floating_point(), "logits must be float or double");
   const auto logits = logits_in.contiguous();
   const int64_t T = logits.size(0), B = logits.size(1), V = logits.size(2);
-  TORCH_CHECK(blank >= 0 && blank < V, "blank out of range");
-  const auto input_lengths = input_lengths_in.to(at::kLong).contiguous();
-  const auto target_lengths = target_lengths_in.to(at::kLong).contiguous();
-  const auto targets = targets_in.to(at::kLong).contiguous();
-  TORCH_CHECK(input_lengths.numel() == B && target_lengths.numel() == B, "need B input and target lengths");
-  const int64_t* il = input_lengths.data_ptr<int64_t>();
-  const int64_t* tl = target_lengths.data_ptr<int64_t>();
-  std::vector<int64_t> offset(B);
-  int64_t total = 0;
-  for (int64_t b = 0; b < B; ++b) {
-    TORCH_CHECK(il[b] >= 0 && il[b] <= T, "input length out of range");
-    TORCH_CHECK(tl[b] >= 0, "negative target length");
-    offset[b] = targets.dim() == 2 ? b * targets.size(1) : total;
-    if (targets.dim() == 2) TORCH_CHECK(tl[b] <= targets.size(1), "target length exceeds padded targets");
-    total += tl[b];
-  }
-  if (targets.dim() == 1) TORCH_CHECK(total <= targets.numel(), "concatenated targets shorter than their lengths");
-  const int64_t* tg = targets.data_ptr<int64_t>();
-  for (int64_t b = 0; b < B; ++b)
-    for (int64_t k = 0; k < tl[b]; ++k) {
-      const int64_t c = tg[offset[b] + k];
-      TORCH_CHECK(c >= 0 && c < V && c != blank, "target label out of range or blank");
-    }
+  const auto args = ds_native::check_ctc_targets(targets_in, input_lengths_in, target_lengths_in, T, B, V, blank);
+  const int64_t* il = args.input_lengths.data_ptr<int64_t>();
+  const int64_t* tl = args.target_lengths.data_ptr<int64_t>();
+  const int64_t* offset = args.offsets.data_ptr<int64_t>();
+  const int64_t* tg = args.targets.data_ptr<int64_t>();
   auto loss = at::empty({B}, logits.options());
   // Not zero-filled: every frame t < input_length is written by ctc_one and only the padding frames are zeroed
   // below (a separate zeroing pass over (T, B, V) costs as much as the softmax at a 5,000-symbol alphabet).
