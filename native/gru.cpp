@@ -193,25 +193,93 @@ std::vector<at::Tensor> gru_backward(const at::Tensor& grad_out_in, const at::Te
 
 // One step for streaming inference (no autograd): h' (B, H) from x (B, I), or from its input projection
 // x_proj (B, 3H) with b_ih already added when `projected`.
-at::Tensor gru_step(const at::Tensor& x_in, const at::Tensor& h_in, const at::Tensor& w_ih, const at::Tensor& w_hh,
-                    const at::Tensor& b_ih, const at::Tensor& b_hh, bool projected) {
-  TORCH_CHECK(x_in.dim() == 2 && h_in.dim() == 2 && x_in.size(0) == h_in.size(0), "x (B, I) and h (B, H)");
-  const auto h = h_in.contiguous();
-  const int64_t B = h.size(0), H = h.size(1);
-  check_weights(w_ih, w_hh, b_ih, b_hh, w_ih.size(1), H);
-  at::Tensor xp;
-  if (projected) {
-    TORCH_CHECK(x_in.size(1) == 3 * H, "a projected x must be (B, 3H)");
-    xp = x_in.contiguous();
-  } else {
-    TORCH_CHECK(x_in.size(1) == w_ih.size(1), "x must be (B, I)");
-    xp = at::addmm(b_ih, x_in, w_ih.t());
+//
+// The step is split by hidden units, not by GEMM: thread k owns units [j0, j1) and computes, single-threaded, the
+// six small products that feed them (x W_i{r,z,n}[j0:j1]^T and h W_h{r,z,n}[j0:j1]^T, contiguous weight row blocks)
+// and then their gates, while the data are in its cache. One fork/join per step instead of three, and no GEMM
+// split into slivers: at the small preset's B 32 the two threaded (B, 3H) GEMMs reached about half the speed of two
+// independent single-threaded halves (bench/README.md, B2).
+// Units per thread below which the split loses to two threaded GEMMs and one gate loop (the tiny preset's H 192 at
+// 96 per thread ran 1.3-1.7x slower; the small preset's 384 at 192 per thread 1.0-1.45x faster).
+constexpr int64_t kMinUnits = 128;
+
+template <typename scalar_t, bool kBiasX>
+void step_gates(const scalar_t* xr, const scalar_t* xz, const scalar_t* xn, int64_t sx, const scalar_t* bx,
+                const scalar_t* hr, const scalar_t* hz, const scalar_t* hn, const scalar_t* bh, const scalar_t* h,
+                scalar_t* out, int64_t B, int64_t H, int64_t n) {
+  // x*: (B, n) rows at stride sx; bx: the three (n,) input biases at stride H (read when kBiasX);
+  // h*: (B, n) contiguous; bh: the three recurrent biases at stride H; h, out: (B, H) rows, first unit j0.
+  for (int64_t b = 0; b < B; ++b) {
+    const scalar_t *pr = xr + b * sx, *pz = xz + b * sx, *pn = xn + b * sx;
+    const scalar_t *qr = hr + b * n, *qz = hz + b * n, *qn = hn + b * n, *hb = h + b * H;
+    scalar_t* o = out + b * H;
+#pragma omp simd
+    for (int64_t j = 0; j < n; ++j) {
+      const scalar_t cr = kBiasX ? bx[j] : scalar_t(0), cz = kBiasX ? bx[H + j] : scalar_t(0);
+      const scalar_t cn = kBiasX ? bx[2 * H + j] : scalar_t(0);
+      const scalar_t r = sigmoid(pr[j] + cr + qr[j] + bh[j]);
+      const scalar_t z = sigmoid(pz[j] + cz + qz[j] + bh[H + j]);
+      const scalar_t g = tanh_(pn[j] + cn + r * (qn[j] + bh[2 * H + j]));
+      o[j] = (scalar_t(1) - z) * g + z * hb[j];
+    }
   }
-  const auto hp = at::addmm(b_hh, h, w_hh.t());
+}
+
+at::Tensor gru_step(const at::Tensor& x_in, const at::Tensor& h_in, const at::Tensor& w_ih_in,
+                    const at::Tensor& w_hh_in, const at::Tensor& b_ih_in, const at::Tensor& b_hh_in, bool projected) {
+  TORCH_CHECK(x_in.dim() == 2 && h_in.dim() == 2 && x_in.size(0) == h_in.size(0), "x (B, I) and h (B, H)");
+  TORCH_CHECK(x_in.device().is_cpu() && h_in.device().is_cpu(), "gru_step is the CPU kernel");
+  // Detached: the products below write into buffers (out= ops), which autograd refuses for parameters.
+  const auto h = h_in.detach().contiguous(), x = x_in.detach().contiguous();
+  const auto w_ih = w_ih_in.detach().contiguous(), w_hh = w_hh_in.detach().contiguous();
+  const auto b_ih = b_ih_in.detach().contiguous(), b_hh = b_hh_in.detach().contiguous();
+  const int64_t B = h.size(0), H = h.size(1), I = w_ih.size(1);
+  check_weights(w_ih, w_hh, b_ih, b_hh, I, H);
+  TORCH_CHECK(x.size(1) == (projected ? 3 * H : I), projected ? "a projected x must be (B, 3H)" : "x must be (B, I)");
   auto out = at::empty({B, H}, h.options());
+  if (B == 0 || H == 0) return out;
+  const int64_t threads = std::min<int64_t>(at::get_num_threads(), H / kMinUnits);
+  if (threads < 2) {  // two GEMMs (threaded inside) and one fused gate loop
+    const auto xp = projected ? x : at::addmm(b_ih, x, w_ih.t());
+    const auto hp = at::addmm(b_hh, h, w_hh.t());
+    AT_DISPATCH_FLOATING_TYPES(h.scalar_type(), "gru_step", [&] {
+      gates_forward<scalar_t, false>(xp.data_ptr<scalar_t>(), 3 * H, hp.data_ptr<scalar_t>(), h.data_ptr<scalar_t>(),
+                                     H, out.data_ptr<scalar_t>(), H, nullptr, 0, B, H);
+    });
+    return out;
+  }
+  const int64_t chunk = (H + threads - 1) / threads;
+  // Per thread: up to six (B, chunk) products, [x_r, x_z, x_n, h_r, h_z, h_n].
+  auto buf = at::empty({threads, 6, B * chunk}, h.options());
   AT_DISPATCH_FLOATING_TYPES(h.scalar_type(), "gru_step", [&] {
-    gates_forward<scalar_t, false>(xp.data_ptr<scalar_t>(), 3 * H, hp.data_ptr<scalar_t>(), h.data_ptr<scalar_t>(), H,
-                            out.data_ptr<scalar_t>(), H, nullptr, 0, B, H);
+    at::parallel_for(0, threads, 1, [&](int64_t k0, int64_t k1) {
+      for (int64_t k = k0; k < k1; ++k) {
+        const int64_t j0 = k * chunk, n = std::min(H, j0 + chunk) - j0;
+        if (n <= 0) continue;
+        auto part = [&](int64_t i) { return buf.select(0, k).select(0, i).narrow(0, 0, B * n).view({B, n}); };
+        for (int64_t g = 0; g < 3; ++g) {
+          if (!projected) {
+            auto px = part(g);
+            at::mm_out(px, x, w_ih.narrow(0, g * H + j0, n).t());
+          }
+          auto ph = part(3 + g);
+          at::mm_out(ph, h, w_hh.narrow(0, g * H + j0, n).t());
+        }
+        const scalar_t* bp = buf.select(0, k).data_ptr<scalar_t>();
+        const int64_t stride = B * chunk;
+        const scalar_t* xs = projected ? x.data_ptr<scalar_t>() + j0 : bp;
+        const int64_t sx = projected ? 3 * H : n, gx = projected ? H : stride;  // row stride, gate stride
+        const scalar_t *bx = b_ih.data_ptr<scalar_t>() + j0, *bh = b_hh.data_ptr<scalar_t>() + j0;
+        const scalar_t* hs = h.data_ptr<scalar_t>() + j0;
+        scalar_t* os = out.data_ptr<scalar_t>() + j0;
+        if (projected)
+          step_gates<scalar_t, false>(xs, xs + gx, xs + 2 * gx, sx, bx, bp + 3 * stride, bp + 4 * stride,
+                                      bp + 5 * stride, bh, hs, os, B, H, n);
+        else
+          step_gates<scalar_t, true>(xs, xs + gx, xs + 2 * gx, sx, bx, bp + 3 * stride, bp + 4 * stride,
+                                     bp + 5 * stride, bh, hs, os, B, H, n);
+      }
+    });
   });
   return out;
 }

@@ -95,6 +95,27 @@ def test_step_matches_one_step_of_nn_gru(B: int, projected: bool) -> None:
         torch.testing.assert_close(new, cell(x, h), **TOL)
 
 
+@pytest.mark.parametrize("threads", [1, 2, 3])
+@pytest.mark.parametrize("H", [130, 257, 520])
+@pytest.mark.parametrize("projected", [False, True])
+def test_step_split_over_threads_matches_nn_gru(threads: int, H: int, projected: bool) -> None:
+    """The step splits the hidden units over the threads (at least 128 each, else one thread runs two threaded GEMMs): uneven last blocks and every thread
+    count give nn.GRU's numbers."""
+    ref, ours = _pair(37, H, 5)
+    x, h = torch.randn(5, 37), torch.randn(5, H)
+    w = (ours.weight_ih_l0, ours.weight_hh_l0, ours.bias_ih_l0, ours.bias_hh_l0)
+    xin = x @ w[0].detach().T + w[2].detach() if projected else x
+    before = torch.get_num_threads()
+    torch.set_num_threads(threads)
+    try:
+        new = gru_step(xin, h, *w, projected=projected, native=True)
+    finally:
+        torch.set_num_threads(before)
+    with torch.no_grad():
+        _, expect = ref(x[:, None], h[None])
+    torch.testing.assert_close(new, expect[0], **TOL)
+
+
 def test_extreme_preactivations_saturate_without_nan() -> None:
     ref, ours = _pair(4, 6, 3)
     x = torch.randn(2, 5, 4) * 200  # gates far outside the fast exp's clamped range
