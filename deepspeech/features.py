@@ -103,6 +103,31 @@ class StreamState:
     frames_emitted: int = 0
 
 
+def stream_frames(
+    chunk: np.ndarray | torch.Tensor, state: StreamState | None, cfg: FeatureConfig = FeatureConfig(),
+    final: bool = False,
+) -> tuple[torch.Tensor, StreamState]:
+    """The windowing half of :func:`stream_log_spectrogram`: ``(frames (t, win) samples, new_state)``. A caller
+    with many streams cuts each stream's frames, then turns all of them into features in one call of
+    :func:`frames_to_log_spectrogram`."""
+    state = state or StreamState()
+    buf = torch.cat([state.pending, torch.as_tensor(chunk, dtype=torch.float32).reshape(-1)])
+    if final and state.frames_emitted == 0 and buf.numel() < cfg.win_length:
+        buf = torch.nn.functional.pad(buf, (0, cfg.win_length - buf.numel()))
+    n = 0 if buf.numel() < cfg.win_length else 1 + (buf.numel() - cfg.win_length) // cfg.hop_length
+    if n == 0:
+        return torch.zeros(0, cfg.win_length), StreamState(buf, state.frames_emitted)
+    return buf.unfold(0, cfg.win_length, cfg.hop_length), StreamState(buf[n * cfg.hop_length:].clone(),
+                                                                       state.frames_emitted + n)
+
+
+def frames_to_log_spectrogram(frames: torch.Tensor, cfg: FeatureConfig = FeatureConfig()) -> torch.Tensor:
+    """(t, win) samples -> (t, n_bins) log power; a frame's features do not depend on its neighbours."""
+    if frames.shape[0] == 0:
+        return torch.zeros(0, cfg.n_bins)
+    return _frames_to_logpower(frames, cfg)
+
+
 def stream_log_spectrogram(
     chunk: np.ndarray | torch.Tensor, state: StreamState | None, cfg: FeatureConfig = FeatureConfig(),
     final: bool = False,
@@ -111,15 +136,8 @@ def stream_log_spectrogram(
 
     Returns ``(frames (t, n_bins), new_state)``; concatenating all ``frames`` equals the whole-utterance output.
     """
-    state = state or StreamState()
-    buf = torch.cat([state.pending, torch.as_tensor(chunk, dtype=torch.float32).reshape(-1)])
-    if final and state.frames_emitted == 0 and buf.numel() < cfg.win_length:
-        buf = torch.nn.functional.pad(buf, (0, cfg.win_length - buf.numel()))
-    n = 0 if buf.numel() < cfg.win_length else 1 + (buf.numel() - cfg.win_length) // cfg.hop_length
-    if n == 0:
-        return torch.zeros(0, cfg.n_bins), StreamState(buf, state.frames_emitted)
-    out = _frames_to_logpower(buf.unfold(0, cfg.win_length, cfg.hop_length), cfg)
-    return out, StreamState(buf[n * cfg.hop_length:].clone(), state.frames_emitted + n)
+    frames, state = stream_frames(chunk, state, cfg, final)
+    return frames_to_log_spectrogram(frames, cfg), state
 
 
 @dataclass(frozen=True)

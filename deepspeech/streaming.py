@@ -4,7 +4,8 @@ A stream's audio arrives in pieces of any size. Each call to :meth:`StreamingMod
 several streams, advances every stream by as many output frames as its audio allows, and returns their
 log-probabilities. What each stream carries between calls (:class:`StreamSession`):
 
-- the feature state (samples not yet in a full 20 ms window, :func:`deepspeech.features.stream_log_spectrogram`);
+- the feature state (samples not yet in a full 20 ms window, :func:`deepspeech.features.stream_frames`; all
+  streams' new windows then go through one FFT);
 - per convolution layer, its input frames not yet consumed: output frame j of a layer with time kernel k = 2p + 1
   and stride s reads input frames j*s - p .. j*s + p, so a layer can emit frame j once frame j*s + p has arrived;
   the buffer starts with p zero frames (the whole-utterance convolution's left padding) and, at the end of the
@@ -35,7 +36,7 @@ from torch.nn.utils.rnn import pack_padded_sequence, pad_packed_sequence
 from deepspeech.beam import BeamSearchDecoder, Hypothesis, best_hypothesis
 from deepspeech.checkpoint import AcousticModel
 from deepspeech.decoding import ids_to_text
-from deepspeech.features import StreamState, stream_log_spectrogram
+from deepspeech.features import StreamState, frames_to_log_spectrogram, stream_frames
 from deepspeech.model import CLIP
 
 
@@ -127,24 +128,32 @@ class StreamingModel:
         for s in sessions:
             if s.finished:
                 raise StreamingError("stream already finished")
-        xs = []
+        frames = []
         for s, a, fin in zip(sessions, audio, final, strict=True):
-            feats, s.features = stream_log_spectrogram(a, s.features, self.feature_cfg, final=fin)
+            f, s.features = stream_frames(a, s.features, self.feature_cfg, final=fin)
             s.samples += int(np.asarray(a).size)
-            xs.append(((feats - self.mean) / self.std).T.unsqueeze(0))  # (1, F, t)
+            frames.append(f)
+        # Every stream's new windows through one FFT and one normalisation, then split back per stream.
+        feats = (frames_to_log_spectrogram(torch.cat(frames), self.feature_cfg) - self.mean) / self.std
+        xs = [f.T.unsqueeze(0) for f in feats.split([f.shape[0] for f in frames])]  # (1, F, t) each
         for layer, conv in enumerate(self.model.convs):
             xs = self._conv(conv, layer, sessions, xs, final)
         xs = [x.reshape(x.shape[0] * x.shape[1], x.shape[2]).T for x in xs]  # (t', C*F')
         xs = self._recurrent(sessions, xs)
         if self.model.lookahead is not None:
             xs = self._lookahead(sessions, xs, final)
+        # The output layers are per frame: all streams' new frames in one call, split back afterwards.
+        counts = [x.shape[0] for x in xs]
+        if sum(counts):
+            x = torch.cat(xs).to(self.device)
+            x = self.model.out_bn(x, torch.ones(x.shape[0], 1, device=self.device))
+            all_logp = torch.log_softmax(self.model.fc(x).float(), dim=-1).cpu().numpy()
+            # Copies, not views: a long-lived session must not keep every other stream's frames alive.
+            logps = [a.copy() for a in np.split(all_logp, np.cumsum(counts)[:-1])]
+        else:
+            logps = [np.zeros((0, self.vocab), np.float32) for _ in sessions]
         out = []
-        for s, x, fin in zip(sessions, xs, final, strict=True):
-            if x.shape[0]:
-                x = self.model.out_bn(x.to(self.device), torch.ones(x.shape[0], 1, device=self.device))
-                logp = torch.log_softmax(self.model.fc(x).float(), dim=-1).cpu().numpy()
-            else:
-                logp = np.zeros((0, self.vocab), np.float32)
+        for s, logp, fin in zip(sessions, logps, final, strict=True):
             s.log_probs.append(logp)
             for i in logp.argmax(axis=1).tolist() if logp.size else []:
                 if i != s._last and i != self.blank:
