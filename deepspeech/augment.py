@@ -1,6 +1,7 @@
 """Training-time augmentation: the waveform pipeline (speed perturbation, Ko et al. Interspeech 2015;
 reverberation; noise superposition of 1..K tracks at a drawn SNR, Deep Speech 1 arXiv 1412.5567 section 4.1;
-gain) and SpecAugment masks in the feature pipeline (Park et al., arXiv 1904.08779, section 2).
+gain), and in the feature pipeline vocal tract length perturbation (Jaitly and Hinton, ICML 2013 workshop) and
+SpecAugment masks (Park et al., arXiv 1904.08779, section 2).
 
 The signal processing lives in :mod:`data_synthesis`; this module holds the configuration and the order of
 operations. Every transform is a pure function of its input and a numpy Generator; the dataset seeds the
@@ -20,7 +21,7 @@ from data_synthesis.noise import NOISE_KINDS, NoiseSources, coloured_noise, supe
 from data_synthesis.reverb import ReverbConfig, reverberate
 from deepspeech.audio import SAMPLE_RATE
 
-__all__ = ["AugmentConfig", "augment_waveform", "coloured_noise", "spec_augment", "speed_perturb"]
+__all__ = ["AugmentConfig", "augment_waveform", "coloured_noise", "spec_augment", "speed_perturb", "vtlp"]
 
 
 @dataclass(frozen=True)
@@ -42,6 +43,7 @@ class AugmentConfig:
     reverb_prob: float = 0.0  # share of augmented utterances convolved with a synthetic room impulse response
     reverb_rt60_s: tuple[float, float] = (0.2, 0.8)
     reverb_drr_db: tuple[float, float] = (0.0, 12.0)
+    vtlp: tuple[float, float] = (1.0, 1.0)  # frequency warp factor drawn uniformly (1, 1 = off), see :func:`vtlp`
 
     def __post_init__(self) -> None:
         for name in ("prob", "noise_prob", "reverb_prob"):
@@ -55,6 +57,8 @@ class AugmentConfig:
             raise ValueError(f"augment.noise_kinds must be a non-empty subset of {NOISE_KINDS}")
         if not 1 <= self.babble_speakers[0] <= self.babble_speakers[1]:
             raise ValueError("invalid augment.babble_speakers")
+        if not 0.5 <= self.vtlp[0] <= self.vtlp[1] <= 2.0:
+            raise ValueError("augment.vtlp must be an increasing range within [0.5, 2]")
         if self.gain_db[0] > self.gain_db[1] or min(self.freq_masks, self.time_masks) < 0:
             raise ValueError("invalid augment settings")
         self.reverb  # noqa: B018 - validates the reverb ranges
@@ -73,6 +77,26 @@ def speed_perturb(wav: np.ndarray, factor: float) -> np.ndarray:
     if factor == 1.0 or wav.size < 2:
         return wav
     return soxr.resample(wav, SAMPLE_RATE * factor, SAMPLE_RATE).astype(np.float32, copy=False)
+
+
+def vtlp(feats: torch.Tensor, alpha: float, boundary: float = 0.75) -> torch.Tensor:
+    """Vocal tract length perturbation of (T, F) log power spectra (F bins from 0 to the Nyquist frequency).
+
+    The frequency axis is warped piecewise linearly, as by Jaitly and Hinton: source frequency f moves to alpha f
+    below a boundary (``boundary`` x Nyquist x min(alpha, 1)) and linearly from there to a fixed Nyquist. Each
+    output bin reads the input at the inverse-warped position, by linear interpolation between bins. alpha > 1
+    stretches formants upwards (a shorter vocal tract), alpha < 1 compresses them; alpha = 1 is the identity.
+    """
+    if alpha == 1.0:
+        return feats
+    n = feats.shape[1] - 1  # the Nyquist bin
+    b_out = boundary * n * min(alpha, 1.0)  # where the warped axis leaves the alpha * f line
+    b_in = b_out / alpha
+    g = torch.arange(n + 1, dtype=torch.float64)
+    src = torch.where(g <= b_out, g / alpha, n - (n - g) * (n - b_in) / (n - b_out)).clamp(0, n)
+    lo = src.floor().long().clamp(max=n - 1)
+    w = (src - lo).to(feats.dtype)
+    return feats[:, lo] * (1 - w) + feats[:, lo + 1] * w
 
 
 def spec_augment(feats: torch.Tensor, cfg: AugmentConfig, rng: np.random.Generator) -> torch.Tensor:

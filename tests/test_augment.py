@@ -48,3 +48,20 @@ def test_invalid_augment_configs() -> None:
         AugmentConfig(noise_tracks=(0, 2))
     with pytest.raises(ValueError):
         AugmentConfig(reverb_rt60_s=(0.8, 0.2))
+
+
+def test_vtlp_moves_a_formant_by_the_warp_factor_and_keeps_the_ends() -> None:
+    from deepspeech.augment import vtlp
+    from deepspeech.features import FeatureConfig, log_spectrogram
+
+    t = np.arange(16000) / 16000
+    feats = log_spectrogram(np.sin(2 * np.pi * 2000 * t).astype(np.float32), FeatureConfig())  # bin 40 of 161
+    assert int(feats.mean(0).argmax()) == 40
+    for alpha, peak in ((0.9, 36), (1.1, 44)):
+        warped = vtlp(feats, alpha)
+        assert warped.shape == feats.shape
+        assert int(warped.mean(0).argmax()) == peak  # 2 kHz is below the boundary: it moves to alpha x 2 kHz
+        torch.testing.assert_close(warped[:, [0, -1]], feats[:, [0, -1]])  # DC and Nyquist stay put
+    assert vtlp(feats, 1.0) is feats
+    with pytest.raises(ValueError):
+        AugmentConfig(vtlp=(1.1, 0.9))

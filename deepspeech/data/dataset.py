@@ -11,7 +11,7 @@ import torch
 
 from data_synthesis.noise import NoiseSources, load_noise_clips
 from deepspeech.audio import AudioError, load_audio
-from deepspeech.augment import AugmentConfig, augment_waveform, spec_augment
+from deepspeech.augment import AugmentConfig, augment_waveform, spec_augment, vtlp
 from deepspeech.data.manifest import Utterance
 from deepspeech.features import FeatureConfig, FeatureStats, extract
 from deepspeech.text import CharTokenizer
@@ -131,6 +131,8 @@ class SpeechDataset:
             else:
                 rng = None
         feats = extract(wav, self.fcfg)
+        if rng is not None and self.augment is not None and self.augment.vtlp != (1.0, 1.0):
+            feats = vtlp(feats, float(rng.uniform(*self.augment.vtlp)))
         if self.stats is not None:
             feats = self.stats.normalize(feats)
         if rng is not None and self.augment is not None:
