@@ -99,8 +99,8 @@ def test_step_matches_one_step_of_nn_gru(B: int, projected: bool) -> None:
 @pytest.mark.parametrize("H", [130, 257, 520])
 @pytest.mark.parametrize("projected", [False, True])
 def test_step_split_over_threads_matches_nn_gru(threads: int, H: int, projected: bool) -> None:
-    """The step splits the hidden units over the threads (at least 128 each, else one thread runs two threaded GEMMs): uneven last blocks and every thread
-    count give nn.GRU's numbers."""
+    """The step splits the hidden units over the threads (at least 128 each, else one thread runs two threaded
+    GEMMs): uneven last blocks and every thread count give nn.GRU's numbers."""
     ref, ours = _pair(37, H, 5)
     x, h = torch.randn(5, 37), torch.randn(5, H)
     w = (ours.weight_ih_l0, ours.weight_hh_l0, ours.bias_ih_l0, ours.bias_hh_l0)

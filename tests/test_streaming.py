@@ -84,6 +84,24 @@ def test_batched_chunked_stream_equals_whole_utterance(key: tuple[str, int, int]
         assert np.array_equal(got, sessions[i].all_log_probs(29))
 
 
+@pytest.mark.parametrize("key", sorted(MODELS))
+def test_streams_in_lockstep_equal_whole_utterance(key: tuple[str, int, int]) -> None:
+    """Streams at the same position with equal chunks (the server's usual case) take the step's batched path for
+    the convolution buffers and hidden states (one stack / unbind instead of per-stream copies), final step too."""
+    am = MODELS[key]
+    sm = StreamingModel(am)
+    rng = np.random.default_rng(7)
+    wavs = [(rng.standard_normal(9_600) * 0.1).astype(np.float32) for _ in range(3)]
+    sessions = [sm.new_session() for _ in wavs]
+    outs: list[list[np.ndarray]] = [[] for _ in wavs]
+    for a in range(0, 9_600, 1_600):
+        fin = a + 1_600 >= 9_600
+        for o, r in zip(outs, sm.step(sessions, [w[a: a + 1_600] for w in wavs], [fin] * 3), strict=True):
+            o.append(r)
+    for w, o in zip(wavs, outs, strict=True):
+        np.testing.assert_allclose(np.concatenate(o), whole(am, w), atol=ATOL, rtol=0)
+
+
 def test_partial_text_is_the_greedy_prefix() -> None:
     am = MODELS[("gru", 2, 10)]
     sm = StreamingModel(am)
