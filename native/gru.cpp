@@ -196,11 +196,11 @@ std::vector<at::Tensor> gru_backward(const at::Tensor& grad_out_in, const at::Te
 //
 // The step is split by hidden units, not by GEMM: thread k owns units [j0, j1) and computes, single-threaded, the
 // six small products that feed them (x W_i{r,z,n}[j0:j1]^T and h W_h{r,z,n}[j0:j1]^T, contiguous weight row blocks)
-// and then their gates, while the data are in its cache. One fork/join per step instead of three, and no GEMM
-// split into slivers: at the small preset's B 32 the two threaded (B, 3H) GEMMs reached about half the speed of two
-// independent single-threaded halves (bench/README.md, B2).
-// Units per thread below which the split loses to two threaded GEMMs and one gate loop (the tiny preset's H 192 at
-// 96 per thread ran 1.3-1.7x slower; the small preset's 384 at 192 per thread 1.0-1.45x faster).
+// and then their gates, while the data are in its cache: one fork/join per step instead of one per GEMM plus the
+// gate loop. Side by side with two threaded (B, 3H) GEMMs and one gate loop, at the small preset's shape it was
+// 1.05-1.35x faster at batch 8-32 (bench/README.md, B2).
+// Units per thread below which the split loses to that (the tiny preset's H 192, 96 units per thread, ran
+// 1.3-1.7x slower).
 constexpr int64_t kMinUnits = 128;
 
 template <typename scalar_t, bool kBiasX>
