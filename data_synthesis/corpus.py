@@ -26,6 +26,7 @@ import numpy as np
 from data_synthesis.tts import SynthesisError, synthesize_corpus, voice_split
 from deepspeech.data.manifest import Utterance
 from deepspeech.text import normalize_en, normalize_zh
+from deepspeech.text import to_pinyin as text_to_pinyin
 
 log = logging.getLogger(__name__)
 
@@ -99,10 +100,9 @@ def pick(lines: Sequence[str], n: int, cfg: CorpusConfig, rng: np.random.Generat
 def to_pinyin(text: str) -> str:
     """Chinese characters -> numbered pinyin with the neutral tone as 5 ("ni3 hao3 ma5"), for cmn-latn-pinyin."""
     try:
-        from pypinyin import Style, lazy_pinyin
+        return text_to_pinyin(text)
     except ImportError as e:
-        raise SynthesisError("Mandarin synthesis needs pypinyin: pip install 'deepspeech[synth]'") from e
-    return " ".join(lazy_pinyin(text, style=Style.TONE3, neutral_tone_with_five=True))
+        raise SynthesisError(str(e)) from e
 
 
 def build_corpus(text_files: Sequence[str | Path], out_dir: str | Path, cfg: CorpusConfig, seed: int = 0,

@@ -125,7 +125,7 @@ def path_words(ids: Sequence[int], frames: Sequence[int], tokenizer: CharTokeniz
         sym = tokenizer.symbols[i]
         if sym in (BLANK, UNK):
             continue
-        if tokenizer.lang == "zh":
+        if tokenizer.metric_lang == "zh":
             words.append(Word(sym, t, t + 1))
             continue
         if sym == " ":
@@ -157,9 +157,10 @@ class BeamSearchDecoder:
 
     def __init__(self, tokenizer: CharTokenizer, lm: NgramLM | None, cfg: BeamConfig) -> None:
         self.tokenizer, self.lm, self.cfg = tokenizer, lm, cfg
-        if lm is not None and (lm.unit == "word") != (tokenizer.lang == "en"):
-            raise DecoderError(f"a {lm.unit}-level LM does not fit a {tokenizer.lang} model "
-                               "(English needs a word LM, Mandarin a character LM)")
+        if lm is not None and (lm.unit == "word") != (tokenizer.metric_lang == "en"):
+            raise DecoderError(f"a {lm.unit}-level LM does not fit a {tokenizer.lang} {tokenizer.units} model "
+                               "(English and pinyin need a word LM, Mandarin characters a character LM; a pinyin "
+                               "model's character LM turns its output into characters after decoding)")
         self._scorer = None
         if lm is not None:
             try:
@@ -173,7 +174,7 @@ class BeamSearchDecoder:
         """Natural-log LM probability of a decoded text (0 without an LM)."""
         if self._scorer is None:
             return 0.0
-        units = text if self.tokenizer.lang == "en" else " ".join(text.replace(" ", ""))
+        units = text if self.tokenizer.metric_lang == "en" else " ".join(text.replace(" ", ""))
         return float(self._scorer.score(units, bos=True, eos=True)) * LN10
 
     def decode(self, logp: np.ndarray) -> list[Hypothesis]:
@@ -200,7 +201,7 @@ class _PyCtcDecode:
             raise DecoderError("the pyctcdecode backend needs pyctcdecode: pip install 'deepspeech[decode]'") from e
         self.owner = owner
         tok, lm, cfg = owner.tokenizer, owner.lm, owner.cfg
-        if tok.lang == "en":
+        if tok.metric_lang == "en":
             labels = ["" if s == BLANK else ("\u2047" if s == UNK else s) for s in tok.symbols]
         else:  # every character its own word: pyctcdecode's BPE convention ("\u2581" starts a word)
             labels = ["" if s == BLANK else "\u2581" + ("\u2047" if s == UNK else s) for s in tok.symbols]
@@ -223,7 +224,7 @@ class _PyCtcDecode:
         out = []
         for text, _state, word_frames, am_score, score in beams:
             text = " ".join(text.split())
-            if owner.tokenizer.lang == "zh":
+            if owner.tokenizer.metric_lang == "zh":
                 text = text.replace(" ", "").replace("\u2047", "")
             words = tuple(Word(w, int(s), int(e)) for w, (s, e) in word_frames if w)
             out.append(Hypothesis(text, words, float(score), float(am_score), owner.lm_logprob(text)))
@@ -241,13 +242,13 @@ class _Flashlight:
         self.owner, self.fl = owner, fl
         tok, lm, cfg = owner.tokenizer, owner.lm, owner.cfg
         self.blank = tok.blank_id
-        self.sil = tok.index[" "] if tok.lang == "en" else tok.blank_id
+        self.sil = tok.index[" "] if tok.metric_lang == "en" else tok.blank_id
         # flashlight adds LM scores as given: KenLM's are log10, so the weight is alpha * ln(10) on natural logs.
         lm_weight = cfg.alpha * LN10
         self.words = None  # the English lexicon's word dictionary
         if lm is None:
             fl_lm = fl.ZeroLM()
-        if tok.lang == "zh":
+        if tok.metric_lang == "zh":
             if lm is not None:
                 fl_lm = KenLM(str(lm.binary), Dictionary([s for s in tok.symbols]))
             # No per-token insertion bonus in LexiconFree (beta is not used); silence is the blank, scored 0.
@@ -299,7 +300,7 @@ class _Flashlight:
                 text = " ".join(self.words.get_entry(w) for w in r.words if w >= 0)  # type: ignore[union-attr]
             else:
                 text = tok.decode(ids)
-                text = " ".join(text.split()) if tok.lang == "en" else text
+                text = " ".join(text.split()) if tok.metric_lang == "en" else text
             am = float(np.take_along_axis(em, np.asarray(frames_tokens, dtype=np.int64)[:, None].clip(0), 1).sum())
             out.append(Hypothesis(text, path_words(ids, frames, tok), float(r.score), am, owner.lm_logprob(text)))
         return out

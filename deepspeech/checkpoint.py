@@ -45,6 +45,12 @@ class AcousticModel:
     tokenizer: CharTokenizer
     stats: FeatureStats
     config: TrainConfig
+    hanzi: Any = None  # PinyinToHanzi for a pinyin-unit model whose lm/ holds a pinyin lexicon, else None
+
+    @property
+    def text_lang(self) -> str:
+        """How this model's final text splits for error rates: "zh" (characters) or "en" (words)."""
+        return "zh" if self.hanzi is not None else self.tokenizer.metric_lang
 
 
 def _write_model_files(d: Path, model: DeepSpeech2, tokenizer: CharTokenizer, stats: FeatureStats,
@@ -137,7 +143,12 @@ def load_model_dir(path: str | Path, device: str | torch.device = "cpu",
     if missing or unexpected:
         raise CheckpointError(f"{d}: weights do not match the config (missing {missing}, unexpected {unexpected})")
     model.to(device).eval()
-    return AcousticModel(model, tokenizer, FeatureStats.load(d / STATS), cfg)
+    hanzi = None
+    if tokenizer.units == "pinyin" and (d / "lm" / "lexicon.json").is_file():
+        from deepspeech.hanzi import PinyinToHanzi
+
+        hanzi = PinyinToHanzi.load(d / "lm")
+    return AcousticModel(model, tokenizer, FeatureStats.load(d / STATS), cfg, hanzi)
 
 
 def load_train_state(path: str | Path) -> dict[str, Any]:

@@ -70,10 +70,18 @@ def _cmd_eval(args: argparse.Namespace) -> int:
                 f.write(json.dumps(r, ensure_ascii=False) + "\n")
     summary = {"manifest": args.manifest, "model": args.model, **counts.summary(),
                "failed": sum(1 for r in records if r["hyp"] is None)}
+    if am.hanzi is not None:  # pinyin model: also its syllable (WER) and letter (CER) error rates
+        from deepspeech.metrics import error_rates
+
+        done = [r for r in records if r["hyp_pinyin"] is not None]
+        py = error_rates([str(r["ref_pinyin"]) for r in done], [str(r["hyp_pinyin"]) for r in done], "en")
+        summary.update({"pinyin_wer": py.wer, "pinyin_cer": py.cer})
     if args.format == "json":
         print(json.dumps(summary))
     else:
-        print(f"WER {100 * counts.wer:.2f}%  CER {100 * counts.cer:.2f}%  on {counts.n} utterances")
+        print(f"WER {100 * counts.wer:.2f}%  CER {100 * counts.cer:.2f}%  on {counts.n} utterances"
+              + (f"  (pinyin: syllables {100 * summary['pinyin_wer']:.2f}%, letters {100 * summary['pinyin_cer']:.2f}%)"
+                 if "pinyin_wer" in summary else ""))
     return 0
 
 
@@ -112,7 +120,7 @@ def _cmd_transcribe(args: argparse.Namespace) -> int:
         raise SystemExit("no input files")
     am = load_model_dir(args.model, device=args.device)
     decoder = decoder_from_args(args, args.model, am.tokenizer)
-    lang = am.tokenizer.lang
+    lang = am.text_lang
     root = os.path.commonpath([os.path.dirname(os.path.abspath(p)) for p in paths]) if args.output_dir else None
     out_file = Path(args.output) if args.output else None
     if out_file is not None:  # resume: skip what an earlier run wrote

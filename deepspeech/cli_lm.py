@@ -71,7 +71,20 @@ def _cmd_lm_ngram(args: argparse.Namespace) -> int:
                *(f"excluding {m}" for m in args.exclude or [])]
     if args.test_lines:
         sources.append(f"without the last {args.test_lines} lines of each text file")
+    counter = None
+    if args.pinyin_lexicon:
+        if args.lang != "zh":
+            raise SystemExit("--pinyin-lexicon is for Mandarin (--lang zh)")
+        from deepspeech.hanzi import LexiconCounter
+
+        counter = LexiconCounter()
+        lines = counter.wrap(lines)
     out = build_ngram(lines, args.out, cfg, sources=sources)
+    if counter is not None:
+        from deepspeech.hanzi import LEXICON
+
+        pairs = counter.save(out / LEXICON)
+        log.info("pinyin lexicon: %d syllables, %d (syllable, character) pairs", len(counter.counts), pairs)
     meta = json.loads((out / "lm.json").read_text(encoding="utf-8"))
     print(json.dumps({k: meta[k] for k in ("unit", "order", "lines", "tokens", "vocabulary", "ngrams",
                                           "binary_bytes")}))
@@ -185,6 +198,9 @@ def add_lm_parser(sub: Any, add_common: Any) -> None:
     q.add_argument("--quantize", type=int, default=8, help="trie quantisation bits (0 = none)")
     q.add_argument("--memory", default="10%", help="lmplz sort memory (-S)")
     q.add_argument("--no-arpa", action="store_true", help="keep only the binary")
+    q.add_argument("--pinyin-lexicon", action="store_true",
+                   help="zh: also write lexicon.json, (syllable, character) counts of the same text, which turns "
+                        "a pinyin model's output into characters (deepspeech.hanzi)")
     add_common(q)
     q.set_defaults(func=_cmd_lm_ngram)
 

@@ -23,6 +23,7 @@ class DataConfig:
     train: str = ""  # training manifest(s), comma-separated
     dev: str = ""  # validation manifest(s), comma-separated; used for best-model selection
     lang: str = "en"  # en | zh: selects the tokenizer and normaliser
+    units: str = "char"  # output units: char | pinyin (zh only: numbered-pinyin letters, see deepspeech.hanzi)
     min_duration_s: float = 0.05  # shorter utterances are skipped
     max_duration_s: float = 30.0  # longer utterances are skipped (DS2 trained on utterances up to ~16 s)
     max_frames: int = 24_000  # global batch budget: batch size x longest utterance, in 10 ms feature frames
@@ -34,6 +35,8 @@ class DataConfig:
     def __post_init__(self) -> None:
         if self.lang not in ("en", "zh"):
             raise ValueError(f"data.lang must be en or zh, got {self.lang!r}")
+        if self.units not in ("char", "pinyin") or (self.units == "pinyin" and self.lang != "zh"):
+            raise ValueError(f"data.units must be char, or pinyin for zh; got {self.units!r}")
         if self.max_frames < 1 or self.max_batch < 1 or not self.min_duration_s < self.max_duration_s:  # NaN too
             raise ValueError("invalid data limits")
 

@@ -30,7 +30,7 @@ def _collapse(best: list[int], blank: int) -> tuple[list[int], list[int]]:
 
 def ids_to_text(ids: list[int], tokenizer: CharTokenizer) -> str:
     """Collapsed label ids -> text (English: single spaces, no leading or trailing space)."""
-    return " ".join(tokenizer.decode(ids).split()) if tokenizer.lang == "en" else tokenizer.decode(ids)
+    return " ".join(tokenizer.decode(ids).split()) if tokenizer.metric_lang == "en" else tokenizer.decode(ids)
 
 
 def greedy_decode_logp(logp: np.ndarray, tokenizer: CharTokenizer, blank: int = 0) -> GreedyResult:

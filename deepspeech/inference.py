@@ -17,7 +17,7 @@ from deepspeech.data.sampler import FRAMES_PER_SECOND
 from deepspeech.decoding import greedy_decode
 from deepspeech.metrics import ErrorCounts
 from deepspeech.model import DeepSpeech2
-from deepspeech.text import CharTokenizer
+from deepspeech.text import CharTokenizer, normalize_zh
 
 log = logging.getLogger(__name__)
 
@@ -64,7 +64,7 @@ def evaluate_dataset(model: DeepSpeech2, dataset: SpeechDataset, indices: Sequen
         logits, lengths = model(batch.feats.to(device), batch.lengths.to(device))
         texts = decode_texts(logits, lengths, dataset.tokenizer, decoder)
         for i, ref, hyp in zip(batch.indices, batch.texts, texts, strict=True):
-            counts.add(ref, hyp, dataset.tokenizer.lang)
+            counts.add(ref, hyp, dataset.tokenizer.metric_lang)
             if hypotheses is not None:
                 hypotheses[i] = hyp
     model.train(was_training)
@@ -74,13 +74,22 @@ def evaluate_dataset(model: DeepSpeech2, dataset: SpeechDataset, indices: Sequen
 def evaluate_manifest(am: AcousticModel, utts: Sequence[Utterance], device: torch.device | str = "cpu",
                       progress: bool = True, decoder: BeamSearchDecoder | None = None
                       ) -> tuple[ErrorCounts, list[dict[str, object]]]:
-    """WER/CER of a loaded model on utterances; also returns per-utterance records (audio, ref, hyp)."""
+    """WER/CER of a loaded model on utterances; also returns per-utterance records (audio, ref, hyp). A pinyin
+    model with a lexicon is scored on the characters it writes; its records keep ``ref_pinyin``/``hyp_pinyin``."""
     ds = SpeechDataset(utts, am.tokenizer, am.config.features, am.stats, cache=False)
     hyps: dict[int, str] = {}
     counts = evaluate_dataset(am.model, ds, list(range(len(ds))), torch.device(device), progress=progress,
                               hypotheses=hyps, decoder=decoder)
-    records = [{"audio": u.audio, "ref": am.tokenizer.normalize(u.text), "hyp": hyps.get(i)}
-               for i, u in enumerate(utts)]
+    records: list[dict[str, object]] = [{"audio": u.audio, "ref": am.tokenizer.normalize(u.text), "hyp": hyps.get(i)}
+                                        for i, u in enumerate(utts)]
+    if am.hanzi is not None:  # a pinyin model: score the characters it finally writes
+        counts = ErrorCounts()
+        for u, r in zip(utts, records, strict=True):
+            r["ref_pinyin"], r["hyp_pinyin"] = r["ref"], r["hyp"]
+            r["ref"] = normalize_zh(u.text)
+            if r["hyp_pinyin"] is not None:
+                r["hyp"] = am.hanzi.convert(str(r["hyp_pinyin"]))
+                counts.add(str(r["ref"]), str(r["hyp"]), "zh")
     return counts, records
 
 

@@ -38,14 +38,14 @@ def score(data: Sequence[tuple[np.ndarray, str]], tokenizer: CharTokenizer,
     """Error counts of greedy (decoder None) or beam decoding of stored (log-probs, reference) pairs."""
     counts = ErrorCounts()
     for logp, ref in data:
-        counts.add(ref, best_hypothesis(logp, tokenizer, decoder).text, tokenizer.lang)
+        counts.add(ref, best_hypothesis(logp, tokenizer, decoder).text, tokenizer.metric_lang)
     return counts
 
 
 def tune(data: Sequence[tuple[np.ndarray, str]], tokenizer: CharTokenizer, lm: NgramLM, base: BeamConfig,
          alphas: Sequence[float], betas: Sequence[float], progress: bool = True) -> dict[str, Any]:
     """Grid search; returns {"config": best BeamConfig, "metric", "best": {...}, "greedy": {...}, "grid": [...]}."""
-    metric = "wer" if tokenizer.lang == "en" else "cer"
+    metric = "wer" if tokenizer.metric_lang == "en" else "cer"
     greedy = score(data, tokenizer, None).summary()
     rows = []
     best: tuple[float, BeamConfig, dict[str, Any]] | None = None

@@ -33,6 +33,7 @@ from deepspeech.audio import SAMPLE_RATE, AudioError
 from deepspeech.beam import BeamSearchDecoder, Hypothesis, Word, best_hypothesis
 from deepspeech.checkpoint import AcousticModel
 from deepspeech.features import StreamState, stream_log_spectrogram, utterance_normalize
+from deepspeech.hanzi import hypothesis_to_characters
 
 log = logging.getLogger(__name__)
 
@@ -154,6 +155,8 @@ def decode_segments(segments: Iterator[np.ndarray], am: AcousticModel, decoder: 
     am_score = lm_score = score = 0.0
     for logp in segments:
         hyp = best_hypothesis(logp, am.tokenizer, decoder)
+        if am.hanzi is not None:  # pinyin model: write characters
+            hyp = hypothesis_to_characters(hyp, am.hanzi)
         if hyp.text:
             texts.append(hyp.text)
         words.extend(Word(w.text, w.start + offset, w.end + offset) for w in hyp.words)
@@ -161,7 +164,7 @@ def decode_segments(segments: Iterator[np.ndarray], am: AcousticModel, decoder: 
         if on_segment:
             on_segment(offset, hyp, logp)
         offset += logp.shape[0]
-    sep = " " if am.tokenizer.lang == "en" else ""
+    sep = " " if am.text_lang == "en" else ""
     return Hypothesis(sep.join(texts), tuple(words), score, am_score, lm_score)
 
 

@@ -129,7 +129,8 @@ def sentences_zh() -> TrainConfig:
     base = small("zh")
     data = dataclasses.replace(
         base.data, train="data/sentences_zh/train/manifest.jsonl,data/aishell_sample/train.jsonl",
-        dev="data/sentences_zh/dev/manifest.jsonl,data/aishell_sample/dev.jsonl", max_duration_s=16.0, max_batch=16)
+        dev="data/sentences_zh/dev/manifest.jsonl,data/aishell_sample/dev.jsonl", max_duration_s=16.0, max_batch=16,
+        units="pinyin")
     return dataclasses.replace(base, name="sentences-zh", data=data, epochs=4, save_every_steps=200,
                                features=dataclasses.replace(base.features, utterance_norm="mean"),
                                augment=_sentence_noise(), optim=dataclasses.replace(base.optim, warmup_steps=200))

@@ -1,5 +1,7 @@
 """Text: normalisers and character tokenizers for English and Mandarin (DS2 section 3: characters as outputs;
-English uses letters, space and apostrophe; Mandarin uses the few thousand characters seen in training).
+English uses letters, space and apostrophe; Mandarin uses the few thousand characters seen in training, or, with
+``units="pinyin"``, the letters and tone digits of numbered pinyin, mapped back to characters by
+:mod:`deepspeech.hanzi`).
 
 Index 0 is always the CTC blank. A tokenizer is saved as JSON beside the model weights.
 """
@@ -76,22 +78,50 @@ def normalize_zh(text: str) -> str:
     return "".join(_ZH_KEEP.findall(text))
 
 
+_PINYIN_SYLLABLE = re.compile(r"^[a-z]+[1-5]$")
+_CJK = re.compile(r"[\u3400-\u4dbf\u4e00-\u9fff\uf900-\ufaff]")
+
+
+def to_pinyin(text: str) -> str:
+    """Chinese characters -> numbered pinyin, neutral tone as 5, u-umlaut as v ("ni3 hao3 ma5", "lv4"), one
+    syllable per character (pypinyin's phrase dictionary picks the readings of polyphones). Other symbols kept."""
+    try:
+        from pypinyin import Style, lazy_pinyin
+    except ImportError as e:
+        raise ImportError("Mandarin pinyin needs pypinyin: pip install 'deepspeech[synth]'") from e
+    return " ".join(lazy_pinyin(text, style=Style.TONE3, neutral_tone_with_five=True))
+
+
+def normalize_pinyin(text: str) -> str:
+    """Pinyin normaliser: characters are spelt as numbered pinyin (:func:`to_pinyin`); text that already is
+    pinyin is kept. Only well-formed syllables (letters then a tone digit) survive: digits and Latin words in
+    Mandarin text, whose reading is unknown, are dropped. Idempotent."""
+    text = normalize_zh(text) if _CJK.search(text) else text
+    spelt = to_pinyin(text) if _CJK.search(text) else text.lower()
+    return " ".join(t for t in spelt.split() if _PINYIN_SYLLABLE.match(t))
+
+
 class CharTokenizer:
     """A character vocabulary with the CTC blank at index 0.
 
     ``lang`` selects the normaliser; ``unk`` (Mandarin) maps out-of-vocabulary characters, English has none and
-    drops them after normalisation (normalisation leaves only letters, apostrophe and space).
+    drops them after normalisation (normalisation leaves only letters, apostrophe and space). ``units="pinyin"``
+    (Mandarin only) makes the outputs numbered-pinyin letters: references are spelt in pinyin, and error rates
+    count syllables as words and letters as characters (``metric_lang`` is ``"en"``).
     """
 
-    def __init__(self, symbols: Sequence[str], lang: str) -> None:
+    def __init__(self, symbols: Sequence[str], lang: str, units: str = "char") -> None:
         if lang not in {"en", "zh"}:
             raise ValueError(f"unknown language {lang!r}")
+        if units not in {"char", "pinyin"} or (units == "pinyin" and lang != "zh"):
+            raise ValueError(f"unknown output units {units!r} for {lang!r}")
         if not symbols or symbols[0] != BLANK:
             raise ValueError("the first symbol must be the CTC blank")
         if len(set(symbols)) != len(symbols):
             raise ValueError("duplicate symbols in vocabulary")
         self.symbols = list(symbols)
         self.lang = lang
+        self.units = units
         self.index = {s: i for i, s in enumerate(self.symbols)}
         self.unk_id = self.index.get(UNK)
 
@@ -102,7 +132,14 @@ class CharTokenizer:
     def __len__(self) -> int:
         return len(self.symbols)
 
+    @property
+    def metric_lang(self) -> str:
+        """How decoded text is split for error rates: ``"en"`` (space-separated words) or ``"zh"`` (characters)."""
+        return "zh" if self.lang == "zh" and self.units == "char" else "en"
+
     def normalize(self, text: str) -> str:
+        if self.units == "pinyin":
+            return normalize_pinyin(text)
         return normalize_en(text) if self.lang == "en" else normalize_zh(text)
 
     def encode(self, text: str) -> list[int]:
@@ -119,7 +156,10 @@ class CharTokenizer:
         return "".join(self.symbols[i] for i in ids if i != 0 and self.symbols[i] != UNK)
 
     def to_dict(self) -> dict[str, object]:
-        return {"lang": self.lang, "symbols": self.symbols}
+        d: dict[str, object] = {"lang": self.lang, "symbols": self.symbols}
+        if self.units != "char":
+            d["units"] = self.units
+        return d
 
     def save(self, path: str | Path) -> None:
         Path(path).write_text(json.dumps(self.to_dict(), ensure_ascii=False, indent=0))
@@ -127,7 +167,7 @@ class CharTokenizer:
     @classmethod
     def load(cls, path: str | Path) -> CharTokenizer:
         d = json.loads(Path(path).read_text(encoding="utf-8"))
-        return cls(d["symbols"], d["lang"])
+        return cls(d["symbols"], d["lang"], d.get("units", "char"))
 
     def __eq__(self, other: object) -> bool:
         return isinstance(other, CharTokenizer) and self.to_dict() == other.to_dict()
@@ -145,5 +185,15 @@ def mandarin_tokenizer(texts: Iterable[str], max_size: int = 6000, min_count: in
     return CharTokenizer([BLANK, UNK] + chars[: max_size - 2], "zh")
 
 
-def build_tokenizer(lang: str, texts: Iterable[str] = ()) -> CharTokenizer:
+def pinyin_tokenizer() -> CharTokenizer:
+    """33 symbols: blank, space, a-z (v for u-umlaut), tone digits 1-5 (5: neutral)."""
+    letters = [chr(c) for c in range(ord("a"), ord("z") + 1)]
+    return CharTokenizer([BLANK, " "] + letters + list("12345"), "zh", units="pinyin")
+
+
+def build_tokenizer(lang: str, texts: Iterable[str] = (), units: str = "char") -> CharTokenizer:
+    if units == "pinyin":
+        if lang != "zh":
+            raise ValueError("pinyin output units are for Mandarin (lang zh)")
+        return pinyin_tokenizer()
     return english_tokenizer() if lang == "en" else mandarin_tokenizer(texts)

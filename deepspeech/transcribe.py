@@ -27,6 +27,7 @@ from deepspeech.beam import BeamSearchDecoder, Hypothesis, Word, best_hypothesis
 from deepspeech.checkpoint import AcousticModel
 from deepspeech.data.dataset import collate
 from deepspeech.features import extract
+from deepspeech.hanzi import hypothesis_to_characters
 from deepspeech.longform import ChunkConfig, decode_segments, segment_log_probs, stream_audio
 
 log = logging.getLogger(__name__)
@@ -116,6 +117,8 @@ def transcribe_files(am: AcousticModel, paths: Sequence[str | Path], device: tor
         for b, (k, _) in enumerate(pending):
             logp = logp_all[b, : int(lengths[b])]
             hyp = best_hypothesis(logp, am.tokenizer, decoder)
+            if am.hanzi is not None:  # pinyin model: write characters
+                hyp = hypothesis_to_characters(hyp, am.hanzi)
             t = out_pending[k]
             t.text, t.words = hyp.text, timed_words(hyp.words, logp, frame_s)
             out[k] = _finish(t)

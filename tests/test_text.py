@@ -17,8 +17,10 @@ from deepspeech.text import (
     english_tokenizer,
     mandarin_tokenizer,
     normalize_en,
+    normalize_pinyin,
     normalize_zh,
     number_to_words,
+    pinyin_tokenizer,
 )
 
 
@@ -151,3 +153,24 @@ def test_equality() -> None:
 def test_invalid_vocabulary(symbols: list[str], lang: str) -> None:
     with pytest.raises(ValueError):
         CharTokenizer(symbols, lang)
+
+
+def test_pinyin_tokenizer_spells_characters_and_round_trips(tmp_path: Path) -> None:
+    pytest.importorskip("pypinyin")
+    tok = build_tokenizer("zh", units="pinyin")
+    assert tok == pinyin_tokenizer() and len(tok) == 33 and tok.metric_lang == "en"
+    assert tok.normalize("你好，世界！") == "ni3 hao3 shi4 jie4"
+    assert tok.normalize("绿色的") == "lv4 se4 de5"  # u-umlaut as v, neutral tone as 5
+    assert tok.normalize("第3条") == "di4 tiao2"  # digits (reading unknown) are dropped
+    for text in ("法律规定", "ni3 hao3", "NI3 hao3 x"):  # already pinyin: kept; malformed words dropped
+        once = tok.normalize(text)
+        assert tok.normalize(once) == once and tok.decode(tok.encode(once)) == once
+    assert normalize_pinyin("NI3 hao3 x") == "ni3 hao3"
+    tok.save(tmp_path / "t.json")
+    loaded = CharTokenizer.load(tmp_path / "t.json")
+    assert loaded == tok and loaded.units == "pinyin"
+    with pytest.raises(ValueError, match="units"):
+        CharTokenizer(tok.symbols, "en", units="pinyin")
+    with pytest.raises(ValueError):
+        build_tokenizer("en", units="pinyin")
+    assert mandarin_tokenizer(["中"]).metric_lang == "zh" and english_tokenizer().metric_lang == "en"

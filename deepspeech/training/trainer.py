@@ -108,7 +108,7 @@ def _prepare_vocab_and_stats(cfg: TrainConfig, ps: ParallelState, train_utts: li
                              ckpt: Path | None) -> tuple[CharTokenizer, FeatureStats]:
     if ckpt is not None:
         return CharTokenizer.load(ckpt / "tokenizer.json"), FeatureStats.load(ckpt / "feature_stats.json")
-    tokenizer = build_tokenizer(cfg.data.lang, (u.text for u in train_utts))
+    tokenizer = build_tokenizer(cfg.data.lang, (u.text for u in train_utts), cfg.data.units)
     payload: list[Any] = [None]
     if ps.is_main:
         ds = SpeechDataset(train_utts, tokenizer, cfg.features, None, cache=False)

@@ -1,0 +1,174 @@
+"""Numbered pinyin -> Chinese characters: the second half of a Mandarin model with pinyin output units.
+
+A pinyin acoustic model (``data.units = "pinyin"``) emits syllables such as ``"fa3 lv4 gui1 ding4"``. Like an input
+method, this module picks the character sequence that maximises
+
+    sum_i  log P_lm(c_i | c_{i-n+1} .. c_{i-1})  +  w * log P(c_i | s_i)
+
+with a beam search over the candidate characters of each syllable: P_lm is the character KenLM n-gram of the model
+directory's ``lm/`` (``deepspeech lm ngram --lang zh``, DS2 section 3.8's character LM) and P(c | s) comes from a
+lexicon of (syllable, character) counts made from the same text (``--pinyin-lexicon`` writes ``lexicon.json``).
+A syllable the lexicon does not know (a recognition error) borrows the candidates of its other tones, or of the
+nearest known spelling, at a penalty.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import logging
+import math
+import re
+from collections import Counter, defaultdict
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+from deepspeech.beam import Hypothesis, Word
+from deepspeech.text import to_pinyin
+
+log = logging.getLogger(__name__)
+
+LEXICON = "lexicon.json"
+_CJK_RUN = re.compile(r"[\u3400-\u4dbf\u4e00-\u9fff\uf900-\ufaff]+")
+_LOG10 = math.log(10.0)
+
+
+class HanziError(RuntimeError):
+    """A missing or unusable pinyin lexicon or language model."""
+
+
+@dataclass(frozen=True)
+class HanziConfig:
+    beam: int = 16  # partial character sequences kept per syllable
+    candidates: int = 40  # most frequent characters tried per syllable
+    lexicon_weight: float = 1.0  # w: weight of log P(character | syllable) against the LM
+    fallback_penalty: float = 4.0  # natural-log penalty for a syllable read as another tone or spelling
+
+
+def pinyin_pairs(sentence: str) -> Iterator[tuple[str, str]]:
+    """(syllable, character) pairs of a sentence's Chinese characters; runs whose reading does not align one
+    syllable per character are skipped."""
+    for run in _CJK_RUN.findall(sentence):
+        syllables = to_pinyin(run).split()
+        if len(syllables) == len(run):
+            yield from zip(syllables, run, strict=True)
+
+
+class LexiconCounter:
+    """Counts (syllable, character) pairs of lines as they stream past (e.g. into ``lmplz``)."""
+
+    def __init__(self) -> None:
+        self.counts: dict[str, Counter[str]] = defaultdict(Counter)
+
+    def wrap(self, lines: Iterable[str]) -> Iterator[str]:
+        for line in lines:
+            for syl, char in pinyin_pairs(line.replace(" ", "")):
+                self.counts[syl][char] += 1
+            yield line
+
+    def save(self, path: str | Path) -> int:
+        """Write ``{syllable: [[character, count], ...]}`` (most frequent first); returns the pair count."""
+        lex = {s: sorted(c.items(), key=lambda kv: (-kv[1], kv[0])) for s, c in sorted(self.counts.items())}
+        Path(path).write_text(json.dumps(lex, ensure_ascii=False, separators=(",", ":")), encoding="utf-8")
+        return sum(len(v) for v in lex.values())
+
+
+def _edit_distance(a: str, b: str) -> int:
+    prev = list(range(len(b) + 1))
+    for i, ca in enumerate(a, 1):
+        cur = [i] + [0] * len(b)
+        for j, cb in enumerate(b, 1):
+            cur[j] = min(prev[j] + 1, cur[j - 1] + 1, prev[j - 1] + (ca != cb))
+        prev = cur
+    return prev[-1]
+
+
+class PinyinToHanzi:
+    """Beam search from numbered pinyin to characters with a character KenLM and a pinyin lexicon."""
+
+    def __init__(self, lexicon: dict[str, list[tuple[str, int]]], lm_binary: str | Path | None,
+                 cfg: HanziConfig = HanziConfig()) -> None:
+        if not lexicon:
+            raise HanziError("empty pinyin lexicon")
+        self.cfg = cfg
+        self._cands: dict[str, list[tuple[str, float]]] = {}
+        for syl, pairs in lexicon.items():
+            total = sum(n for _, n in pairs)
+            self._cands[syl] = [(c, math.log(n / total)) for c, n in pairs[: cfg.candidates]]
+        self._by_base: dict[str, list[str]] = defaultdict(list)
+        for syl in self._cands:
+            self._by_base[syl.rstrip("12345")].append(syl)
+        self._memo: dict[str, list[tuple[str, float]]] = {}
+        self.lm = None
+        if lm_binary is not None:
+            try:
+                import kenlm
+            except ImportError as e:
+                raise HanziError("pinyin-to-character conversion with an LM needs the kenlm module") from e
+            self.lm = kenlm.Model(str(lm_binary))
+
+    @classmethod
+    def load(cls, lm_dir: str | Path, cfg: HanziConfig = HanziConfig()) -> PinyinToHanzi:
+        """From an LM directory holding ``lexicon.json`` and (optionally) its KenLM binary."""
+        from lm.ngram import LM_BINARY
+
+        d = Path(lm_dir)
+        if not (d / LEXICON).is_file():
+            raise HanziError(f"{d}: no {LEXICON} (build it with `deepspeech lm ngram --lang zh --pinyin-lexicon`)")
+        lexicon = json.loads((d / LEXICON).read_text(encoding="utf-8"))
+        binary = d / LM_BINARY
+        return cls({s: [(c, int(n)) for c, n in v] for s, v in lexicon.items()},
+                   binary if binary.is_file() else None, cfg)
+
+    def candidates(self, syl: str) -> list[tuple[str, float]]:
+        """(character, log P(character | syllable) - penalty) for one recognised syllable."""
+        if syl in self._cands:
+            return self._cands[syl]
+        if syl not in self._memo:
+            base = syl.rstrip("12345")
+            near = self._by_base.get(base)
+            if not near:  # a misspelt syllable: the nearest known spellings
+                best = min(_edit_distance(base, b) for b in self._by_base)
+                near = [s for b, syls in self._by_base.items() if _edit_distance(base, b) == best for s in syls]
+            merged: dict[str, float] = {}
+            for s in near:
+                for c, lp in self._cands[s]:
+                    merged[c] = max(merged.get(c, -math.inf), lp - self.cfg.fallback_penalty)
+            self._memo[syl] = sorted(merged.items(), key=lambda kv: -kv[1])[: self.cfg.candidates]
+        return self._memo[syl]
+
+    def convert(self, pinyin: str) -> str:
+        """``"fa3 lv4"`` -> ``"法律"``; words that are not syllables (no tone digit) are read toneless."""
+        syllables = pinyin.split()
+        if not syllables:
+            return ""
+        if self.lm is None:
+            return "".join(self.candidates(s)[0][0] for s in syllables)
+        import kenlm
+
+        w = self.cfg.lexicon_weight
+        start = kenlm.State()
+        self.lm.BeginSentenceWrite(start)
+        beam: list[tuple[float, kenlm.State, str]] = [(0.0, start, "")]
+        for syl in syllables:
+            expanded: dict[str, tuple[float, kenlm.State, str]] = {}
+            for score, state, text in beam:
+                for char, lp in self.candidates(syl):
+                    out = kenlm.State()
+                    s = score + _LOG10 * self.lm.BaseScore(state, char, out) + w * lp
+                    key = text[-3:] + char  # hypotheses with the same recent history: keep the best
+                    if key not in expanded or expanded[key][0] < s:
+                        expanded[key] = (s, out, text + char)
+            beam = sorted(expanded.values(), key=lambda h: -h[0])[: self.cfg.beam]
+        end = kenlm.State()
+        return max(beam, key=lambda h: h[0] + _LOG10 * self.lm.BaseScore(h[1], "</s>", end))[2]
+
+
+def hypothesis_to_characters(hyp: Hypothesis, conv: PinyinToHanzi) -> Hypothesis:
+    """A pinyin hypothesis -> the same in characters: one character per syllable, each keeping its syllable's
+    output frames; the pinyin stays in ``extra["pinyin"]``."""
+    text = conv.convert(hyp.text)
+    words = tuple(Word(c, w.start, w.end) for c, w in zip(text, hyp.words, strict=True)) \
+        if len(text) == len(hyp.words) else ()
+    return dataclasses.replace(hyp, text=text, words=words, extra={**hyp.extra, "pinyin": hyp.text})
