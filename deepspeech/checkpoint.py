@@ -2,9 +2,10 @@
 
 A model directory holds everything inference needs and nothing executable:
 ``model.safetensors`` (weights and batch-norm statistics), ``config.json`` (the full TrainConfig),
-``tokenizer.json``, ``feature_stats.json``. A training checkpoint adds ``train_state/`` (optimizer state,
-trainer position, RNG), kept apart from the weights. Loading never unpickles: safetensors for weights and
-``torch.load(weights_only=True)`` for optimizer state.
+``tokenizer.json``, ``feature_stats.json``; optionally ``lm/`` (the beam search's KenLM, ``decoder.json``) and, for
+a pinyin-unit Mandarin model, ``hanzi/`` (character LM + pinyin lexicon, :mod:`deepspeech.hanzi`). A training
+checkpoint adds ``train_state/`` (optimizer state, trainer position, RNG), kept apart from the weights. Loading
+never unpickles: safetensors for weights and ``torch.load(weights_only=True)`` for optimizer state.
 
 Writes are atomic: a checkpoint is written to a temporary sibling directory and swapped in with renames, so a
 process killed at any moment leaves either the old or the new checkpoint complete.
@@ -33,6 +34,9 @@ WEIGHTS, CONFIG, TOKENIZER, STATS, STATE_DIR = (
     "model.safetensors", "config.json", "tokenizer.json", "feature_stats.json", "train_state")
 
 
+HANZI = "hanzi"
+
+
 class CheckpointError(ValueError):
     """A model directory that is missing parts or does not match its config."""
 
@@ -45,7 +49,7 @@ class AcousticModel:
     tokenizer: CharTokenizer
     stats: FeatureStats
     config: TrainConfig
-    hanzi: Any = None  # PinyinToHanzi for a pinyin-unit model whose lm/ holds a pinyin lexicon, else None
+    hanzi: Any = None  # PinyinToHanzi for a pinyin-unit model with a hanzi/ folder (character LM + lexicon)
 
     @property
     def text_lang(self) -> str:
@@ -144,10 +148,10 @@ def load_model_dir(path: str | Path, device: str | torch.device = "cpu",
         raise CheckpointError(f"{d}: weights do not match the config (missing {missing}, unexpected {unexpected})")
     model.to(device).eval()
     hanzi = None
-    if tokenizer.units == "pinyin" and (d / "lm" / "lexicon.json").is_file():
+    if tokenizer.units == "pinyin" and (d / HANZI / "lexicon.json").is_file():
         from deepspeech.hanzi import PinyinToHanzi
 
-        hanzi = PinyinToHanzi.load(d / "lm")
+        hanzi = PinyinToHanzi.load(d / HANZI)
     return AcousticModel(model, tokenizer, FeatureStats.load(d / STATS), cfg, hanzi)
 
 

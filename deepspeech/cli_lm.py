@@ -74,7 +74,7 @@ def _cmd_lm_ngram(args: argparse.Namespace) -> int:
     counter = None
     if args.pinyin_lexicon:
         if args.lang != "zh":
-            raise SystemExit("--pinyin-lexicon is for Mandarin (--lang zh)")
+            raise SystemExit("--pinyin-lexicon goes with a Mandarin character LM (--lang zh)")
         from deepspeech.hanzi import LexiconCounter
 
         counter = LexiconCounter()
@@ -187,7 +187,8 @@ def add_lm_parser(sub: Any, add_common: Any) -> None:
                    "comma-separated)")
     q.add_argument("--manifest", action="append", help="also use the transcripts of this manifest (repeatable)")
     q.add_argument("--out", required=True, help="LM directory to write (e.g. MODEL/lm)")
-    q.add_argument("--lang", choices=["en", "zh"], default="en")
+    q.add_argument("--lang", choices=["en", "zh", "zh-pinyin"], default="en",
+                   help="en: words; zh: characters; zh-pinyin: pinyin syllables (for a pinyin model's beam search)")
     q.add_argument("--order", type=int, default=3)
     q.add_argument("--prune", type=int, nargs="+", metavar="N", help="lmplz --prune count thresholds, e.g. 0 1 1")
     q.add_argument("--test-lines", type=int, default=0,
@@ -199,8 +200,8 @@ def add_lm_parser(sub: Any, add_common: Any) -> None:
     q.add_argument("--memory", default="10%", help="lmplz sort memory (-S)")
     q.add_argument("--no-arpa", action="store_true", help="keep only the binary")
     q.add_argument("--pinyin-lexicon", action="store_true",
-                   help="zh: also write lexicon.json, (syllable, character) counts of the same text, which turns "
-                        "a pinyin model's output into characters (deepspeech.hanzi)")
+                   help="zh: also write lexicon.json, (syllable, character) counts of the same text; with the "
+                        "LM it turns a pinyin model's output into characters (put it in MODEL/hanzi)")
     add_common(q)
     q.set_defaults(func=_cmd_lm_ngram)
 

@@ -5,9 +5,11 @@ method, this module picks the character sequence that maximises
 
     sum_i  log P_lm(c_i | c_{i-n+1} .. c_{i-1})  +  w * log P(c_i | s_i)
 
-with a beam search over the candidate characters of each syllable: P_lm is the character KenLM n-gram of the model
-directory's ``lm/`` (``deepspeech lm ngram --lang zh``, DS2 section 3.8's character LM) and P(c | s) comes from a
-lexicon of (syllable, character) counts made from the same text (``--pinyin-lexicon`` writes ``lexicon.json``).
+with a beam search over the candidate characters of each syllable: P_lm is a character KenLM n-gram in the model
+directory's ``hanzi/`` (``deepspeech lm ngram --lang zh``, DS2 section 3.8's character LM) and P(c | s) comes from
+a lexicon of (syllable, character) counts of the same text (``--pinyin-lexicon`` writes ``lexicon.json``). The
+pinyin itself may come from greedy decoding or from a beam search with a syllable LM in ``lm/`` (``--lang
+zh-pinyin``).
 A syllable the lexicon does not know (a recognition error) borrows the candidates of its other tones, or of the
 nearest known spelling, at a penalty.
 """
@@ -29,7 +31,7 @@ from deepspeech.text import to_pinyin
 
 log = logging.getLogger(__name__)
 
-LEXICON = "lexicon.json"
+LEXICON = "lexicon.json"  # in MODEL/hanzi/, beside the character LM
 _CJK_RUN = re.compile(r"[\u3400-\u4dbf\u4e00-\u9fff\uf900-\ufaff]+")
 _LOG10 = math.log(10.0)
 

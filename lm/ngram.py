@@ -9,7 +9,8 @@
     DIR/lm.json       unit (word | char), order, pruning, sizes, source files and line counts
 
 Units: English is word level (normalised words); Mandarin is character level, each character a "word"
-(DS2 section 3.8 used character n-grams for Mandarin). The binaries come from ``scripts/build_kenlm.sh``.
+(DS2 section 3.8 used character n-grams for Mandarin); ``zh-pinyin`` models Mandarin text spelt as numbered pinyin,
+each syllable a word, for models with pinyin output units. The binaries come from ``scripts/build_kenlm.sh``.
 """
 
 from __future__ import annotations
@@ -24,7 +25,7 @@ from collections.abc import Iterable, Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
-from deepspeech.text import normalize_en, normalize_zh
+from deepspeech.text import normalize_en, normalize_pinyin, normalize_zh
 
 log = logging.getLogger(__name__)
 
@@ -40,7 +41,7 @@ class KenLMError(RuntimeError):
 
 @dataclass(frozen=True)
 class NgramConfig:
-    lang: str = "en"  # en: word units; zh: character units
+    lang: str = "en"  # en: word units; zh: character units; zh-pinyin: numbered-pinyin syllables as words
     order: int = 3
     prune: tuple[int, ...] = ()  # lmplz --prune: count thresholds per order (e.g. (0, 1, 1)); () = none
     memory: str = "10%"  # lmplz -S: sort memory (it reserves 80% of RAM by default)
@@ -49,8 +50,8 @@ class NgramConfig:
     keep_arpa: bool = True
 
     def __post_init__(self) -> None:
-        if self.lang not in ("en", "zh"):
-            raise ValueError(f"lang must be en or zh, got {self.lang!r}")
+        if self.lang not in ("en", "zh", "zh-pinyin"):
+            raise ValueError(f"lang must be en, zh or zh-pinyin, got {self.lang!r}")
         if not 1 <= self.order <= 6:
             raise ValueError(f"order must be 1..6 (KenLM's default build), got {self.order}")
         if self.prune and (len(self.prune) > self.order or any(p < 0 for p in self.prune)
@@ -63,7 +64,7 @@ class NgramConfig:
 
     @property
     def unit(self) -> str:
-        return "word" if self.lang == "en" else "char"
+        return "char" if self.lang == "zh" else "word"
 
 
 def kenlm_binary(name: str) -> str:
@@ -87,6 +88,8 @@ def lm_units(line: str, lang: str) -> str:
     """One corpus line -> the space-separated units the LM models ('' when nothing is left)."""
     if lang == "en":
         return normalize_en(line)
+    if lang == "zh-pinyin":  # Mandarin text spelt as numbered pinyin: syllables are the LM's words
+        return normalize_pinyin(line)
     return " ".join(normalize_zh(line))
 
 

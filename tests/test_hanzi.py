@@ -104,7 +104,7 @@ def test_pinyin_model_is_scored_and_transcribed_in_characters(tmp_path: Path, lm
         model.fc.bias.copy_(torch.linspace(-1.0, 1.0, len(tok)))
     stats = FeatureStats((0.0,) * 161, (1.0,) * 161)
     save_model_dir(tmp_path / "m", model, tok, stats, cfg)
-    shutil.copytree(lm_dir, tmp_path / "m" / "lm")
+    shutil.copytree(lm_dir, tmp_path / "m" / "hanzi")
     rng = np.random.default_rng(0)
     rows = []
     for i, text in enumerate(TEXT[:3]):
@@ -131,3 +131,30 @@ def test_pinyin_model_is_scored_and_transcribed_in_characters(tmp_path: Path, lm
     assert tr.returncode == 0, tr.stderr[-2000:]
     out = json.loads(tr.stdout.splitlines()[0])
     assert all("\u4e00" <= c <= "\u9fff" for c in out["text"]) and len(out["words"]) == len(out["text"])
+
+
+def test_syllable_lm_beam_search_then_characters(lm_dir: Path, tmp_path: Path) -> None:
+    """The full Mandarin pinyin path on a constructed emission: beam search with a pinyin-syllable KenLM
+    (``lm ngram --lang zh-pinyin``) fixes a misheard letter, then the character LM writes the sentence."""
+    from deepspeech.beam import BeamConfig, BeamSearchDecoder
+    from deepspeech.decoding import greedy_decode_logp
+    from deepspeech.text import pinyin_tokenizer
+    from lm.ngram import NgramLM
+    from tests.test_lm_decoding import emissions, spell
+
+    res = run_cli("lm", "ngram", "--text", str(lm_dir.parent / "text.txt"), "--lang", "zh-pinyin", "--order", "3",
+                  "--out", str(tmp_path / "syl"), "--no-progress")
+    assert res.returncode == 0, res.stderr[-2000:]
+    lm = NgramLM.load(tmp_path / "syl")
+    assert lm.unit == "word" and "lv4" in lm.unigrams and "fa3" in lm.unigrams
+    tok = pinyin_tokenizer()
+    sentence = "学习法律知识"
+    spelt = to_pinyin(sentence)  # "xue2 xi2 fa3 lv4 zhi1 shi5"
+    k = spelt.index("lv4")
+    logp = emissions(spell(spelt, {k + 1: ("u", 0.55)}), tok.symbols)  # "lv4" heard as "lu4"
+    assert greedy_decode_logp(logp, tok).text == spelt.replace("lv4", "lu4")
+    for backend in ("pyctcdecode", "flashlight"):
+        dec = BeamSearchDecoder(tok, lm, BeamConfig(backend=backend, alpha=1.0, beta=0.5, beam_width=16))
+        hyp = dec.decode(logp)[0]
+        assert hyp.text == spelt, backend
+        assert hypothesis_to_characters(hyp, PinyinToHanzi.load(lm_dir)).text == sentence, backend
