@@ -24,12 +24,18 @@ if [ ! -f data/sentences_zh/test/manifest.jsonl ]; then
     --out data/sentences_zh --train 4700 --dev 200 --test 500 --min-len 4 --max-len 24 --seed 0
 fi
 $ds train --preset sentences-zh --out "$out"
-# The LM: a character 4-gram on the training text of both files (not their last 1,000 lines: the test text) plus
-# the AISHELL training transcripts, without the dev sentences; with it, the pinyin lexicon of the same text.
-$ds lm ngram --text "$kit/text_zh/luxun_sentences.txt,$kit/text_zh/law_sentences.txt" --test-lines 1000 \
-  --manifest data/aishell_sample/train.jsonl --exclude data/sentences_zh/dev/manifest.jsonl \
-  --exclude data/aishell_sample/dev.jsonl --lang zh --order 4 --out "$out/best/lm" --no-arpa --pinyin-lexicon
-for set in data/sentences_zh/dev/manifest.jsonl data/sentences_zh/test/manifest.jsonl data/aishell_sample/test.jsonl; do
-  echo "== $set: greedy pinyin, then characters =="
+# Two LMs from the same text: the training text of both files (not their last 1,000 lines: the test text) plus the
+# AISHELL training transcripts, without the dev sentences (the decoder weights are tuned on dev).
+#  - hanzi/: a character 4-gram and the pinyin lexicon, which turn recognised syllables into characters;
+#  - lm/: a pinyin-syllable 4-gram for beam search over the pinyin letters (--decoder beam).
+src=(--text "$kit/text_zh/luxun_sentences.txt,$kit/text_zh/law_sentences.txt" --test-lines 1000
+     --manifest data/aishell_sample/train.jsonl --exclude data/sentences_zh/dev/manifest.jsonl
+     --exclude data/aishell_sample/dev.jsonl --order 4 --no-arpa)
+$ds lm ngram "${src[@]}" --lang zh --out "$out/best/hanzi" --pinyin-lexicon
+$ds lm ngram "${src[@]}" --lang zh-pinyin --out "$out/best/lm"
+$ds lm tune --model "$out/best" --manifest data/sentences_zh/dev/manifest.jsonl --alphas 0:2:0.25 --betas 0:3:1
+for set in data/sentences_zh/test/manifest.jsonl data/aishell_sample/test.jsonl; do
+  echo "== $set: greedy, then beam search with the syllable LM; both written in characters =="
   $ds eval --model "$out/best" --manifest "$set"
+  $ds eval --model "$out/best" --manifest "$set" --decoder beam
 done
