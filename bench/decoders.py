@@ -42,33 +42,48 @@ log = logging.getLogger("bench.decoders")
 def d1_decoders(model: str, manifest: str, n: int, beams: list[int]) -> list[dict[str, object]]:
     import torch
 
-    from deepspeech.beam import BACKENDS, build_decoder
+    from deepspeech.beam import BACKENDS, best_hypothesis, build_decoder
     from deepspeech.checkpoint import load_model_dir
     from deepspeech.data.manifest import read_manifest
     from deepspeech.inference import collect_log_probs
-    from deepspeech.lmtune import score
-    from deepspeech.metrics import ErrorCounts
+    from deepspeech.metrics import ErrorCounts, error_rates
+    from deepspeech.text import normalize_zh
 
     torch.set_num_threads(1)
     am = load_model_dir(model)
-    data = collect_log_probs(am, read_manifest(manifest)[:n], progress=False)
-    metric = "wer" if am.tokenizer.lang == "en" else "cer"
-    rows: list[dict[str, object]] = [{"lang": am.tokenizer.lang, "backend": "greedy", "beam": 1,
-                                      metric: score(data, am.tokenizer, None).summary()[metric]}]
+    utts = read_manifest(manifest)[:n]
+    data = collect_log_probs(am, utts, progress=False)
+    lang = am.tokenizer.lang
+    metric = "wer" if am.text_lang == "en" else "cer"
+    if am.hanzi is not None and len(data) != len(utts):
+        raise SystemExit(f"{manifest}: unreadable utterances; a pinyin model's character references need them all")
+
+    def errors(hyps: list[str]) -> dict[str, float]:
+        """Error rate of the final text; a pinyin model's syllables are written in characters first (timed)."""
+        if am.hanzi is None:
+            counts = ErrorCounts()
+            for (_, ref), hyp in zip(data, hyps, strict=True):
+                counts.add(ref, hyp, am.tokenizer.metric_lang)
+            return {metric: counts.summary()[metric]}
+        t = time.perf_counter()
+        chars = [am.hanzi.convert(h) for h in hyps]
+        ms = 1000 * (time.perf_counter() - t) / len(hyps)
+        return {metric: error_rates([normalize_zh(u.text) for u in utts], chars, "zh").cer,
+                "pinyin_cer": error_rates([r for _, r in data], hyps, "en").cer, "hanzi_ms_per_utt": ms}
+
     t0 = time.perf_counter()
-    score(data, am.tokenizer, None)
-    rows[0]["ms_per_utt"] = 1000 * (time.perf_counter() - t0) / len(data)
+    greedy = [best_hypothesis(logp, am.tokenizer, None).text for logp, _ in data]
+    rows: list[dict[str, object]] = [{"lang": lang, "backend": "greedy", "beam": 1, **errors(greedy),
+                                      "ms_per_utt": 1000 * (time.perf_counter() - t0) / len(data)}]
     for backend in BACKENDS:
         for beam in beams:
             dec = build_decoder(model, am.tokenizer, backend=backend, beam_width=beam)
-            times = []
-            counts = ErrorCounts()
-            for logp, ref in data:
+            times, hyps = [], []
+            for logp, _ in data:
                 t = time.perf_counter()
-                hyp = dec.decode(logp)[0].text
+                hyps.append(dec.decode(logp)[0].text)
                 times.append(time.perf_counter() - t)
-                counts.add(ref, hyp, am.tokenizer.lang)
-            rows.append({"lang": am.tokenizer.lang, "backend": backend, "beam": beam, metric: counts.summary()[metric],
+            rows.append({"lang": lang, "backend": backend, "beam": beam, **errors(hyps),
                          "ms_per_utt": 1000 * statistics.mean(times), "ms_median": 1000 * statistics.median(times),
                          "alpha": dec.cfg.alpha, "beta": dec.cfg.beta})
             log.info("%s", rows[-1])

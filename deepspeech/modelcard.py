@@ -13,9 +13,10 @@ from safetensors import safe_open
 from safetensors.torch import load_file, save_file
 
 from deepspeech.beam import DECODER_JSON, MODEL_LM_DIR, build_decoder
-from deepspeech.checkpoint import CONFIG, STATS, TOKENIZER, WEIGHTS, load_model_dir
+from deepspeech.checkpoint import CONFIG, HANZI, STATS, TOKENIZER, WEIGHTS, load_model_dir
 from deepspeech.config import to_dict
 from deepspeech.data.manifest import read_manifest
+from deepspeech.hanzi import LEXICON
 from deepspeech.inference import evaluate_manifest
 from lm.ngram import LM_BINARY, LM_META, UNIGRAMS
 
@@ -72,6 +73,12 @@ def export_model(src: str | Path, dst: str | Path, command: str, evals: dict[str
     m = cfg["model"]
     arch = (f"{len(m['convs'])} conv + {m['rnn_layers']} {'bidirectional' if m['bidirectional'] else 'unidirectional'} "
             f"{m['rnn_type'].upper()} layers of {m['rnn_hidden']}")
+    if am.hanzi is not None:
+        meta = dst / HANZI / LM_META
+        hz = json.loads(meta.read_text(encoding="utf-8")) if meta.is_file() else {}
+        lm_text += (f"\nOutputs are numbered-pinyin letters; `hanzi/` turns them into characters "
+                    f"(`deepspeech.hanzi`: pinyin lexicon and a {hz.get('order', '?')}-gram character KenLM, "
+                    f"{hz.get('binary_bytes', 0) / 1e6:.1f} MB). WER and CER above are on those characters.\n")
     precision = (" Weights are stored in float16 (to stay under 20 MB) and computed in float32; the figures below "
                  "are measured on the stored weights.") if half else ""
     card = f"""# {cfg['name']}
@@ -104,11 +111,13 @@ Reproduce a row: `deepspeech eval --model {dst.as_posix()} --manifest MANIFEST -
 
 
 def _copy_decoding_files(src: Path, dst: Path) -> None:
-    """The model directory's LM (binary, unigrams, metadata; not the ARPA text) and tuned decoder settings."""
-    if (src / MODEL_LM_DIR / LM_BINARY).is_file():
-        (dst / MODEL_LM_DIR).mkdir(exist_ok=True)
-        for name in (LM_BINARY, UNIGRAMS, LM_META):
-            if (src / MODEL_LM_DIR / name).is_file():
-                shutil.copy2(src / MODEL_LM_DIR / name, dst / MODEL_LM_DIR / name)
+    """The model directory's LMs (binary, unigrams, metadata, pinyin lexicon; not the ARPA text) and tuned decoder
+    settings: ``lm/`` for beam search, ``hanzi/`` for a pinyin model's characters."""
+    for sub in (MODEL_LM_DIR, HANZI):
+        if (src / sub / LM_BINARY).is_file() or (src / sub / LEXICON).is_file():
+            (dst / sub).mkdir(exist_ok=True)
+            for name in (LM_BINARY, UNIGRAMS, LM_META, LEXICON):
+                if (src / sub / name).is_file():
+                    shutil.copy2(src / sub / name, dst / sub / name)
     if (src / DECODER_JSON).is_file():
         shutil.copy2(src / DECODER_JSON, dst / DECODER_JSON)
