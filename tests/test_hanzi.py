@@ -62,7 +62,10 @@ def test_unknown_syllables_fall_back_to_other_tones_and_nearest_spellings(lm_dir
     lex = json.loads((lm_dir / "lexicon.json").read_text(encoding="utf-8"))
     other_tones = {c for s, v in lex.items() if s.rstrip("12345") == "shi" for c, _ in v}
     assert "shi3" not in lex and {c for c, _ in conv.candidates("shi3")} == other_tones >= set("是事市")
-    assert max(lp for _, lp in conv.candidates("shi3")) <= -HanziConfig().fallback_penalty
+    assert max(lp for _, lp in conv.candidates("shi3")) <= -HanziConfig().tone_penalty
+    # a known syllable also offers its other tones, below its own characters
+    shi4 = dict(conv.candidates("shi4"))
+    assert shi4["是"] > -HanziConfig().tone_penalty >= shi4["识"]
     # "fa3 lx4" (a misspelt lv4) still gives one character per syllable, and the LM's pick
     assert conv.convert("xue2 xi2 fa3 lx4") == "学习法律"
     # without the LM the most frequent character of each syllable
