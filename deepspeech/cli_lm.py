@@ -91,6 +91,30 @@ def _cmd_lm_ngram(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_lm_hanzi_tune(args: argparse.Namespace) -> int:
+    from deepspeech.checkpoint import HANZI, load_model_dir
+    from deepspeech.data.manifest import read_manifest
+    from deepspeech.hanzi import SETTINGS, tune_hanzi
+    from deepspeech.inference import evaluate_manifest
+    from deepspeech.lmtune import grid
+
+    am = load_model_dir(args.model, device=args.device)
+    if am.hanzi is None:
+        raise SystemExit(f"{args.model}: not a pinyin model with a {HANZI}/ folder (character LM + lexicon)")
+    _, records = evaluate_manifest(am, read_manifest(args.manifest), args.device, progress=not args.no_progress)
+    done = [r for r in records if r["hyp_pinyin"] is not None]
+    cfg, table = tune_hanzi(Path(args.model) / HANZI, [str(r["hyp_pinyin"]) for r in done],
+                            [str(r["ref"]) for r in done], grid(args.tone_penalties),
+                            [int(b) for b in grid(args.beams)], progress=not args.no_progress)
+    best = min(table, key=lambda r: r["cer"])
+    log.info("hanzi: best CER %.2f%% at beam %d, tone_penalty %.2f", 100 * best["cer"], cfg.beam, cfg.tone_penalty)
+    if not args.dry_run:
+        record = {"config": cfg.__dict__, "tuned_on": args.manifest, "cer": best["cer"], "grid": table}
+        (Path(args.model) / HANZI / SETTINGS).write_text(json.dumps(record, indent=1), encoding="utf-8")
+    print(json.dumps({"beam": cfg.beam, "tone_penalty": cfg.tone_penalty, "cer": best["cer"]}))
+    return 0
+
+
 def _cmd_lm_tune(args: argparse.Namespace) -> int:
     from deepspeech.beam import BeamConfig, build_decoder
     from deepspeech.checkpoint import load_model_dir
@@ -204,6 +228,17 @@ def add_lm_parser(sub: Any, add_common: Any) -> None:
                         "LM it turns a pinyin model's output into characters (put it in MODEL/hanzi)")
     add_common(q)
     q.set_defaults(func=_cmd_lm_ngram)
+
+    q = lsub.add_parser("hanzi-tune", help="tune a pinyin model's pinyin-to-character conversion on a dev manifest; "
+                        "writes MODEL/hanzi/hanzi.json")
+    q.add_argument("--model", required=True, help="model directory with hanzi/")
+    q.add_argument("--manifest", required=True, help="dev manifest (never the test split)")
+    q.add_argument("--tone-penalties", default="0:2:0.25", help="START:STOP:STEP or a,b,c (default 0:2:0.25)")
+    q.add_argument("--beams", default="16,32", help="character beam widths (default 16,32)")
+    q.add_argument("--dry-run", action="store_true", help="report only; do not write hanzi.json")
+    q.add_argument("--device", default="cpu")
+    add_common(q)
+    q.set_defaults(func=_cmd_lm_hanzi_tune)
 
     q = lsub.add_parser("tune", help="grid-search alpha/beta on a dev manifest; writes MODEL/decoder.json")
     q.add_argument("--model", required=True, help="model directory")

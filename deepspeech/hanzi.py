@@ -27,7 +27,7 @@ import logging
 import math
 import re
 from collections import Counter, defaultdict
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -37,6 +37,7 @@ from deepspeech.text import to_pinyin
 log = logging.getLogger(__name__)
 
 LEXICON = "lexicon.json"  # in MODEL/hanzi/, beside the character LM
+SETTINGS = "hanzi.json"  # tuned HanziConfig (``deepspeech lm hanzi-tune``)
 _CJK_RUN = re.compile(r"[\u3400-\u4dbf\u4e00-\u9fff\uf900-\ufaff]+")
 _LOG10 = math.log(10.0)
 
@@ -121,13 +122,18 @@ class PinyinToHanzi:
             self.lm = kenlm.Model(str(lm_binary))
 
     @classmethod
-    def load(cls, lm_dir: str | Path, cfg: HanziConfig = HanziConfig()) -> PinyinToHanzi:
-        """From an LM directory holding ``lexicon.json`` and (optionally) its KenLM binary."""
+    def load(cls, lm_dir: str | Path, cfg: HanziConfig | None = None) -> PinyinToHanzi:
+        """From a directory holding ``lexicon.json``, (optionally) its KenLM binary and (optionally) the tuned
+        settings ``hanzi.json``; ``cfg`` overrides the latter."""
         from lm.ngram import LM_BINARY
 
         d = Path(lm_dir)
         if not (d / LEXICON).is_file():
             raise HanziError(f"{d}: no {LEXICON} (build it with `deepspeech lm ngram --lang zh --pinyin-lexicon`)")
+        if cfg is None:
+            tuned = json.loads((d / SETTINGS).read_text(encoding="utf-8"))["config"] if (d / SETTINGS).is_file() \
+                else {}
+            cfg = HanziConfig(**tuned)
         lexicon = json.loads((d / LEXICON).read_text(encoding="utf-8"))
         binary = d / LM_BINARY
         return cls({s: [(c, int(n)) for c, n in v] for s, v in lexicon.items()},
@@ -186,3 +192,26 @@ def hypothesis_to_characters(hyp: Hypothesis, conv: PinyinToHanzi) -> Hypothesis
     words = tuple(Word(c, w.start, w.end) for c, w in zip(text, hyp.words, strict=True)) \
         if len(text) == len(hyp.words) else ()
     return dataclasses.replace(hyp, text=text, words=words, extra={**hyp.extra, "pinyin": hyp.text})
+
+
+def tune_hanzi(lm_dir: str | Path, pinyin: Sequence[str], refs: Sequence[str], tone_penalties: Sequence[float],
+               beams: Sequence[int], progress: bool = True) -> tuple[HanziConfig, list[dict[str, float]]]:
+    """Grid search of ``tone_penalty`` x ``beam`` on recognised pinyin (a dev set's) against its character
+    references; returns the config with the lowest CER (ties: the smaller beam) and the whole table."""
+    from tqdm import tqdm
+
+    from deepspeech.metrics import error_rates
+
+    table: list[dict[str, float]] = []
+    best: tuple[float, int, HanziConfig] | None = None
+    for beam in sorted(beams):
+        for tp in tqdm(tone_penalties, desc=f"hanzi beam {beam}", disable=not progress, leave=False):
+            cfg = HanziConfig(beam=beam, tone_penalty=tp)
+            conv = PinyinToHanzi.load(lm_dir, cfg)
+            cer = error_rates(refs, [conv.convert(p) for p in pinyin], "zh").cer
+            table.append({"beam": beam, "tone_penalty": tp, "cer": cer})
+            if best is None or cer < best[0]:
+                best = (cer, beam, cfg)
+    if best is None:
+        raise HanziError("empty tuning grid")
+    return best[2], table

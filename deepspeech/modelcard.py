@@ -16,7 +16,7 @@ from deepspeech.beam import DECODER_JSON, MODEL_LM_DIR, build_decoder
 from deepspeech.checkpoint import CONFIG, HANZI, STATS, TOKENIZER, WEIGHTS, load_model_dir
 from deepspeech.config import to_dict
 from deepspeech.data.manifest import read_manifest
-from deepspeech.hanzi import LEXICON
+from deepspeech.hanzi import LEXICON, SETTINGS
 from deepspeech.inference import evaluate_manifest
 from lm.ngram import LM_BINARY, LM_META, UNIGRAMS
 
@@ -116,7 +116,7 @@ def _copy_decoding_files(src: Path, dst: Path) -> None:
     for sub in (MODEL_LM_DIR, HANZI):
         if (src / sub / LM_BINARY).is_file() or (src / sub / LEXICON).is_file():
             (dst / sub).mkdir(exist_ok=True)
-            for name in (LM_BINARY, UNIGRAMS, LM_META, LEXICON):
+            for name in (LM_BINARY, UNIGRAMS, LM_META, LEXICON, SETTINGS):
                 if (src / sub / name).is_file():
                     shutil.copy2(src / sub / name, dst / sub / name)
     if (src / DECODER_JSON).is_file():

@@ -34,6 +34,7 @@ src=(--text "$kit/text_zh/luxun_sentences.txt,$kit/text_zh/law_sentences.txt" --
 $ds lm ngram "${src[@]}" --lang zh --out "$out/best/hanzi" --pinyin-lexicon
 $ds lm ngram "${src[@]}" --lang zh-pinyin --out "$out/best/lm"
 $ds lm tune --model "$out/best" --manifest data/sentences_zh/dev/manifest.jsonl --alphas 0:2:0.25 --betas 0:3:1
+$ds lm hanzi-tune --model "$out/best" --manifest data/sentences_zh/dev/manifest.jsonl
 for set in data/sentences_zh/test/manifest.jsonl data/aishell_sample/test.jsonl; do
   echo "== $set: greedy, then beam search with the syllable LM; both written in characters =="
   $ds eval --model "$out/best" --manifest "$set"

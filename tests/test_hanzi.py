@@ -129,6 +129,13 @@ def test_pinyin_model_is_scored_and_transcribed_in_characters(tmp_path: Path, lm
     assert ev.returncode == 0, ev.stderr[-2000:]
     summary = json.loads(ev.stdout)
     assert {"cer", "pinyin_wer", "pinyin_cer"} <= set(summary) and summary["n"] == 3
+    tu = run_cli("lm", "hanzi-tune", "--model", str(tmp_path / "m"), "--manifest", str(tmp_path / "m.jsonl"),
+                 "--tone-penalties", "0,1", "--beams", "4", "--no-progress")
+    assert tu.returncode == 0, tu.stderr[-2000:]
+    tuned = json.loads((tmp_path / "m" / "hanzi" / "hanzi.json").read_text())
+    assert len(tuned["grid"]) == 2 and tuned["cer"] == min(r["cer"] for r in tuned["grid"])
+    assert load_model_dir(tmp_path / "m").hanzi.cfg == HanziConfig(**tuned["config"])
+    assert tuned["config"]["beam"] == 4
     tr = run_cli("transcribe", "--model", str(tmp_path / "m"), "--format", "jsonl", "--no-progress",
                  str(tmp_path / "0.wav"))
     assert tr.returncode == 0, tr.stderr[-2000:]
