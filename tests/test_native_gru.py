@@ -1,9 +1,11 @@
 """The fused native GRU layer and step against nn.GRU / nn.GRUCell with the same weights, and float64 gradcheck.
 
-Tolerance: 1e-5 (the issue's bar), absolute and relative, on outputs and every gradient. Shapes are small
-(I, H <= 24, T <= 50), so a weight gradient sums at most 8 * 50 products of O(1) terms: float32 summation order
-(one GEMM over all steps here, per-step products in autograd there) moves it by ~1e-6; the fast exp in the gate
-loop is within 7e-8 relative of the exact one.
+Tolerance: 1e-5 (the issue's bar), absolute and relative, on outputs and every gradient, where a gradient's
+absolute part is taken relative to its tensor's scale (1e-5 * max |grad|, at least 1e-5). A weight gradient sums
+up to 8 * 50 products whose sizes reach the tensor's largest entries: float32 summation order (one GEMM over all
+steps here, per-step products in autograd there) moves every entry by ~1e-7..1e-6 of that scale, and an entry that
+cancels to near zero keeps that absolute error (seen: 1.1e-5 on an entry of 0.12 in a W_ih gradient whose largest
+entry is 22.6, i.e. 5e-7 of its scale). The fast exp in the gate loop is within 7e-8 relative of the exact one.
 """
 
 from __future__ import annotations
@@ -13,7 +15,7 @@ import sys
 
 import pytest
 import torch
-from hypothesis import HealthCheck, given, settings
+from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 from torch import nn
 
@@ -23,6 +25,11 @@ from deepspeech.native.gru import FusedGRU, gru_layer, gru_layer_reference, gru_
 pytestmark = pytest.mark.skipif(not native_available("gru"), reason="native GRU did not build here")
 
 TOL = {"rtol": 1e-5, "atol": 1e-5}
+
+
+def assert_grad_close(a: torch.Tensor, b: torch.Tensor) -> None:
+    """1e-5 relative, with the absolute part scaled to the gradient tensor's size (see the module docstring)."""
+    torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-5 * max(1.0, float(b.abs().max())))
 
 
 def _pair(I: int, H: int, seed: int, native: bool | None = True) -> tuple[nn.GRU, FusedGRU]:
@@ -44,6 +51,7 @@ def _grads(m: nn.Module, x: torch.Tensor, h0: torch.Tensor | None, g_out: torch.
 @settings(max_examples=30, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(seed=st.integers(0, 10_000), B=st.integers(1, 8), T=st.integers(1, 50), I=st.integers(1, 24),
        H=st.integers(1, 24), with_h0=st.booleans())
+@example(seed=72, B=6, T=49, I=13, H=13, with_h0=True)  # a W_ih gradient entry cancels to 0.12 (CI, 2026-11-29)
 def test_outputs_and_all_gradients_match_nn_gru(seed: int, B: int, T: int, I: int, H: int, with_h0: bool) -> None:
     ref, ours = _pair(I, H, seed)
     g = torch.Generator().manual_seed(seed)
@@ -56,7 +64,7 @@ def test_outputs_and_all_gradients_match_nn_gru(seed: int, B: int, T: int, I: in
     torch.testing.assert_close(hn, hn_ref, **TOL)
     assert hn.shape == (1, B, H)
     for a, b in zip(gr, gr_ref, strict=True):  # x, W_ih, W_hh, b_ih, b_hh (, h0)
-        torch.testing.assert_close(a, b, **TOL)
+        assert_grad_close(a, b)
 
 
 def test_reference_matches_nn_gru() -> None:
