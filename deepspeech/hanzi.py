@@ -30,8 +30,10 @@ from collections import Counter, defaultdict
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from deepspeech.beam import Hypothesis, Word
+from deepspeech.metrics import edit_distance, error_rates
 from deepspeech.text import to_pinyin
 
 log = logging.getLogger(__name__)
@@ -83,16 +85,6 @@ class LexiconCounter:
         return sum(len(v) for v in lex.values())
 
 
-def _edit_distance(a: str, b: str) -> int:
-    prev = list(range(len(b) + 1))
-    for i, ca in enumerate(a, 1):
-        cur = [i] + [0] * len(b)
-        for j, cb in enumerate(b, 1):
-            cur[j] = min(prev[j] + 1, cur[j - 1] + 1, prev[j - 1] + (ca != cb))
-        prev = cur
-    return prev[-1]
-
-
 class PinyinToHanzi:
     """Beam search from numbered pinyin to characters with a character KenLM and a pinyin lexicon."""
 
@@ -120,6 +112,9 @@ class PinyinToHanzi:
             except ImportError as e:
                 raise HanziError("pinyin-to-character conversion with an LM needs the kenlm module") from e
             self.lm = kenlm.Model(str(lm_binary))
+            if self.lm.order > 5:
+                raise HanziError(f"{lm_binary}: order {self.lm.order}; the search recombines on 4 characters (<= 5)")
+            self._state = kenlm.State
 
     @classmethod
     def load(cls, lm_dir: str | Path, cfg: HanziConfig | None = None) -> PinyinToHanzi:
@@ -149,8 +144,9 @@ class PinyinToHanzi:
             near = [s for s in self._by_base.get(base, []) if s != syl]
             penalty = self.cfg.tone_penalty
             if not near and not merged:  # a misspelt syllable: the nearest known spellings
-                best = min(_edit_distance(base, b) for b in self._by_base)
-                near = [s for b, syls in self._by_base.items() if _edit_distance(base, b) == best for s in syls]
+                dist = {b: edit_distance(base, b) for b in self._by_base}
+                best = min(dist.values())
+                near = [s for b, syls in self._by_base.items() if dist[b] == best for s in syls]
                 penalty = self.cfg.fallback_penalty
             for s in near:
                 for c, lp in self._cands[s]:
@@ -165,23 +161,22 @@ class PinyinToHanzi:
             return ""
         if self.lm is None:
             return "".join(self.candidates(s)[0][0] for s in syllables)
-        import kenlm
-
         w = self.cfg.lexicon_weight
-        start = kenlm.State()
+        start = self._state()
         self.lm.BeginSentenceWrite(start)
-        beam: list[tuple[float, kenlm.State, str]] = [(0.0, start, "")]
+        beam: list[tuple[float, Any, str]] = [(0.0, start, "")]
         for syl in syllables:
-            expanded: dict[str, tuple[float, kenlm.State, str]] = {}
+            expanded: dict[str, tuple[float, Any, str]] = {}
             for score, state, text in beam:
                 for char, lp in self.candidates(syl):
-                    out = kenlm.State()
+                    out = self._state()
                     s = score + _LOG10 * self.lm.BaseScore(state, char, out) + w * lp
-                    key = text[-3:] + char  # hypotheses with the same recent history: keep the best
+                    # same last 4 characters = same future under an LM of order <= 5: keep the best only
+                    key = text[-3:] + char
                     if key not in expanded or expanded[key][0] < s:
                         expanded[key] = (s, out, text + char)
             beam = sorted(expanded.values(), key=lambda h: -h[0])[: self.cfg.beam]
-        end = kenlm.State()
+        end = self._state()
         return max(beam, key=lambda h: h[0] + _LOG10 * self.lm.BaseScore(h[1], "</s>", end))[2]
 
 
@@ -199,8 +194,6 @@ def tune_hanzi(lm_dir: str | Path, pinyin: Sequence[str], refs: Sequence[str], t
     """Grid search of ``tone_penalty`` x ``beam`` on recognised pinyin (a dev set's) against its character
     references; returns the config with the lowest CER (ties: the smaller beam) and the whole table."""
     from tqdm import tqdm
-
-    from deepspeech.metrics import error_rates
 
     table: list[dict[str, float]] = []
     best: tuple[float, int, HanziConfig] | None = None
