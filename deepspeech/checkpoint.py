@@ -148,9 +148,9 @@ def load_model_dir(path: str | Path, device: str | torch.device = "cpu",
         raise CheckpointError(f"{d}: weights do not match the config (missing {missing}, unexpected {unexpected})")
     model.to(device).eval()
     hanzi = None
-    if tokenizer.units == "pinyin" and (d / HANZI / "lexicon.json").is_file():
-        from deepspeech.hanzi import PinyinToHanzi
+    from deepspeech.hanzi import LEXICON, PinyinToHanzi  # lazy: only model loading needs it
 
+    if tokenizer.units == "pinyin" and (d / HANZI / LEXICON).is_file():
         hanzi = PinyinToHanzi.load(d / HANZI)
     return AcousticModel(model, tokenizer, FeatureStats.load(d / STATS), cfg, hanzi)
 

@@ -23,7 +23,6 @@ from __future__ import annotations
 
 import dataclasses
 import json
-import logging
 import math
 import re
 from collections import Counter, defaultdict
@@ -35,8 +34,6 @@ from typing import Any
 from deepspeech.beam import Hypothesis, Word
 from deepspeech.metrics import edit_distance, error_rates
 from deepspeech.text import to_pinyin
-
-log = logging.getLogger(__name__)
 
 LEXICON = "lexicon.json"  # in MODEL/hanzi/, beside the character LM
 SETTINGS = "hanzi.json"  # tuned HanziConfig (``deepspeech lm hanzi-tune``)

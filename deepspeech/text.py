@@ -96,8 +96,7 @@ def normalize_pinyin(text: str) -> str:
     """Pinyin normaliser: characters are spelt as numbered pinyin (:func:`to_pinyin`); text that already is
     pinyin is kept. Only well-formed syllables (letters then a tone digit) survive: digits and Latin words in
     Mandarin text, whose reading is unknown, are dropped. Idempotent."""
-    text = normalize_zh(text) if _CJK.search(text) else text
-    spelt = to_pinyin(text) if _CJK.search(text) else text.lower()
+    spelt = to_pinyin(normalize_zh(text)) if _CJK.search(text) else text.lower()
     return " ".join(t for t in spelt.split() if _PINYIN_SYLLABLE.match(t))
 
 
