@@ -89,7 +89,8 @@ def save_model_dir(path: str | Path, model: DeepSpeech2, tokenizer: CharTokenize
                    extra_files: dict[str, str] | None = None) -> None:
     """Atomically (re)write a model directory; ``train_state`` adds ``train_state/`` for resuming.
 
-    ``train_state`` keys: ``optimizer`` (state dict), ``trainer`` (JSON-able dict), ``rng`` (tensor dict).
+    ``train_state`` keys: ``optimizer`` (state dict), ``trainer`` (JSON-able dict), ``rng`` (tensor dict), and
+    optionally ``ema`` (the averaged weights, a tensor dict).
     """
     final = Path(path)
     final.parent.mkdir(parents=True, exist_ok=True)
@@ -106,6 +107,8 @@ def save_model_dir(path: str | Path, model: DeepSpeech2, tokenizer: CharTokenize
         torch.save(train_state["optimizer"], sd / "optimizer.pt")
         torch.save(train_state["rng"], sd / "rng.pt")
         (sd / "trainer.json").write_text(json.dumps(train_state["trainer"], indent=1))
+        if train_state.get("ema") is not None:
+            save_file({k: v.contiguous() for k, v in train_state["ema"].items()}, str(sd / "ema.safetensors"))
     _fsync_dir(tmp)
     _swap_in(tmp, final)
 
@@ -157,10 +160,12 @@ def load_model_dir(path: str | Path, device: str | torch.device = "cpu",
 
 def load_train_state(path: str | Path) -> dict[str, Any]:
     sd = Path(path) / STATE_DIR
+    ema = sd / "ema.safetensors"
     return {
         "optimizer": torch.load(sd / "optimizer.pt", map_location="cpu", weights_only=True),
         "rng": torch.load(sd / "rng.pt", map_location="cpu", weights_only=True),
         "trainer": json.loads((sd / "trainer.json").read_text()),
+        "ema": load_file(str(ema), device="cpu") if ema.is_file() else None,
     }
 
 

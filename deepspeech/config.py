@@ -53,6 +53,7 @@ class OptimConfig:
     warmup_steps: int = 0  # linear warm-up from 0
     min_lr_ratio: float = 0.05  # cosine floor, as a fraction of lr
     grad_clip: float = 400.0  # global gradient-norm clip (0 = off)
+    ema_decay: float = 0.0  # > 0: validate and ship an exponential moving average of the weights (training/ema.py)
 
     def __post_init__(self) -> None:
         if self.name not in ("sgd", "adamw"):
@@ -61,6 +62,8 @@ class OptimConfig:
             raise ValueError(f"optim.schedule must be anneal, cosine or constant, got {self.schedule!r}")
         if not 0 < self.lr < math.inf or not 0 < self.anneal < math.inf or self.warmup_steps < 0:  # rejects NaN
             raise ValueError("invalid optimiser settings")
+        if not 0.0 <= self.ema_decay < 1.0:
+            raise ValueError(f"optim.ema_decay must be in [0, 1), got {self.ema_decay}")
 
 
 @dataclass(frozen=True)

@@ -76,9 +76,10 @@ class DeepSpeechInit:
 
 
 def test_sigkill_and_resume_equals_uninterrupted(tmp_path: Path, fsdd_small: tuple[Path, Path]) -> None:
-    """Kill a run with SIGKILL after a mid-epoch checkpoint, rerun the same command: bit-identical final weights."""
+    """Kill a run with SIGKILL after a mid-epoch checkpoint, rerun the same command: bit-identical final weights,
+    averaged weights (EMA, saved in the resumable state) and shipped best model."""
     train, dev = fsdd_small
-    extra = ["epochs=2", "save_every_steps=2"]
+    extra = ["epochs=2", "save_every_steps=2", "optim.ema_decay=0.9"]
     ref = run_cli("train", *train_args(train, dev, tmp_path / "ref", *extra))
     assert ref.returncode == 0, ref.stderr
 
@@ -110,6 +111,11 @@ def test_sigkill_and_resume_equals_uninterrupted(tmp_path: Path, fsdd_small: tup
     assert w_ref.keys() == w_res.keys()
     for k in w_ref:
         assert torch.equal(w_ref[k], w_res[k]), k
+    for name in ("last/train_state/ema.safetensors", "best/model.safetensors"):
+        a, b = load_file(str(tmp_path / "ref" / name)), load_file(str(run / name))
+        assert a.keys() == w_ref.keys() and all(torch.equal(a[k], b[k]) for k in a), name
+    ema = load_file(str(run / "last/train_state/ema.safetensors"))
+    assert any(not torch.equal(ema[k], w_res[k]) for k in ema)  # the average is not the last iterate
     ref_state = json.loads((tmp_path / "ref" / "last" / "train_state" / "trainer.json").read_text())
     res_state = json.loads(state_file.read_text())
     assert ref_state == res_state

@@ -12,6 +12,7 @@ import json
 import logging
 import math
 import time
+from contextlib import nullcontext
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -39,6 +40,7 @@ from deepspeech.parallel import (
     wrap_data_parallel,
 )
 from deepspeech.text import CharTokenizer, build_tokenizer
+from deepspeech.training.ema import WeightEMA
 
 log = logging.getLogger(__name__)
 
@@ -152,12 +154,17 @@ def train(cfg: TrainConfig, out_dir: str | Path, resume: bool = True, progress: 
     model = DeepSpeech2(cfg.model, stats_group=ps.dp_group).to(device)
     optimizer = make_optimizer(model, cfg.optim)
     state: dict[str, Any] = {"epoch": 0, "batch": 0, "step": 0, "best": None, "audio_s": 0.0}
+    ema = WeightEMA(model, cfg.optim.ema_decay) if cfg.optim.ema_decay else None
     if ckpt is not None:
         model.load_state_dict(load_file(str(ckpt / "model.safetensors"), device=str(device)))
         ts = load_train_state(ckpt)
         optimizer.load_state_dict(ts["optimizer"])
         torch.set_rng_state(ts["rng"]["torch"])
         state.update(ts["trainer"])
+        if ema is not None:
+            if ts["ema"] is None:
+                raise RuntimeError(f"{ckpt}: the config averages weights (optim.ema_decay) but the checkpoint has none")
+            ema.load(ts["ema"])
         log.info("resumed from %s at epoch %d batch %d step %d", ckpt, state["epoch"], state["batch"],
                  state["step"])
     ddp = wrap_data_parallel(model, ps)
@@ -174,7 +181,7 @@ def train(cfg: TrainConfig, out_dir: str | Path, resume: bool = True, progress: 
         if ps.is_main:
             save_model_dir(out / "last", model, tokenizer, stats, cfg, train_state={
                 "optimizer": optimizer.state_dict(), "rng": _rng_state(),
-                "trainer": dict(state)})
+                "trainer": dict(state), "ema": ema.shadow if ema is not None else None})
         if ps.distributed:
             dist.barrier()
 
@@ -208,6 +215,8 @@ def train(cfg: TrainConfig, out_dir: str | Path, resume: bool = True, progress: 
             gnorm = torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.optim.grad_clip or float("inf"))
             if torch.isfinite(gnorm):
                 optimizer.step()
+                if ema is not None:
+                    ema.update(model, state["step"])
             else:
                 log.warning("step %d: non-finite gradient norm, update skipped", state["step"])
             state["step"] += 1
@@ -234,22 +243,24 @@ def train(cfg: TrainConfig, out_dir: str | Path, resume: bool = True, progress: 
         if done:
             break
         record: dict[str, Any] = {"epoch": epoch + 1, "step": state["step"]}
-        if dev_ds is not None:
-            counts = evaluate_dataset(model, dev_ds, list(range(dp_rank, len(dev_ds), dp)), device)
-            counts = ErrorCounts.from_list(all_reduce_sum(torch.tensor(counts.as_list()), ps.dp_group).tolist())
-            record.update({"dev_wer": counts.wer, "dev_cer": counts.cer, "dev_n": counts.n})
-            key = "dev_cer" if cfg.data.lang == "zh" else "dev_wer"
-            if state["best"] is None or record[key] < state["best"][key]:
-                state["best"] = record
-                if ps.is_main:
-                    save_model_dir(out / "best", model, tokenizer, stats, cfg,
-                                   extra_files={"metrics.json": json.dumps(record, indent=1)})
+        with ema.applied(model) if ema is not None else nullcontext(model) as shipped:
+            if dev_ds is not None:
+                counts = evaluate_dataset(shipped, dev_ds, list(range(dp_rank, len(dev_ds), dp)), device)
+                counts = ErrorCounts.from_list(all_reduce_sum(torch.tensor(counts.as_list()), ps.dp_group).tolist())
+                record.update({"dev_wer": counts.wer, "dev_cer": counts.cer, "dev_n": counts.n})
+                key = "dev_cer" if cfg.data.lang == "zh" else "dev_wer"
+                if state["best"] is None or record[key] < state["best"][key]:
+                    state["best"] = record
+                    if ps.is_main:
+                        save_model_dir(out / "best", shipped, tokenizer, stats, cfg,
+                                       extra_files={"metrics.json": json.dumps(record, indent=1)})
         log.info("epoch %d: %s", epoch + 1, {k: round(v, 4) if isinstance(v, float) else v
                                               for k, v in record.items()})
         metrics.write(record)
         save(epoch + 1, 0)
     if dev_ds is None and ps.is_main:  # no validation data: the last model is the best we know
-        save_model_dir(out / "best", model, tokenizer, stats, cfg)
+        with ema.applied(model) if ema is not None else nullcontext(model) as shipped:
+            save_model_dir(out / "best", shipped, tokenizer, stats, cfg)
     if ps.distributed:
         dist.barrier()
     return TrainResult(out, state["step"], state["epoch"], state["best"])
