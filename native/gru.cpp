@@ -16,10 +16,12 @@
 #include <torch/extension.h>
 
 #include "fast_math.h"
+#include "small_gemm.h"
 
 #include <ATen/Parallel.h>
 
 #include <cmath>
+#include <algorithm>
 #include <cstdint>
 #include <vector>
 
@@ -197,11 +199,20 @@ std::vector<at::Tensor> gru_backward(const at::Tensor& grad_out_in, const at::Te
 // The step is split by hidden units, not by GEMM: thread k owns units [j0, j1) and computes, single-threaded, the
 // six small products that feed them (x W_i{r,z,n}[j0:j1]^T and h W_h{r,z,n}[j0:j1]^T, contiguous weight row blocks)
 // and then their gates, while the data are in its cache: one fork/join per step instead of one per GEMM plus the
-// gate loop. Side by side with two threaded (B, 3H) GEMMs and one gate loop, at the small preset's shape it was
-// 1.05-1.35x faster at batch 8-32 (bench/README.md, B2).
-// Units per thread below which the split loses to that (the tiny preset's H 192, 96 units per thread, ran
-// 1.3-1.7x slower).
-constexpr int64_t kMinUnits = 128;
+// gate loop. At small batches the products run native/small_gemm.h's kernel on the weights as they lie (float,
+// AVX2): each thread reads its share of the weights once, which is the whole cost at batch 1 (a matrix-vector
+// product), and the BLAS (at::mm; also the path for double and for CPUs without AVX2) spends more on packing and
+// per-call set-up there.
+// Units per thread below which one thread with two threaded GEMMs wins: with the BLAS products the tiny preset's
+// H 192 (96 units per thread) ran 1.3-1.7x slower split; with the kernel it splits at 32.
+constexpr int64_t kMinUnits = 128, kMinUnitsSmallGemm = 32;
+// The kernel while a product's left operand (B, K) is small (B * K floats, 12 KB). Measured in the step, 2
+// threads, alternating in one process: batch 1 / 4 at the small preset 86-107 / 283-292 us against the BLAS's
+// 227-267 / 382-422 us, batch 8 at the tiny preset 164-182 against 182-205 us; beyond it the BLAS wins (batch 12
+// tiny 145-220 against 227-239 us, batch 8 / 32 small 344-461 / 1006-1039 against 501-524 / 2211-2299 us), although
+// alone, with its weights in L2, the kernel keeps up with it to batch 32: streaming the weights from L3 is what it
+// does worse than the BLAS's packed panels.
+constexpr int64_t kSmallGemmFloats = 3072;
 
 template <typename scalar_t, bool kBiasX>
 void step_gates(const scalar_t* xr, const scalar_t* xz, const scalar_t* xn, int64_t sx, const scalar_t* bx,
@@ -238,7 +249,9 @@ at::Tensor gru_step(const at::Tensor& x_in, const at::Tensor& h_in, const at::Te
   TORCH_CHECK(x.size(1) == (projected ? 3 * H : I), projected ? "a projected x must be (B, 3H)" : "x must be (B, I)");
   auto out = at::empty({B, H}, h.options());
   if (B == 0 || H == 0) return out;
-  const int64_t threads = std::min<int64_t>(at::get_num_threads(), H / kMinUnits);
+  const bool small_gemm = ds_native::kHaveSmallGemm && h.scalar_type() == at::kFloat &&
+                          B * std::max(projected ? 0 : I, H) <= kSmallGemmFloats;
+  const int64_t threads = std::min<int64_t>(at::get_num_threads(), H / (small_gemm ? kMinUnitsSmallGemm : kMinUnits));
   if (threads < 2) {  // two GEMMs (threaded inside) and one fused gate loop
     const auto xp = projected ? x : at::addmm(b_ih, x, w_ih.t());
     const auto hp = at::addmm(b_hh, h, w_hh.t());
@@ -256,17 +269,24 @@ at::Tensor gru_step(const at::Tensor& x_in, const at::Tensor& h_in, const at::Te
       for (int64_t k = k0; k < k1; ++k) {
         const int64_t j0 = k * chunk, n = std::min(H, j0 + chunk) - j0;
         if (n <= 0) continue;
-        auto part = [&](int64_t i) { return buf.select(0, k).select(0, i).narrow(0, 0, B * n).view({B, n}); };
-        for (int64_t g = 0; g < 3; ++g) {
-          if (!projected) {
-            auto px = part(g);
-            at::mm_out(px, x, w_ih.narrow(0, g * H + j0, n).t());
-          }
-          auto ph = part(3 + g);
-          at::mm_out(ph, h, w_hh.narrow(0, g * H + j0, n).t());
-        }
-        const scalar_t* bp = buf.select(0, k).data_ptr<scalar_t>();
+        scalar_t* bp = buf.select(0, k).data_ptr<scalar_t>();
         const int64_t stride = B * chunk;
+        // part i of this thread's buffer (B, n) = a (B, K) times the weight rows [row0, row0 + n) transposed
+        auto product = [&](int64_t i, const at::Tensor& a, const at::Tensor& w, int64_t row0) {
+          const int64_t K = w.size(1);
+          if (small_gemm) {
+            // (small_gemm implies float; the cast only type-checks the double instantiation)
+            float* c = reinterpret_cast<float*>(bp + i * stride);
+            ds_native::gemm_nt(a.data_ptr<float>(), K, w.data_ptr<float>() + row0 * K, K, c, n, B, n, K);
+          } else {
+            auto out = buf.select(0, k).select(0, i).narrow(0, 0, B * n).view({B, n});
+            at::mm_out(out, a, w.narrow(0, row0, n).t());
+          }
+        };
+        for (int64_t g = 0; g < 3; ++g) {
+          if (!projected) product(g, x, w_ih, g * H + j0);
+          product(3 + g, h, w_hh, g * H + j0);
+        }
         const scalar_t* xs = projected ? x.data_ptr<scalar_t>() + j0 : bp;
         const int64_t sx = projected ? 3 * H : n, gx = projected ? H : stride;  // row stride, gate stride
         const scalar_t *bx = b_ih.data_ptr<scalar_t>() + j0, *bh = b_hh.data_ptr<scalar_t>() + j0;
