@@ -196,22 +196,23 @@ std::vector<at::Tensor> gru_backward(const at::Tensor& grad_out_in, const at::Te
 // One step for streaming inference (no autograd): h' (B, H) from x (B, I), or from its input projection
 // x_proj (B, 3H) with b_ih already added when `projected`.
 //
-// The step is split by hidden units, not by GEMM: thread k owns units [j0, j1) and computes, single-threaded, the
-// six small products that feed them (x W_i{r,z,n}[j0:j1]^T and h W_h{r,z,n}[j0:j1]^T, contiguous weight row blocks)
-// and then their gates, while the data are in its cache: one fork/join per step instead of one per GEMM plus the
-// gate loop. At small batches the products run native/small_gemm.h's kernel on the weights as they lie (float,
-// AVX2): each thread reads its share of the weights once, which is the whole cost at batch 1 (a matrix-vector
-// product), and the BLAS (at::mm; also the path for double and for CPUs without AVX2) spends more on packing and
-// per-call set-up there.
-// Units per thread below which one thread with two threaded GEMMs wins: with the BLAS products the tiny preset's
-// H 192 (96 units per thread) ran 1.3-1.7x slower split; with the kernel it splits at 32.
-constexpr int64_t kMinUnits = 128, kMinUnitsSmallGemm = 32;
-// The kernel while a product's left operand (B, K) is small (B * K floats, 12 KB). Measured in the step, 2
-// threads, alternating in one process: batch 1 / 4 at the small preset 86-107 / 283-292 us against the BLAS's
-// 227-267 / 382-422 us, batch 8 at the tiny preset 164-182 against 182-205 us; beyond it the BLAS wins (batch 12
-// tiny 145-220 against 227-239 us, batch 8 / 32 small 344-461 / 1006-1039 against 501-524 / 2211-2299 us), although
-// alone, with its weights in L2, the kernel keeps up with it to batch 32: streaming the weights from L3 is what it
-// does worse than the BLAS's packed panels.
+// Small batches (batch x input size <= kSmallGemmFloats, float, AVX2): the step is split by hidden units. Thread k
+// owns units [j0, j1) and computes, single-threaded, the six small products that feed them (x W_i{r,z,n}[j0:j1]^T
+// and h W_h{r,z,n}[j0:j1]^T, contiguous weight row blocks) with native/small_gemm.h's kernel, on the weights as they
+// lie, and then their gates while the data are in its cache: one fork/join per step. At batch 1 a step is a
+// matrix-vector product bound by reading the weights, and the BLAS spent more on packing and per-call set-up.
+// Larger batches (and float64, and CPUs without AVX2) use the BLAS: the 3H projection rows are split into one
+// contiguous range per thread (at least kMinRows each), each thread runs its two products single-threaded inside
+// the one fork, then one fused gate loop; with fewer rows, two GEMMs threaded inside.
+// Measured in the step, 2 threads, the variants alternating in one process (bench/README.md, B2):
+// - kernel against BLAS products: batch 1 / 4 at the small preset (I 656, H 384) 86-107 / 283-292 us against
+//   227-267 / 382-422 us, batch 8 at the tiny preset (I 328, H 192) 164-182 against 182-205 us; beyond batch x input
+//   size of about 3k floats the BLAS wins (batch 12 tiny 145-220 against 227-239 us, batch 8 / 32 small 344-461 /
+//   1006-1039 against 501-524 / 2211-2299 us), although alone, with its weights in L2, the kernel keeps up with it to
+//   batch 32: streaming the weights from L3 is what it does worse than the BLAS's packed panels;
+// - BLAS by rows (two products of 3H / 2 rows per thread) against by units (six of H / 2): batch 8 / 32 at the
+//   small preset 330-390 / 788-858 us against 420-450 / 860-939 us; the tiny preset's batch 16-32 are even.
+constexpr int64_t kMinUnits = 32, kMinRows = 192;
 constexpr int64_t kSmallGemmFloats = 3072;
 
 template <typename scalar_t, bool kBiasX>
@@ -251,10 +252,30 @@ at::Tensor gru_step(const at::Tensor& x_in, const at::Tensor& h_in, const at::Te
   if (B == 0 || H == 0) return out;
   const bool small_gemm = ds_native::kHaveSmallGemm && h.scalar_type() == at::kFloat &&
                           B * std::max(projected ? 0 : I, H) <= kSmallGemmFloats;
-  const int64_t threads = std::min<int64_t>(at::get_num_threads(), H / (small_gemm ? kMinUnitsSmallGemm : kMinUnits));
-  if (threads < 2) {  // two GEMMs (threaded inside) and one fused gate loop
-    const auto xp = projected ? x : at::addmm(b_ih, x, w_ih.t());
-    const auto hp = at::addmm(b_hh, h, w_hh.t());
+  const int64_t threads = small_gemm ? std::min<int64_t>(at::get_num_threads(), H / kMinUnits) : 1;
+  if (threads < 2) {  // the BLAS products (split by rows over the threads, or threaded inside), then the gates
+    const int64_t row_threads = std::min<int64_t>(at::get_num_threads(), 3 * H / kMinRows);
+    at::Tensor xp = x, hp;
+    if (row_threads < 2) {
+      if (!projected) xp = at::addmm(b_ih, x, w_ih.t());
+      hp = at::addmm(b_hh, h, w_hh.t());
+    } else {
+      if (!projected) xp = at::empty({B, 3 * H}, h.options());
+      hp = at::empty({B, 3 * H}, h.options());
+      const int64_t rows = (3 * H + row_threads - 1) / row_threads;
+      at::parallel_for(0, row_threads, 1, [&](int64_t k0, int64_t k1) {
+        for (int64_t k = k0; k < k1; ++k) {
+          const int64_t r0 = k * rows, n = std::min(3 * H, r0 + rows) - r0;
+          if (n <= 0) continue;
+          if (!projected) {
+            auto xo = xp.narrow(1, r0, n);
+            at::addmm_out(xo, b_ih.narrow(0, r0, n), x, w_ih.narrow(0, r0, n).t());
+          }
+          auto ho = hp.narrow(1, r0, n);
+          at::addmm_out(ho, b_hh.narrow(0, r0, n), h, w_hh.narrow(0, r0, n).t());
+        }
+      });
+    }
     AT_DISPATCH_FLOATING_TYPES(h.scalar_type(), "gru_step", [&] {
       gates_forward<scalar_t, false>(xp.data_ptr<scalar_t>(), 3 * H, hp.data_ptr<scalar_t>(), h.data_ptr<scalar_t>(),
                                      H, out.data_ptr<scalar_t>(), H, nullptr, 0, B, H);
@@ -274,14 +295,9 @@ at::Tensor gru_step(const at::Tensor& x_in, const at::Tensor& h_in, const at::Te
         // part i of this thread's buffer (B, n) = a (B, K) times the weight rows [row0, row0 + n) transposed
         auto product = [&](int64_t i, const at::Tensor& a, const at::Tensor& w, int64_t row0) {
           const int64_t K = w.size(1);
-          if (small_gemm) {
-            // (small_gemm implies float; the cast only type-checks the double instantiation)
-            float* c = reinterpret_cast<float*>(bp + i * stride);
-            ds_native::gemm_nt(a.data_ptr<float>(), K, w.data_ptr<float>() + row0 * K, K, c, n, B, n, K);
-          } else {
-            auto out = buf.select(0, k).select(0, i).narrow(0, 0, B * n).view({B, n});
-            at::mm_out(out, a, w.narrow(0, row0, n).t());
-          }
+          // (only float gets here; the cast only type-checks the double instantiation)
+          float* c = reinterpret_cast<float*>(bp + i * stride);
+          ds_native::gemm_nt(a.data_ptr<float>(), K, w.data_ptr<float>() + row0 * K, K, c, n, B, n, K);
         };
         for (int64_t g = 0; g < 3; ++g) {
           if (!projected) product(g, x, w_ih, g * H + j0);

@@ -108,10 +108,10 @@ def test_step_matches_one_step_of_nn_gru(B: int, projected: bool) -> None:
                          [(5, 37, 70), (5, 37, 130), (5, 37, 257), (5, 37, 520), (4, 656, 384), (33, 656, 384)])
 @pytest.mark.parametrize("projected", [False, True])
 def test_step_split_over_threads_matches_nn_gru(threads: int, B: int, I: int, H: int, projected: bool) -> None:
-    """The step splits the hidden units over the threads (at least 32 each when its products run the AVX2 kernel
-    of native/small_gemm.h, small batches; 128 with the BLAS, batch 33 here; else one thread runs two threaded
-    GEMMs): odd batches, input sizes that are not a multiple of the 8-wide vectors, uneven last blocks and every
-    thread count give nn.GRU's numbers."""
+    """The step splits its work over the threads: by hidden units (at least 32 each) when its products run the
+    AVX2 kernel of native/small_gemm.h (small batches), by projection rows (at least 192 each) with the BLAS (batch
+    33 here), else one thread runs two threaded GEMMs. Odd batches, input sizes that are not a multiple of the 8-wide
+    vectors, uneven last blocks and every thread count give nn.GRU's numbers."""
     ref, ours = _pair(I, H, B)
     x, h = torch.randn(B, I), torch.randn(B, H)
     w = (ours.weight_ih_l0, ours.weight_hh_l0, ours.bias_ih_l0, ours.bias_hh_l0)
