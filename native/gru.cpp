@@ -20,8 +20,8 @@
 
 #include <ATen/Parallel.h>
 
-#include <cmath>
 #include <algorithm>
+#include <cmath>
 #include <cstdint>
 #include <vector>
 
@@ -282,40 +282,34 @@ at::Tensor gru_step(const at::Tensor& x_in, const at::Tensor& h_in, const at::Te
     });
     return out;
   }
+  // float only from here (small_gemm): split by hidden units, the kernel's products, then the gates.
   const int64_t chunk = (H + threads - 1) / threads;
   // Per thread: up to six (B, chunk) products, [x_r, x_z, x_n, h_r, h_z, h_n].
   auto buf = at::empty({threads, 6, B * chunk}, h.options());
-  AT_DISPATCH_FLOATING_TYPES(h.scalar_type(), "gru_step", [&] {
-    at::parallel_for(0, threads, 1, [&](int64_t k0, int64_t k1) {
-      for (int64_t k = k0; k < k1; ++k) {
-        const int64_t j0 = k * chunk, n = std::min(H, j0 + chunk) - j0;
-        if (n <= 0) continue;
-        scalar_t* bp = buf.select(0, k).data_ptr<scalar_t>();
-        const int64_t stride = B * chunk;
-        // part i of this thread's buffer (B, n) = a (B, K) times the weight rows [row0, row0 + n) transposed
-        auto product = [&](int64_t i, const at::Tensor& a, const at::Tensor& w, int64_t row0) {
-          const int64_t K = w.size(1);
-          // (only float gets here; the cast only type-checks the double instantiation)
-          float* c = reinterpret_cast<float*>(bp + i * stride);
-          ds_native::gemm_nt(a.data_ptr<float>(), K, w.data_ptr<float>() + row0 * K, K, c, n, B, n, K);
-        };
-        for (int64_t g = 0; g < 3; ++g) {
-          if (!projected) product(g, x, w_ih, g * H + j0);
-          product(3 + g, h, w_hh, g * H + j0);
-        }
-        const scalar_t* xs = projected ? x.data_ptr<scalar_t>() + j0 : bp;
-        const int64_t sx = projected ? 3 * H : n, gx = projected ? H : stride;  // row stride, gate stride
-        const scalar_t *bx = b_ih.data_ptr<scalar_t>() + j0, *bh = b_hh.data_ptr<scalar_t>() + j0;
-        const scalar_t* hs = h.data_ptr<scalar_t>() + j0;
-        scalar_t* os = out.data_ptr<scalar_t>() + j0;
-        if (projected)
-          step_gates<scalar_t, false>(xs, xs + gx, xs + 2 * gx, sx, bx, bp + 3 * stride, bp + 4 * stride,
-                                      bp + 5 * stride, bh, hs, os, B, H, n);
-        else
-          step_gates<scalar_t, true>(xs, xs + gx, xs + 2 * gx, sx, bx, bp + 3 * stride, bp + 4 * stride,
-                                     bp + 5 * stride, bh, hs, os, B, H, n);
+  const float *xd = x.data_ptr<float>(), *hd = h.data_ptr<float>();
+  const float *wi = w_ih.data_ptr<float>(), *wh = w_hh.data_ptr<float>();
+  at::parallel_for(0, threads, 1, [&](int64_t k0, int64_t k1) {
+    for (int64_t k = k0; k < k1; ++k) {
+      const int64_t j0 = k * chunk, n = std::min(H, j0 + chunk) - j0;
+      if (n <= 0) continue;
+      float* bp = buf.select(0, k).data_ptr<float>();
+      const int64_t stride = B * chunk;
+      for (int64_t g = 0; g < 3; ++g) {  // part i (B, n) = a (B, K) times weight rows [g H + j0, + n) transposed
+        if (!projected) ds_native::gemm_nt(xd, I, wi + (g * H + j0) * I, I, bp + g * stride, n, B, n, I);
+        ds_native::gemm_nt(hd, H, wh + (g * H + j0) * H, H, bp + (3 + g) * stride, n, B, n, H);
       }
-    });
+      const float* xs = projected ? xd + j0 : bp;
+      const int64_t sx = projected ? 3 * H : n, gx = projected ? H : stride;  // row stride, gate stride
+      const float *bx = b_ih.data_ptr<float>() + j0, *bh = b_hh.data_ptr<float>() + j0;
+      const float* hs = hd + j0;
+      float* os = out.data_ptr<float>() + j0;
+      if (projected)
+        step_gates<float, false>(xs, xs + gx, xs + 2 * gx, sx, bx, bp + 3 * stride, bp + 4 * stride, bp + 5 * stride,
+                                 bh, hs, os, B, H, n);
+      else
+        step_gates<float, true>(xs, xs + gx, xs + 2 * gx, sx, bx, bp + 3 * stride, bp + 4 * stride, bp + 5 * stride,
+                                bh, hs, os, B, H, n);
+    }
   });
   return out;
 }
