@@ -70,9 +70,15 @@ inline void gemm_nt(const float* A, int64_t lda, const float* B, int64_t ldb, fl
 
 #else
 
+#include <cstdlib>
+
 namespace ds_native {
 constexpr bool kHaveSmallGemm = false;
-inline void gemm_nt(const float*, int64_t, const float*, int64_t, float*, int64_t, int64_t, int64_t, int64_t) {}
+// Declared so that callers compile; they test kHaveSmallGemm first, so reaching this is a bug, not a silent zero.
+[[noreturn]] inline void gemm_nt(const float*, int64_t, const float*, int64_t, float*, int64_t, int64_t, int64_t,
+                                 int64_t) {
+  std::abort();
+}
 }  // namespace ds_native
 
 #endif

@@ -176,6 +176,10 @@ def train(cfg: TrainConfig, out_dir: str | Path, resume: bool = True, progress: 
     autocast = device.type == "cuda" and cfg.amp
     fallback = next(i for i in range(len(train_ds)) if train_ds.get(i) is not None)
 
+    def shipped_weights() -> Any:
+        """The weights that are validated and saved as best/: the average when averaging, else the model's."""
+        return ema.applied(model) if ema is not None else nullcontext(model)
+
     def save(epoch: int, batch: int) -> None:
         state["epoch"], state["batch"] = epoch, batch
         if ps.is_main:
@@ -243,7 +247,7 @@ def train(cfg: TrainConfig, out_dir: str | Path, resume: bool = True, progress: 
         if done:
             break
         record: dict[str, Any] = {"epoch": epoch + 1, "step": state["step"]}
-        with ema.applied(model) if ema is not None else nullcontext(model) as shipped:
+        with shipped_weights() as shipped:
             if dev_ds is not None:
                 counts = evaluate_dataset(shipped, dev_ds, list(range(dp_rank, len(dev_ds), dp)), device)
                 counts = ErrorCounts.from_list(all_reduce_sum(torch.tensor(counts.as_list()), ps.dp_group).tolist())
@@ -259,7 +263,7 @@ def train(cfg: TrainConfig, out_dir: str | Path, resume: bool = True, progress: 
         metrics.write(record)
         save(epoch + 1, 0)
     if dev_ds is None and ps.is_main:  # no validation data: the last model is the best we know
-        with ema.applied(model) if ema is not None else nullcontext(model) as shipped:
+        with shipped_weights() as shipped:
             save_model_dir(out / "best", shipped, tokenizer, stats, cfg)
     if ps.distributed:
         dist.barrier()
