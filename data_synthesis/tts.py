@@ -2,6 +2,12 @@
 and speaking rates, so that a model trained on few real speakers sees many "speakers" (in the spirit of Deep
 Speech 1, arXiv 1412.5567 section 4: synthesising training data the real corpus lacks).
 
+Besides espeak-ng's formant voices, the CMU voices of flite and Festival (Debian ``flite``, ``festival``,
+``festvox-kdlpc16k``) are built from recordings of real speakers (diphone concatenation and statistical parametric
+synthesis), so their spectra are much closer to human speech. They are named ``flite:NAME`` / ``festival:NAME``
+(:data:`CMU_VOICES`); espeak's pitch (0-99, 50 = the voice's own) and rate (words per minute, 165 = the voice's
+own) are translated to an F0 target and a duration stretch for them.
+
 Each utterance: espeak-ng speaks the text to 22.05 kHz WAV, leading/trailing silence is trimmed, the audio is
 resampled to the target rate (8 kHz matches telephone-band corpora such as FSDD) and scaled to a random peak.
 Everything is a pure function of (texts, seed): the same call writes the same corpus.
@@ -13,6 +19,7 @@ import io
 import logging
 import shutil
 import subprocess
+import tempfile
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -32,6 +39,10 @@ ENGLISH_VOICES = ("en-gb", "en-us", "en-gb-scotland", "en-gb-x-gbclan", "en-gb-x
 # Held out of training for the unseen-voice test sets: two accents, and every fifth voice variant (sorted by name).
 ENGLISH_TEST_VOICES = ("en-gb-scotland", "en-us-nyc")
 MANDARIN_VOICES = ("cmn-latn-pinyin",)  # speaks numbered pinyin ("ni3 hao3"); the plain cmn voice is garbled
+# Voices recorded from real speakers: name -> the voice's own mean F0 in Hz (flite's int_f0_target_mean).
+# kal16 / ked: US male diphone voices; awb: Scottish male, rms: US male, slt: US female (CMU ARCTIC, clustergen).
+CMU_VOICES = {"flite:kal16": 105.0, "flite:awb": 110.0, "flite:rms": 100.0, "flite:slt": 170.0,
+              "festival:ked": 105.0}
 TEST_VARIANT_EVERY = 5
 VOICE_SPLITS = ("all", "train", "test")
 
@@ -42,8 +53,8 @@ class SynthesisError(RuntimeError):
 
 @dataclass(frozen=True)
 class TTSConfig:
-    voices: tuple[str, ...] = ENGLISH_VOICES  # espeak-ng voice names
-    use_variants: bool = True  # add a random voice variant (+m3, +f2, +croak, ...) to each voice
+    voices: tuple[str, ...] = ENGLISH_VOICES  # espeak-ng voice names, or CMU_VOICES keys
+    use_variants: bool = True  # add a random espeak voice variant (+m3, +f2, +croak, ...) to each espeak voice
     pitch: tuple[int, int] = (20, 80)  # espeak-ng -p range (0-99)
     rate: tuple[int, int] = (110, 220)  # espeak-ng -s range, words per minute
     sample_rate: int = 16_000  # output rate
@@ -84,10 +95,7 @@ def split_variants(variants: Sequence[str], split: str) -> list[str]:
 
 
 def _espeak() -> str:
-    exe = shutil.which("espeak-ng")
-    if exe is None:
-        raise SynthesisError("espeak-ng is not installed (Debian: apt-get install espeak-ng)")
-    return exe
+    return _program("espeak-ng", "espeak-ng")
 
 
 def list_variants() -> list[str]:
@@ -95,13 +103,50 @@ def list_variants() -> list[str]:
     return [line.split()[4].removeprefix("!v/") for line in out.splitlines()[1:] if len(line.split()) > 4]
 
 
+def _program(name: str, package: str) -> str:
+    exe = shutil.which(name)
+    if exe is None:
+        raise SynthesisError(f"{name} is not installed (Debian: apt-get install {package})")
+    return exe
+
+
+def is_espeak_voice(voice: str) -> bool:
+    return ":" not in voice
+
+
+def cmu_command(text: str, voice: str, pitch: int, rate: int, wav: str) -> list[str]:
+    """The flite / Festival command line that speaks ``text`` into ``wav``: F0 target = the voice's own
+    x 2^((pitch - 50) / 60) (pitch 20-80 spans 0.71-1.41x), duration stretch = 165 / rate. Festival's diphone
+    voice takes the stretch only."""
+    if voice not in CMU_VOICES:
+        raise SynthesisError(f"unknown voice {voice!r}; the CMU voices are {', '.join(CMU_VOICES)}")
+    engine, name = voice.split(":")
+    stretch = 165.0 / rate
+    if engine == "flite":
+        f0 = CMU_VOICES[voice] * 2.0 ** ((pitch - 50) / 60)
+        return [_program("flite", "flite"), "-voice", name, "--setf", f"duration_stretch={stretch:.3f}",
+                "--setf", f"int_f0_target_mean={f0:.1f}", "-t", text, "-o", wav]
+    return [_program("text2wave", "festival festvox-kdlpc16k"), "-eval", f"(voice_{name}_diphone)",
+            "-eval", f"(Parameter.set 'Duration_Stretch {stretch:.3f})", "-o", wav]
+
+
 def speak(text: str, voice: str, pitch: int, rate: int) -> tuple[np.ndarray, int]:
-    """espeak-ng -> (samples float32, sample rate)."""
-    res = subprocess.run([_espeak(), "-v", voice, "-p", str(pitch), "-s", str(rate), "--stdout", text],
-                         capture_output=True, timeout=60)
-    if res.returncode != 0 or not res.stdout:
-        raise SynthesisError(f"espeak-ng failed for voice {voice!r}: {res.stderr.decode(errors='replace')[:200]}")
-    x, sr = sf.read(io.BytesIO(res.stdout), dtype="float32")
+    """espeak-ng, flite or Festival -> (samples float32, sample rate)."""
+    if is_espeak_voice(voice):
+        res = subprocess.run([_espeak(), "-v", voice, "-p", str(pitch), "-s", str(rate), "--stdout", text],
+                             capture_output=True, timeout=60)
+        if res.returncode != 0 or not res.stdout:
+            raise SynthesisError(f"espeak-ng failed for voice {voice!r}: {res.stderr.decode(errors='replace')[:200]}")
+        x, sr = sf.read(io.BytesIO(res.stdout), dtype="float32")
+        return x, sr
+    with tempfile.TemporaryDirectory() as tmp:
+        wav = str(Path(tmp) / "out.wav")
+        # Festival reads the text from standard input; flite takes it on the command line (-t).
+        res = subprocess.run(cmu_command(text, voice, pitch, rate, wav), input=text.encode(), capture_output=True,
+                             timeout=60)
+        if res.returncode != 0 or not Path(wav).is_file():
+            raise SynthesisError(f"{voice} failed: {res.stderr.decode(errors='replace')[:200]}")
+        x, sr = sf.read(wav, dtype="float32")
     return x, sr
 
 
@@ -157,11 +202,12 @@ def synthesize_corpus(texts: Sequence[str], out_dir: str | Path, cfg: TTSConfig 
     out = Path(out_dir)
     (out / "audio").mkdir(parents=True, exist_ok=True)
     rng = np.random.default_rng(seed)
-    variants = split_variants(list_variants(), cfg.variant_split) if cfg.use_variants else []
+    espeak = any(is_espeak_voice(v) for v in cfg.voices)
+    variants = split_variants(list_variants(), cfg.variant_split) if cfg.use_variants and espeak else []
     jobs = []
     for k, text in enumerate(texts):
         voice = str(rng.choice(cfg.voices))
-        if variants:
+        if variants and is_espeak_voice(voice):
             voice += "+" + str(rng.choice(variants))
         pitch, rate = int(rng.integers(cfg.pitch[0], cfg.pitch[1] + 1)), int(rng.integers(cfg.rate[0], cfg.rate[1] + 1))
         jobs.append((k, text, voice, pitch, rate, float(rng.uniform(*cfg.peak)), str(out), lang))

@@ -335,7 +335,8 @@ def build_parser() -> argparse.ArgumentParser:
     q.add_argument("--words", help="comma-separated texts instead of a file, e.g. zero,one,two")
     q.add_argument("--repeat", type=int, default=1, help="speak every text this many times (new voice each time)")
     q.add_argument("--out", required=True, help="output folder (audio/ and manifest.jsonl)")
-    q.add_argument("--voices", help="comma-separated espeak-ng voices (default: its English voices)")
+    q.add_argument("--voices", help="comma-separated voices: espeak-ng names, or the CMU voices flite:kal16, "
+                   "flite:awb, flite:rms, flite:slt, festival:ked (default: espeak-ng's English voices)")
     q.add_argument("--sample-rate", type=int, default=16000)
     q.add_argument("--lang", default="en", choices=["en", "zh"])
     q.add_argument("--voice-split", choices=["all", "train", "test"], default="all",

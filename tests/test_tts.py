@@ -1,4 +1,5 @@
-"""The espeak-ng corpus generator (skipped where espeak-ng is not installed; CI installs it)."""
+"""The speech corpus generator: espeak-ng, flite and Festival voices (each test skips where its synthesiser is not
+installed; CI installs them all)."""
 
 from __future__ import annotations
 
@@ -8,11 +9,13 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from data_synthesis.tts import TTSConfig, synthesize_corpus, trim
+from data_synthesis.tts import CMU_VOICES, SynthesisError, TTSConfig, cmu_command, synthesize_corpus, trim
 from deepspeech.audio import load_audio
 from deepspeech.data.manifest import read_manifest
 
 needs_espeak = pytest.mark.skipif(shutil.which("espeak-ng") is None, reason="espeak-ng is not installed")
+needs_cmu = pytest.mark.skipif(shutil.which("flite") is None or shutil.which("text2wave") is None,
+                               reason="flite or festival is not installed")
 
 
 @needs_espeak
@@ -36,3 +39,34 @@ def test_trim_cuts_silence_keeps_the_margin() -> None:
     y = trim(x, sr, -30.0, 0.02)
     assert 3000 <= y.size <= 3000 + 2 * 320 + 2 * 160
     assert np.allclose(trim(np.zeros(100, np.float32), sr, -30.0, 0.02), 0.0)
+
+
+@needs_cmu
+def test_cmu_voices_are_deterministic_and_follow_pitch_and_rate(tmp_path: Path) -> None:
+    texts = ["seven", "two"] * len(CMU_VOICES)
+    cfg = TTSConfig(voices=tuple(CMU_VOICES), sample_rate=8000)
+    a = synthesize_corpus(texts, tmp_path / "a", cfg, seed=1, progress=False)
+    b = synthesize_corpus(texts, tmp_path / "b", cfg, seed=1, progress=False)
+    assert [u.speaker for u in a] == [u.speaker for u in b]
+    assert {u.speaker.split("/")[0] for u in a} <= set(CMU_VOICES)  # no espeak variant is appended
+    for ua, ub in zip(a, b, strict=True):
+        assert np.array_equal(load_audio(ua.audio), load_audio(ub.audio))
+        assert 0.2 < ua.duration_s < 2.0
+    # Half the rate doubles the duration (within the silence margins); the same holds for Festival's voice.
+    for voice in ("flite:rms", "festival:ked"):
+        slow = synthesize_corpus(["seven"], tmp_path / "slow", TTSConfig(voices=(voice,), rate=(90, 90)),
+                                 progress=False)[0]
+        fast = synthesize_corpus(["seven"], tmp_path / "fast", TTSConfig(voices=(voice,), rate=(180, 180)),
+                                 progress=False)[0]
+        assert 1.6 < slow.duration_s / fast.duration_s < 2.4, voice
+
+
+def test_cmu_command_maps_pitch_and_rate() -> None:
+    if shutil.which("flite") is None:
+        pytest.skip("flite is not installed")
+    cmd = cmu_command("four", "flite:slt", pitch=50, rate=165, wav="x.wav")
+    assert "duration_stretch=1.000" in cmd and "int_f0_target_mean=170.0" in cmd
+    cmd = cmu_command("four", "flite:slt", pitch=80, rate=330, wav="x.wav")
+    assert "duration_stretch=0.500" in cmd and f"int_f0_target_mean={170 * 2 ** 0.5:.1f}" in cmd
+    with pytest.raises(SynthesisError, match="unknown voice"):
+        cmu_command("four", "flite:nobody", pitch=50, rate=165, wav="x.wav")
