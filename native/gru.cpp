@@ -4,18 +4,22 @@
 //     z = sigmoid(W_iz x + b_iz + W_hz h + b_hz)
 //     n = tanh(W_in x + b_in + r * (W_hn h + b_hn))
 //     h' = (1 - z) * n + z * h.
-// Forward: one GEMM for the input projections of the whole sequence, then per step one recurrent GEMM (B, H) x
-// (H, 3H) and a single parallel loop over the (B, H) elements that does all the gate arithmetic in registers (no
-// per-gate temporaries). It keeps r, z, n and W_hn h + b_hn per step for the backward.
+// Forward: one GEMM for the input projections of the whole sequence, then per step one recurrent product (B, H) x
+// (H, 3H) and the gate arithmetic in registers (no per-gate temporaries). It keeps r, z, n and W_hn h + b_hn per
+// step for the backward.
 // Backward: per step (last to first) one fused loop gives the pre-activation gate gradients, stored for the whole
-// sequence, and one GEMM (B, 3H) x (3H, H) carries the hidden-state gradient back a step; the weight gradients,
+// sequence, and one product (B, 3H) x (3H, H) carries the hidden-state gradient back a step; the weight gradients,
 // bias gradients and input gradient are then three large GEMMs and two sums over all B * T rows.
+// The per-step products: float32 on AVX2 CPUs (T >= 2) run on W_hh packed once per call (native/packed_gemm.h),
+// split by hidden units over the threads, each thread also doing its units' gates (forward); otherwise the BLAS,
+// which would pack W_hh again at every step.
 //
 // Shapes (batch first, unidirectional, one layer): x (B, T, I), h0 (B, H), outputs (B, T, H),
 // workspace (B, T, 4H) = [r, z, n, W_hn h + b_hn].
 #include <torch/extension.h>
 
 #include "fast_math.h"
+#include "packed_gemm.h"
 #include "small_gemm.h"
 
 #include <ATen/Parallel.h>
@@ -92,6 +96,61 @@ void gates_forward(const scalar_t* xp, int64_t sx, const scalar_t* hp, const sca
   });
 }
 
+// The packed products (native/packed_gemm.h, float32, AVX2): a thread owns hidden units [k chunk, (k + 1) chunk), in
+// whole panels of 16 and at least kMinUnits, for all three gates, and runs its products and gates in one fork.
+// kMinRows: the BLAS path's split of the 3H projection rows (gru_step).
+constexpr int64_t kMinUnits = 32, kMinRows = 192;
+
+struct UnitSplit {
+  int64_t threads, chunk;
+};
+
+inline UnitSplit unit_split(int64_t H) {
+  const int64_t panels = (H + ds_native::kPanel - 1) / ds_native::kPanel;
+  const int64_t threads = std::max<int64_t>(1, std::min<int64_t>(at::get_num_threads(), H / kMinUnits));
+  return {threads, (panels + threads - 1) / threads * ds_native::kPanel};
+}
+
+// W (3H, K) -> (3, packed_floats(H, K)): each gate's H rows in panels (pack_panels).
+at::Tensor pack_gates(const at::Tensor& w, int64_t H) {
+  const int64_t K = w.size(1), per_gate = ds_native::packed_floats(H, K);
+  auto out = at::empty({3, per_gate}, w.options());
+  const float* src = w.data_ptr<float>();
+  float* dst = out.data_ptr<float>();
+  at::parallel_for(0, 3, 1, [&](int64_t g0, int64_t g1) {
+    for (int64_t g = g0; g < g1; ++g) ds_native::pack_panels(src + g * H * K, K, H, K, dst + g * per_gate);
+  });
+  return out;
+}
+
+// The packed path pays one packing of W_hh per call (about one BLAS product), which the T steps repay.
+inline bool use_packed(const at::Tensor& x, int64_t T) {
+  return ds_native::kHavePackedGemm && x.scalar_type() == at::kFloat && T >= 2;
+}
+
+// Gates of units [j0, j0 + n) for all B rows, as gates_forward, from one thread's recurrent products: x the input
+// projection (b_ih included) at unit j0, rows at stride sx, gates H apart; q the three products (B, n), gates qs
+// apart; bh the recurrent biases at unit j0, gates H apart; h, out, ws at unit j0, rows at strides sh, so, sw.
+void gates_units(const float* x, int64_t sx, const float* q, int64_t qs, const float* bh, const float* h, int64_t sh,
+                 float* out, int64_t so, float* ws, int64_t sw, int64_t B, int64_t H, int64_t n) {
+  for (int64_t b = 0; b < B; ++b) {
+    const float *xb = x + b * sx, *qb = q + b * n, *hb = h + b * sh;
+    float *o = out + b * so, *w = ws + b * sw;
+#pragma omp simd
+    for (int64_t j = 0; j < n; ++j) {
+      const float r = sigmoid(xb[j] + qb[j] + bh[j]);
+      const float z = sigmoid(xb[H + j] + qb[qs + j] + bh[H + j]);
+      const float hn = qb[2 * qs + j] + bh[2 * H + j];
+      const float g = tanh_(xb[2 * H + j] + r * hn);
+      o[j] = (1.0f - z) * g + z * hb[j];
+      w[j] = r;
+      w[H + j] = z;
+      w[2 * H + j] = g;
+      w[3 * H + j] = hn;
+    }
+  }
+}
+
 // Forward over a sequence: returns {outputs (B, T, H), workspace (B, T, 4H)}.
 std::vector<at::Tensor> gru_forward(const at::Tensor& x_in, const at::Tensor& h0_in, const at::Tensor& w_ih_in,
                                     const at::Tensor& w_hh_in, const at::Tensor& b_ih, const at::Tensor& b_hh) {
@@ -108,6 +167,31 @@ std::vector<at::Tensor> gru_forward(const at::Tensor& x_in, const at::Tensor& h0
   if (B == 0 || T == 0) return {out, ws};
   // All input projections at once: (B*T, I) x (I, 3H) + b_ih.
   const auto xp = at::addmm(b_ih, x.view({B * T, I}), w_ih.t());
+  if (use_packed(x, T)) {  // per step, per thread: its units' three recurrent products, then their gates
+    const auto p_hh = pack_gates(w_hh, H);
+    const auto split = unit_split(H);
+    auto buf = at::empty({split.threads, 3, B * split.chunk}, x.options());
+    const auto b_hh_c = b_hh.contiguous();
+    const float *xpp = xp.data_ptr<float>(), *ph = p_hh.data_ptr<float>(), *bh = b_hh_c.data_ptr<float>();
+    const float* h0p = h0.data_ptr<float>();
+    float *op = out.data_ptr<float>(), *wp = ws.data_ptr<float>(), *bufp = buf.data_ptr<float>();
+    const int64_t gh = p_hh.size(1), qs = B * split.chunk;
+    for (int64_t t = 0; t < T; ++t) {
+      const float* hp = t == 0 ? h0p : op + (t - 1) * H;
+      const int64_t sh = t == 0 ? H : T * H;
+      at::parallel_for(0, split.threads, 1, [&](int64_t k0, int64_t k1) {
+        for (int64_t k = k0; k < k1; ++k) {
+          const int64_t j0 = k * split.chunk, n = std::min(H, j0 + split.chunk) - j0;
+          if (n <= 0) continue;
+          float* q = bufp + k * 3 * qs;
+          for (int64_t g = 0; g < 3; ++g) ds_native::gemm_packed(hp, sh, ph + g * gh + j0 * H, n, H, q + g * qs, n, B);
+          gates_units(xpp + t * 3 * H + j0, T * 3 * H, q, qs, bh + j0, hp + j0, sh, op + t * H + j0, T * H,
+                      wp + t * 4 * H + j0, T * 4 * H, B, H, n);
+        }
+      });
+    }
+    return {out, ws};
+  }
   auto hp = at::empty({B, 3 * H}, x.options());
   const auto w_hh_t = w_hh.t().contiguous();  // (H, 3H) once: the T small GEMMs run ~10% faster than on a view
   AT_DISPATCH_FLOATING_TYPES(x.scalar_type(), "gru_forward", [&] {
@@ -143,6 +227,18 @@ std::vector<at::Tensor> gru_backward(const at::Tensor& grad_out_in, const at::Te
   auto dgi = at::empty({B, T, 3 * H}, x.options());
   auto dgh = at::empty({B, T, 3 * H}, x.options());
   auto carry = at::zeros({B, H}, x.options());  // gradient of the hidden state entering the current step
+  // The packed path: W_hh's columns in panels (pack_panels_t), so that carry += dgh_t W_hh runs split by units.
+  const bool packed = use_packed(x, T);
+  at::Tensor p_t;
+  UnitSplit split{1, H};
+  if (packed) {
+    p_t = at::empty({ds_native::packed_floats(H, 3 * H)}, x.options());
+    ds_native::pack_panels_t(w_hh.data_ptr<float>(), H, H, 3 * H, p_t.data_ptr<float>());
+    split = unit_split(H);
+  }
+  const float* pt = packed ? p_t.data_ptr<float>() : nullptr;
+  const float* dgh_f = packed ? dgh.data_ptr<float>() : nullptr;
+  float* carry_f = packed ? carry.data_ptr<float>() : nullptr;
   AT_DISPATCH_FLOATING_TYPES(x.scalar_type(), "gru_backward", [&] {
     const scalar_t* gop = go.data_ptr<scalar_t>();
     const scalar_t* op = out.data_ptr<scalar_t>();
@@ -178,6 +274,16 @@ std::vector<at::Tensor> gru_backward(const at::Tensor& grad_out_in, const at::Te
           }
         });
       });
+      if (packed) {  // float32 only (use_packed)
+        at::parallel_for(0, split.threads, 1, [&](int64_t k0, int64_t k1) {
+          for (int64_t k = k0; k < k1; ++k) {
+            const int64_t j0 = k * split.chunk, n = std::min(H, j0 + split.chunk) - j0;
+            if (n > 0)
+              ds_native::gemm_packed(dgh_f + t * 3 * H, T * 3 * H, pt + j0 * 3 * H, n, 3 * H, carry_f + j0, H, B, true);
+          }
+        });
+        continue;
+      }
       carry.addmm_(dgh.select(1, t), w_hh);  // (B, 3H) x (3H, H)
     }
   });
@@ -194,7 +300,9 @@ std::vector<at::Tensor> gru_backward(const at::Tensor& grad_out_in, const at::Te
 }
 
 // One step for streaming inference (no autograd): h' (B, H) from x (B, I), or from its input projection
-// x_proj (B, 3H) with b_ih already added when `projected`.
+// x_proj (B, 3H) with b_ih already added when `projected`, on the weights as they lie. For float32 on AVX2 CPUs
+// deepspeech.native.gru calls gru_step_packed instead, on weights it packed once (below; 1.2-2.3x faster than
+// this at batch 8-32, bench/README.md B2); this path serves float64, inference-mode weights and other CPUs.
 //
 // Small batches (batch x input size <= kSmallGemmFloats, float, AVX2): the step is split by hidden units. Thread k
 // owns units [j0, j1) and computes, single-threaded, the six small products that feed them (x W_i{r,z,n}[j0:j1]^T
@@ -212,7 +320,6 @@ std::vector<at::Tensor> gru_backward(const at::Tensor& grad_out_in, const at::Te
 //   batch 32: streaming the weights from L3 is what it does worse than the BLAS's packed panels;
 // - BLAS by rows (two products of 3H / 2 rows per thread) against by units (six of H / 2): batch 8 / 32 at the
 //   small preset 330-390 / 788-858 us against 420-450 / 860-939 us; the tiny preset's batch 16-32 are even.
-constexpr int64_t kMinUnits = 32, kMinRows = 192;
 constexpr int64_t kSmallGemmFloats = 3072;
 
 template <typename scalar_t, bool kBiasX>
@@ -314,10 +421,77 @@ at::Tensor gru_step(const at::Tensor& x_in, const at::Tensor& h_in, const at::Te
   return out;
 }
 
+// Weights packed for gru_step_packed: W (3H, K) float32 -> (3, packed_floats(H, K)), each gate's H rows in panels of
+// 16 rows (native/packed_gemm.h), so a thread that owns units [j0, j1) (j0 a multiple of 16) reads whole panels.
+// Packing costs about as much as one BLAS product; callers keep the result while the weights stay the same
+// (deepspeech.native.gru caches it per weight tensor and version).
+at::Tensor gru_pack(const at::Tensor& w_in, int64_t H) {
+  TORCH_CHECK(ds_native::kHavePackedGemm, "gru_pack needs a CPU with AVX2 and FMA");
+  TORCH_CHECK(w_in.dim() == 2 && w_in.size(0) == 3 * H && w_in.scalar_type() == at::kFloat && w_in.is_cpu(),
+              "gru_pack takes a float32 CPU weight (3H, K)");
+  return pack_gates(w_in.detach().contiguous(), H);
+}
+
+// gru_step on packed weights (gru_pack): split by hidden units in multiples of 16 (at least kMinUnits per thread),
+// each thread runs its six products with gemm_packed and then its gates, one fork/join per step. Float32, AVX2.
+// Measured in the step, 2 threads, small preset (I 656, H 384): see bench/README.md, B2.
+at::Tensor gru_step_packed(const at::Tensor& x_in, const at::Tensor& h_in, const at::Tensor& p_ih,
+                           const at::Tensor& p_hh, const at::Tensor& b_ih_in, const at::Tensor& b_hh_in,
+                           bool projected) {
+  TORCH_CHECK(ds_native::kHavePackedGemm, "gru_step_packed needs a CPU with AVX2 and FMA");
+  TORCH_CHECK(x_in.dim() == 2 && h_in.dim() == 2 && x_in.size(0) == h_in.size(0), "x (B, I) and h (B, H)");
+  const auto h = h_in.detach().contiguous(), x = x_in.detach().contiguous();
+  const auto b_ih = b_ih_in.detach().contiguous(), b_hh = b_hh_in.detach().contiguous();
+  TORCH_CHECK(h.scalar_type() == at::kFloat && x.scalar_type() == at::kFloat && p_ih.scalar_type() == at::kFloat &&
+                  p_hh.scalar_type() == at::kFloat && h.is_cpu() && x.is_cpu(),
+              "gru_step_packed is float32 on the CPU");
+  const int64_t B = h.size(0), H = h.size(1), I = projected ? 0 : x.size(1);
+  TORCH_CHECK(b_ih.numel() == 3 * H && b_hh.numel() == 3 * H, "biases must be (3H,)");
+  TORCH_CHECK(p_hh.dim() == 2 && p_hh.size(0) == 3 && p_hh.size(1) == ds_native::packed_floats(H, H),
+              "p_hh must be gru_pack(w_hh, H)");
+  TORCH_CHECK(projected ? x.size(1) == 3 * H
+                        : (p_ih.dim() == 2 && p_ih.size(0) == 3 && p_ih.size(1) == ds_native::packed_floats(H, I)),
+              projected ? "a projected x must be (B, 3H)" : "p_ih must be gru_pack(w_ih, H) for x (B, I)");
+  auto out = at::empty({B, H}, h.options());
+  if (B == 0 || H == 0) return out;
+  const auto [threads, chunk] = unit_split(H);
+  auto buf = at::empty({threads, 6, B * chunk}, h.options());
+  const float *xd = x.data_ptr<float>(), *hd = h.data_ptr<float>();
+  const float *pi = projected ? nullptr : p_ih.data_ptr<float>(), *ph = p_hh.data_ptr<float>();
+  const int64_t gi = projected ? 0 : p_ih.size(1), gh = p_hh.size(1);  // floats per packed gate
+  at::parallel_for(0, threads, 1, [&](int64_t k0, int64_t k1) {
+    for (int64_t k = k0; k < k1; ++k) {
+      const int64_t j0 = k * chunk, n = std::min(H, j0 + chunk) - j0;
+      if (n <= 0) continue;
+      float* bp = buf.select(0, k).data_ptr<float>();
+      const int64_t stride = B * chunk;
+      for (int64_t g = 0; g < 3; ++g) {  // part (B, n) = a (B, K) times the packed rows [j0, j0 + n) of gate g
+        if (!projected) ds_native::gemm_packed(xd, I, pi + g * gi + j0 * I, n, I, bp + g * stride, n, B);
+        ds_native::gemm_packed(hd, H, ph + g * gh + j0 * H, n, H, bp + (3 + g) * stride, n, B);
+      }
+      const float* xs = projected ? xd + j0 : bp;
+      const int64_t sx = projected ? 3 * H : n, gx = projected ? H : stride;  // row stride, gate stride
+      const float *bx = b_ih.data_ptr<float>() + j0, *bh = b_hh.data_ptr<float>() + j0;
+      const float* hs = hd + j0;
+      float* os = out.data_ptr<float>() + j0;
+      if (projected)
+        step_gates<float, false>(xs, xs + gx, xs + 2 * gx, sx, bx, bp + 3 * stride, bp + 4 * stride, bp + 5 * stride,
+                                 bh, hs, os, B, H, n);
+      else
+        step_gates<float, true>(xs, xs + gx, xs + 2 * gx, sx, bx, bp + 3 * stride, bp + 4 * stride, bp + 5 * stride,
+                                bh, hs, os, B, H, n);
+    }
+  });
+  return out;
+}
+
 }  // namespace
 
 PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
   m.def("gru_forward", &gru_forward, "fused GRU layer forward (CPU): outputs, workspace");
   m.def("gru_backward", &gru_backward, "fused GRU layer backward (CPU): dx, dh0, dW_ih, dW_hh, db_ih, db_hh");
   m.def("gru_step", &gru_step, "fused GRU single step (CPU, no autograd)");
+  m.def("gru_pack", &gru_pack, "GRU weights (3H, K) packed for gru_step_packed (AVX2 CPUs)");
+  m.def("gru_step_packed", &gru_step_packed, "fused GRU single step on packed weights (CPU, float32, no autograd)");
+  m.attr("have_packed_gemm") = ds_native::kHavePackedGemm;
 }

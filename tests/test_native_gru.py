@@ -20,6 +20,7 @@ from hypothesis import strategies as st
 from torch import nn
 
 from deepspeech.native import native_available
+from deepspeech.native.build import load_extension
 from deepspeech.native.gru import FusedGRU, gru_layer, gru_layer_reference, gru_step, gru_step_reference
 
 pytestmark = pytest.mark.skipif(not native_available("gru"), reason="native GRU did not build here")
@@ -107,11 +108,15 @@ def test_step_matches_one_step_of_nn_gru(B: int, projected: bool) -> None:
 @pytest.mark.parametrize(("B", "I", "H"),
                          [(5, 37, 70), (5, 37, 130), (5, 37, 257), (5, 37, 520), (4, 656, 384), (33, 656, 384)])
 @pytest.mark.parametrize("projected", [False, True])
-def test_step_split_over_threads_matches_nn_gru(threads: int, B: int, I: int, H: int, projected: bool) -> None:
-    """The step splits its work over the threads: by hidden units (at least 32 each) when its products run the
-    AVX2 kernel of native/small_gemm.h (small batches), by projection rows (at least 192 each) with the BLAS (batch
-    33 here), else one thread runs two threaded GEMMs. Odd batches, input sizes that are not a multiple of the 8-wide
-    vectors, uneven last blocks and every thread count give nn.GRU's numbers."""
+@pytest.mark.parametrize("packed", [True, False])
+def test_step_split_over_threads_matches_nn_gru(threads: int, B: int, I: int, H: int, projected: bool,
+                                                packed: bool) -> None:
+    """The step splits its work over the threads. On packed weights (gru_step's path for float32 on AVX2 CPUs):
+    by hidden units in whole panels of 16 (at least 32 units each). On the weights as they lie (the extension's
+    gru_step: float64, inference-mode weights): by hidden units with native/small_gemm.h's kernel at small batches,
+    by projection rows (at least 192 each) with the BLAS (batch 33 here), else one thread runs two threaded GEMMs.
+    Odd batches, input sizes that are not a multiple of the 8-wide vectors, uneven last blocks and every thread
+    count give nn.GRU's numbers."""
     ref, ours = _pair(I, H, B)
     x, h = torch.randn(B, I), torch.randn(B, H)
     w = (ours.weight_ih_l0, ours.weight_hh_l0, ours.bias_ih_l0, ours.bias_hh_l0)
@@ -119,12 +124,60 @@ def test_step_split_over_threads_matches_nn_gru(threads: int, B: int, I: int, H:
     before = torch.get_num_threads()
     torch.set_num_threads(threads)
     try:
-        new = gru_step(xin, h, *w, projected=projected, native=True)
+        if packed:
+            new = gru_step(xin, h, *w, projected=projected, native=True)
+        else:
+            new = load_extension("gru").gru_step(xin, h, *(t.detach() for t in w), projected)
     finally:
         torch.set_num_threads(before)
     with torch.no_grad():
         _, expect = ref(x[:, None], h[None])
     torch.testing.assert_close(new, expect[0], **TOL)
+
+
+def test_packed_weights_follow_weight_changes() -> None:
+    """gru_step keeps packed weights per weight tensor: an in-place update (an optimizer step, load_state_dict)
+    bumps the version counter and repacks; inference-mode weights (no version counter) take the unpacked path."""
+    ref, ours = _pair(40, 64, 0)
+    x, h = torch.randn(3, 40), torch.randn(3, 64)
+    w = (ours.weight_ih_l0, ours.weight_hh_l0, ours.bias_ih_l0, ours.bias_hh_l0)
+    first = gru_step(x, h, *w, native=True)
+    assert not first.requires_grad  # parameters in, no autograd graph out
+    torch.testing.assert_close(gru_step(x, h, *w, native=True), first, rtol=0, atol=0)  # the cached packing
+    with torch.no_grad():
+        for p in ours.parameters():
+            p.mul_(0.5)
+        for p in ref.parameters():
+            p.mul_(0.5)
+        _, expect = ref(x[:, None], h[None])
+    changed = gru_step(x, h, *w, native=True)
+    torch.testing.assert_close(changed, expect[0], **TOL)
+    assert not torch.allclose(changed, first)
+    with torch.inference_mode():
+        frozen = [t.clone() for t in w]
+        torch.testing.assert_close(gru_step(x, h, *frozen, native=True), expect[0], **TOL)
+
+
+@pytest.mark.parametrize("threads", [1, 2, 3])
+@pytest.mark.parametrize(("B", "T", "I", "H"), [(3, 5, 37, 70), (5, 4, 20, 130), (2, 3, 16, 257)])
+def test_layer_split_over_threads_matches_nn_gru(threads: int, B: int, T: int, I: int, H: int) -> None:
+    """The layer's per-step recurrent products (forward: h W_hh^T; backward: carry += dG W_hh) run on packed
+    weights split by hidden units over the threads (float32, T >= 2): outputs and every gradient as nn.GRU's."""
+    ref, ours = _pair(I, H, T)
+    x = torch.randn(B, T, I).requires_grad_()
+    h0 = torch.randn(1, B, H).requires_grad_()
+    g_out, g_hn = torch.randn(B, T, H), torch.randn(1, B, H)
+    o_ref, hn_ref, gr_ref = _grads(ref, x, h0, g_out, g_hn)
+    before = torch.get_num_threads()
+    torch.set_num_threads(threads)
+    try:
+        o, hn, gr = _grads(ours, x, h0, g_out, g_hn)
+    finally:
+        torch.set_num_threads(before)
+    torch.testing.assert_close(o, o_ref, **TOL)
+    torch.testing.assert_close(hn, hn_ref, **TOL)
+    for a, b in zip(gr, gr_ref, strict=True):
+        assert_grad_close(a, b)
 
 
 def test_extreme_preactivations_saturate_without_nan() -> None:
