@@ -344,6 +344,23 @@ void step_gates(const scalar_t* xr, const scalar_t* xz, const scalar_t* xn, int6
   }
 }
 
+// The gates of units [j0, j0 + n) after a thread's products: bp holds the six (B, n) parts [x_r, x_z, x_n, h_r, h_z,
+// h_n] at stride `stride` (the x parts unused when `projected`: then x (B, 3H) is the projection, b_ih included).
+void unit_gates(const float* xd, bool projected, const float* bp, int64_t stride, const at::Tensor& b_ih,
+                const at::Tensor& b_hh, const float* hd, at::Tensor& out, int64_t B, int64_t H, int64_t j0, int64_t n) {
+  const float* xs = projected ? xd + j0 : bp;
+  const int64_t sx = projected ? 3 * H : n, gx = projected ? H : stride;  // row stride, gate stride
+  const float *bx = b_ih.data_ptr<float>() + j0, *bh = b_hh.data_ptr<float>() + j0;
+  const float* hs = hd + j0;
+  float* os = out.data_ptr<float>() + j0;
+  if (projected)
+    step_gates<float, false>(xs, xs + gx, xs + 2 * gx, sx, bx, bp + 3 * stride, bp + 4 * stride, bp + 5 * stride, bh,
+                             hs, os, B, H, n);
+  else
+    step_gates<float, true>(xs, xs + gx, xs + 2 * gx, sx, bx, bp + 3 * stride, bp + 4 * stride, bp + 5 * stride, bh,
+                            hs, os, B, H, n);
+}
+
 at::Tensor gru_step(const at::Tensor& x_in, const at::Tensor& h_in, const at::Tensor& w_ih_in,
                     const at::Tensor& w_hh_in, const at::Tensor& b_ih_in, const at::Tensor& b_hh_in, bool projected) {
   TORCH_CHECK(x_in.dim() == 2 && h_in.dim() == 2 && x_in.size(0) == h_in.size(0), "x (B, I) and h (B, H)");
@@ -405,17 +422,7 @@ at::Tensor gru_step(const at::Tensor& x_in, const at::Tensor& h_in, const at::Te
         if (!projected) ds_native::gemm_nt(xd, I, wi + (g * H + j0) * I, I, bp + g * stride, n, B, n, I);
         ds_native::gemm_nt(hd, H, wh + (g * H + j0) * H, H, bp + (3 + g) * stride, n, B, n, H);
       }
-      const float* xs = projected ? xd + j0 : bp;
-      const int64_t sx = projected ? 3 * H : n, gx = projected ? H : stride;  // row stride, gate stride
-      const float *bx = b_ih.data_ptr<float>() + j0, *bh = b_hh.data_ptr<float>() + j0;
-      const float* hs = hd + j0;
-      float* os = out.data_ptr<float>() + j0;
-      if (projected)
-        step_gates<float, false>(xs, xs + gx, xs + 2 * gx, sx, bx, bp + 3 * stride, bp + 4 * stride, bp + 5 * stride,
-                                 bh, hs, os, B, H, n);
-      else
-        step_gates<float, true>(xs, xs + gx, xs + 2 * gx, sx, bx, bp + 3 * stride, bp + 4 * stride, bp + 5 * stride,
-                                bh, hs, os, B, H, n);
+      unit_gates(xd, projected, bp, stride, b_ih, b_hh, hd, out, B, H, j0, n);
     }
   });
   return out;
@@ -469,17 +476,7 @@ at::Tensor gru_step_packed(const at::Tensor& x_in, const at::Tensor& h_in, const
         if (!projected) ds_native::gemm_packed(xd, I, pi + g * gi + j0 * I, n, I, bp + g * stride, n, B);
         ds_native::gemm_packed(hd, H, ph + g * gh + j0 * H, n, H, bp + (3 + g) * stride, n, B);
       }
-      const float* xs = projected ? xd + j0 : bp;
-      const int64_t sx = projected ? 3 * H : n, gx = projected ? H : stride;  // row stride, gate stride
-      const float *bx = b_ih.data_ptr<float>() + j0, *bh = b_hh.data_ptr<float>() + j0;
-      const float* hs = hd + j0;
-      float* os = out.data_ptr<float>() + j0;
-      if (projected)
-        step_gates<float, false>(xs, xs + gx, xs + 2 * gx, sx, bx, bp + 3 * stride, bp + 4 * stride, bp + 5 * stride,
-                                 bh, hs, os, B, H, n);
-      else
-        step_gates<float, true>(xs, xs + gx, xs + 2 * gx, sx, bx, bp + 3 * stride, bp + 4 * stride, bp + 5 * stride,
-                                bh, hs, os, B, H, n);
+      unit_gates(xd, projected, bp, stride, b_ih, b_hh, hd, out, B, H, j0, n);
     }
   });
   return out;
