@@ -361,6 +361,24 @@ void unit_gates(const float* xd, bool projected, const float* bp, int64_t stride
                             hs, os, B, H, n);
 }
 
+// One step split by hidden units over `threads`: thread k owns units [k chunk, (k + 1) chunk) and runs
+// products(g, j0, n, x part, h part) for the gates g = r, z, n (each part (B, n)), then those units' gates.
+template <typename Products>
+void step_by_units(const float* xd, const float* hd, bool projected, const at::Tensor& b_ih, const at::Tensor& b_hh,
+                   at::Tensor& out, int64_t B, int64_t H, int64_t threads, int64_t chunk, const Products& products) {
+  auto buf = at::empty({threads, 6, B * chunk}, out.options());  // per thread [x_r, x_z, x_n, h_r, h_z, h_n]
+  at::parallel_for(0, threads, 1, [&](int64_t k0, int64_t k1) {
+    for (int64_t k = k0; k < k1; ++k) {
+      const int64_t j0 = k * chunk, n = std::min(H, j0 + chunk) - j0;
+      if (n <= 0) continue;
+      float* bp = buf.select(0, k).data_ptr<float>();
+      const int64_t stride = B * chunk;
+      for (int64_t g = 0; g < 3; ++g) products(g, j0, n, bp + g * stride, bp + (3 + g) * stride);
+      unit_gates(xd, projected, bp, stride, b_ih, b_hh, hd, out, B, H, j0, n);
+    }
+  });
+}
+
 at::Tensor gru_step(const at::Tensor& x_in, const at::Tensor& h_in, const at::Tensor& w_ih_in,
                     const at::Tensor& w_hh_in, const at::Tensor& b_ih_in, const at::Tensor& b_hh_in, bool projected) {
   TORCH_CHECK(x_in.dim() == 2 && h_in.dim() == 2 && x_in.size(0) == h_in.size(0), "x (B, I) and h (B, H)");
@@ -408,23 +426,14 @@ at::Tensor gru_step(const at::Tensor& x_in, const at::Tensor& h_in, const at::Te
   }
   // float only from here (small_gemm): split by hidden units, the kernel's products, then the gates.
   const int64_t chunk = (H + threads - 1) / threads;
-  // Per thread: up to six (B, chunk) products, [x_r, x_z, x_n, h_r, h_z, h_n].
-  auto buf = at::empty({threads, 6, B * chunk}, h.options());
   const float *xd = x.data_ptr<float>(), *hd = h.data_ptr<float>();
   const float *wi = w_ih.data_ptr<float>(), *wh = w_hh.data_ptr<float>();
-  at::parallel_for(0, threads, 1, [&](int64_t k0, int64_t k1) {
-    for (int64_t k = k0; k < k1; ++k) {
-      const int64_t j0 = k * chunk, n = std::min(H, j0 + chunk) - j0;
-      if (n <= 0) continue;
-      float* bp = buf.select(0, k).data_ptr<float>();
-      const int64_t stride = B * chunk;
-      for (int64_t g = 0; g < 3; ++g) {  // part i (B, n) = a (B, K) times weight rows [g H + j0, + n) transposed
-        if (!projected) ds_native::gemm_nt(xd, I, wi + (g * H + j0) * I, I, bp + g * stride, n, B, n, I);
-        ds_native::gemm_nt(hd, H, wh + (g * H + j0) * H, H, bp + (3 + g) * stride, n, B, n, H);
-      }
-      unit_gates(xd, projected, bp, stride, b_ih, b_hh, hd, out, B, H, j0, n);
-    }
-  });
+  // part (B, n) = a (B, K) times weight rows [g H + j0, + n) transposed
+  step_by_units(xd, hd, projected, b_ih, b_hh, out, B, H, threads, chunk,
+                [&](int64_t g, int64_t j0, int64_t n, float* xpart, float* hpart) {
+                  if (!projected) ds_native::gemm_nt(xd, I, wi + (g * H + j0) * I, I, xpart, n, B, n, I);
+                  ds_native::gemm_nt(hd, H, wh + (g * H + j0) * H, H, hpart, n, B, n, H);
+                });
   return out;
 }
 
@@ -462,23 +471,15 @@ at::Tensor gru_step_packed(const at::Tensor& x_in, const at::Tensor& h_in, const
   auto out = at::empty({B, H}, h.options());
   if (B == 0 || H == 0) return out;
   const auto [threads, chunk] = unit_split(H);
-  auto buf = at::empty({threads, 6, B * chunk}, h.options());
   const float *xd = x.data_ptr<float>(), *hd = h.data_ptr<float>();
   const float *pi = projected ? nullptr : p_ih.data_ptr<float>(), *ph = p_hh.data_ptr<float>();
   const int64_t gi = projected ? 0 : p_ih.size(1), gh = p_hh.size(1);  // floats per packed gate
-  at::parallel_for(0, threads, 1, [&](int64_t k0, int64_t k1) {
-    for (int64_t k = k0; k < k1; ++k) {
-      const int64_t j0 = k * chunk, n = std::min(H, j0 + chunk) - j0;
-      if (n <= 0) continue;
-      float* bp = buf.select(0, k).data_ptr<float>();
-      const int64_t stride = B * chunk;
-      for (int64_t g = 0; g < 3; ++g) {  // part (B, n) = a (B, K) times the packed rows [j0, j0 + n) of gate g
-        if (!projected) ds_native::gemm_packed(xd, I, pi + g * gi + j0 * I, n, I, bp + g * stride, n, B);
-        ds_native::gemm_packed(hd, H, ph + g * gh + j0 * H, n, H, bp + (3 + g) * stride, n, B);
-      }
-      unit_gates(xd, projected, bp, stride, b_ih, b_hh, hd, out, B, H, j0, n);
-    }
-  });
+  // part (B, n) = a (B, K) times the packed rows [j0, j0 + n) of gate g
+  step_by_units(xd, hd, projected, b_ih, b_hh, out, B, H, threads, chunk,
+                [&](int64_t g, int64_t j0, int64_t n, float* xpart, float* hpart) {
+                  if (!projected) ds_native::gemm_packed(xd, I, pi + g * gi + j0 * I, n, I, xpart, n, B);
+                  ds_native::gemm_packed(hd, H, ph + g * gh + j0 * H, n, H, hpart, n, B);
+                });
   return out;
 }
 
