@@ -81,6 +81,9 @@ class TrainConfig:
     log_every_steps: int = 10
     amp: bool = True  # bf16 autocast on CUDA (ignored on CPU)
     threads: int = 0  # torch intra-op threads per process (0 = leave as is)
+    # Fine-tuning: a model directory (an exported model or a run's best/) whose weights, tokenizer and feature
+    # statistics a fresh run starts from (its model config must equal this one); ignored when the run resumes.
+    init_from: str = ""
 
     def __post_init__(self) -> None:
         if self.epochs < 1 or self.max_steps < 0 or self.save_every_steps < 0 or self.log_every_steps < 1:

@@ -143,6 +143,30 @@ def test_checkpoint_directory_is_complete_and_loads_safely(tmp_path: Path, fsdd_
     assert bad.returncode == 2 and "missing tokenizer.json" in bad.stderr
 
 
+def test_fine_tuning_starts_from_a_model_directory(tmp_path: Path, fsdd_small: tuple[Path, Path]) -> None:
+    """init_from: a fresh run starts from another model's weights and refuses a model whose config differs.
+
+    At a learning rate of 1e-30 one AdamW step moves a weight by about 1e-30 (the normalised update is ~1), so the
+    fine-tuned weights equal the initial ones to 1e-20 while the seed's random init is far away.
+    """
+    train, dev = fsdd_small
+    base = run_cli("train", *train_args(train, dev, tmp_path / "base", "max_steps=3"))
+    assert base.returncode == 0, base.stderr
+    frozen = ["optim.lr=1e-30", "optim.schedule=constant", "optim.warmup_steps=0", "max_steps=1"]
+    init = f"init_from={tmp_path / 'base' / 'last'}"
+    ft = run_cli("train", *train_args(train, dev, tmp_path / "ft", init, *frozen))
+    assert ft.returncode == 0, ft.stderr
+    start, after = weights(tmp_path / "base"), weights(tmp_path / "ft")
+    params = [k for k in start if "running_" not in k and "num_batches" not in k]  # batch-norm statistics move
+    assert params
+    for k in params:
+        torch.testing.assert_close(after[k], start[k].float(), atol=1e-20, rtol=0, msg=k)
+    fresh = DeepSpeechInit.state(tmp_path / "ft")
+    assert not all(torch.equal(after[k], fresh[k]) for k in params)  # not the seed's random init
+    bad = run_cli("train", *train_args(train, dev, tmp_path / "bad", init, "model.rnn_hidden=48", "max_steps=1"))
+    assert bad.returncode != 0 and "model config differs" in bad.stderr
+
+
 @pytest.mark.slow
 def test_mandarin_path_overfits_ten_utterances(tmp_path: Path, shared_data: Path) -> None:
     """Proves the Mandarin path learns: a narrowed tiny-zh (2 GRU layers of 128) memorises the 10 shortest

@@ -22,7 +22,15 @@ import torch.distributed as dist
 from safetensors.torch import load_file
 from tqdm import tqdm
 
-from deepspeech.checkpoint import find_checkpoint, load_train_state, save_model_dir, with_vocab
+from deepspeech.checkpoint import (
+    AcousticModel,
+    CheckpointError,
+    find_checkpoint,
+    load_model_dir,
+    load_train_state,
+    save_model_dir,
+    with_vocab,
+)
 from deepspeech.config import OptimConfig, TrainConfig
 from deepspeech.data.dataset import SpeechDataset, select_utterances
 from deepspeech.data.manifest import Utterance, read_manifest
@@ -107,9 +115,11 @@ class _MetricsLog:
 
 
 def _prepare_vocab_and_stats(cfg: TrainConfig, ps: ParallelState, train_utts: list[Utterance],
-                             ckpt: Path | None) -> tuple[CharTokenizer, FeatureStats]:
+                             ckpt: Path | None, init: AcousticModel | None) -> tuple[CharTokenizer, FeatureStats]:
     if ckpt is not None:
         return CharTokenizer.load(ckpt / "tokenizer.json"), FeatureStats.load(ckpt / "feature_stats.json")
+    if init is not None:
+        return init.tokenizer, init.stats
     tokenizer = build_tokenizer(cfg.data.lang, (u.text for u in train_utts), cfg.data.units)
     payload: list[Any] = [None]
     if ps.is_main:
@@ -140,8 +150,12 @@ def train(cfg: TrainConfig, out_dir: str | Path, resume: bool = True, progress: 
     ckpt = find_checkpoint(out / "last") if resume else None
     train_utts = read_manifests(cfg.data.train)
     dev_utts = read_manifests(cfg.data.dev) if cfg.data.dev else []
-    tokenizer, stats = _prepare_vocab_and_stats(cfg, ps, train_utts, ckpt)
+    init = load_model_dir(cfg.init_from) if ckpt is None and cfg.init_from else None
+    tokenizer, stats = _prepare_vocab_and_stats(cfg, ps, train_utts, ckpt, init)
     cfg = with_vocab(cfg, len(tokenizer))
+    if init is not None and init.config.model != cfg.model:
+        raise CheckpointError(f"init_from {cfg.init_from}: its model config differs from this run's "
+                              f"({init.config.model} != {cfg.model})")
     out_frames = lambda n: int(cfg.model.output_lengths(torch.tensor([n]))[0])  # noqa: E731
     train_utts = select_utterances(train_utts, tokenizer, cfg.data.min_duration_s, cfg.data.max_duration_s,
                                    out_frames, cfg.features)
@@ -154,6 +168,9 @@ def train(cfg: TrainConfig, out_dir: str | Path, resume: bool = True, progress: 
     model = DeepSpeech2(cfg.model, stats_group=ps.dp_group).to(device)
     optimizer = make_optimizer(model, cfg.optim)
     state: dict[str, Any] = {"epoch": 0, "batch": 0, "step": 0, "best": None, "audio_s": 0.0}
+    if init is not None:
+        model.load_state_dict(init.model.state_dict())  # stored float16 weights are cast to the model's float32
+        log.info("fine-tuning from %s", cfg.init_from)
     ema = WeightEMA(model, cfg.optim.ema_decay) if cfg.optim.ema_decay else None
     if ckpt is not None:
         model.load_state_dict(load_file(str(ckpt / "model.safetensors"), device=str(device)))
