@@ -112,7 +112,8 @@ def _sentence_noise() -> AugmentConfig:
 def sentences_en() -> TrainConfig:
     """``small`` on about 5 hours of synthetic English sentences (``recipes/sentences_en.sh`` builds
     ``data/sentences_en``: Project Gutenberg text, espeak-ng training voices), with noise synthesis; dev is other
-    training-text sentences in training voices. Four epochs fit about 90 minutes on 2 CPU cores."""
+    training-text sentences in training voices. Four epochs take about 30 minutes on 2 CPU cores; the recipe adds
+    2 resumed epochs and 8 of fine-tuning with VTLP (``init_from``)."""
     base = small("en")
     data = dataclasses.replace(base.data, train="data/sentences_en/train/manifest.jsonl",
                                dev="data/sentences_en/dev/manifest.jsonl", max_duration_s=16.0, max_batch=16)
