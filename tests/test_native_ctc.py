@@ -116,8 +116,11 @@ def test_bad_input_errors() -> None:
 def test_training_loss_curve_native_equals_reference(tmp_path: Path, fsdd_small: tuple[Path, Path]) -> None:
     """50 training steps of a small model with the native CTC and with log-softmax + F.ctc_loss: the same loss curve.
 
-    Tolerance: the two losses and gradients agree to ~1e-7 relative per step (float32 rounding of the softmax);
-    Adam amplifies such differences slowly over 50 steps through a recurrent network, so 1e-3 relative."""
+    Tolerance: the first losses agree to ~1e-7 relative (float32 rounding: the native CTC's softmax and the native
+    GRU's products sum in another order than the BLAS, which on AVX-512 machines differs more from the native AVX2
+    kernels). Each Adam step through the recurrent network amplifies that gap: measured, it stays under 5e-5 for the
+    first 10 steps (checked at 1e-4, where a wrong gradient would already show) and reaches 1e-3..2.4e-3 by steps
+    17-50 (checked at 1e-2: the same learning curve, not a bit-exact one)."""
     from tests.test_training import train_args
 
     train, dev = fsdd_small
@@ -130,5 +133,7 @@ def test_training_loss_curve_native_equals_reference(tmp_path: Path, fsdd_small:
         rows = [json.loads(x) for x in (out / "metrics.jsonl").read_text().splitlines()]
         curves[flag] = [r["loss"] for r in rows if "loss" in r]
     assert len(curves["1"]) == len(curves["0"]) == 50
-    torch.testing.assert_close(torch.tensor(curves["1"]), torch.tensor(curves["0"]), rtol=1e-3, atol=1e-3)
+    native, reference = torch.tensor(curves["1"]), torch.tensor(curves["0"])
+    torch.testing.assert_close(native[:10], reference[:10], rtol=1e-4, atol=0)
+    torch.testing.assert_close(native, reference, rtol=1e-2, atol=0)
     assert curves["1"][-1] < 0.8 * curves["1"][0]  # the model did learn over these steps
