@@ -1,7 +1,7 @@
-"""Training-time augmentation: the waveform pipeline (speed perturbation, Ko et al. Interspeech 2015;
-reverberation; noise superposition of 1..K tracks at a drawn SNR, Deep Speech 1 arXiv 1412.5567 section 4.1;
-gain), and in the feature pipeline vocal tract length perturbation (Jaitly and Hinton, ICML 2013 workshop) and
-SpecAugment masks (Park et al., arXiv 1904.08779, section 2).
+"""Training-time augmentation: the waveform pipeline (time shift by padding with a quiet floor; speed
+perturbation, Ko et al. Interspeech 2015; reverberation; noise superposition of 1..K tracks at a drawn SNR,
+Deep Speech 1 arXiv 1412.5567 section 4.1; gain), and in the feature pipeline vocal tract length perturbation
+(Jaitly and Hinton, ICML 2013 workshop) and SpecAugment masks (Park et al., arXiv 1904.08779, section 2).
 
 The signal processing lives in :mod:`data_synthesis`; this module holds the configuration and the order of
 operations. Every transform is a pure function of its input and a numpy Generator; the dataset seeds the
@@ -17,7 +17,7 @@ import numpy as np
 import soxr
 import torch
 
-from data_synthesis.noise import NOISE_KINDS, NoiseSources, coloured_noise, superimpose
+from data_synthesis.noise import NOISE_KINDS, NoiseSources, coloured_noise, pad_with_floor, superimpose
 from data_synthesis.reverb import ReverbConfig, reverberate
 from deepspeech.audio import SAMPLE_RATE
 
@@ -44,6 +44,11 @@ class AugmentConfig:
     reverb_rt60_s: tuple[float, float] = (0.2, 0.8)
     reverb_drr_db: tuple[float, float] = (0.0, 12.0)
     vtlp: tuple[float, float] = (1.0, 1.0)  # frequency warp factor drawn uniformly (1, 1 = off), see :func:`vtlp`
+    # Time shift: seconds of quiet floor added before and after the speech, each drawn uniformly (0, 0 = off; a
+    # negative draw cuts that much off the edge instead, as a tightly trimmed recording clips an onset), at a
+    # level drawn uniformly in dB relative to the utterance's RMS (data_synthesis.noise.pad_with_floor).
+    pad_s: tuple[float, float] = (0.0, 0.0)
+    pad_floor_db: tuple[float, float] = (-60.0, -30.0)
 
     def __post_init__(self) -> None:
         for name in ("prob", "noise_prob", "reverb_prob"):
@@ -59,6 +64,8 @@ class AugmentConfig:
             raise ValueError("invalid augment.babble_speakers")
         if not 0.5 <= self.vtlp[0] <= self.vtlp[1] <= 2.0:
             raise ValueError("augment.vtlp must be an increasing range within [0.5, 2]")
+        if not -0.5 <= self.pad_s[0] <= self.pad_s[1] <= 10.0 or self.pad_floor_db[0] > self.pad_floor_db[1]:
+            raise ValueError("augment.pad_s must be an increasing range within [-0.5, 10] s; pad_floor_db increasing")
         if self.gain_db[0] > self.gain_db[1] or min(self.freq_masks, self.time_masks) < 0:
             raise ValueError("invalid augment settings")
         self.reverb  # noqa: B018 - validates the reverb ranges
@@ -119,8 +126,14 @@ def spec_augment(feats: torch.Tensor, cfg: AugmentConfig, rng: np.random.Generat
 
 def augment_waveform(wav: np.ndarray, cfg: AugmentConfig, rng: np.random.Generator,
                      sources: NoiseSources | None = None) -> np.ndarray:
-    """speed -> reverberation -> noise superposition -> gain, on a 16 kHz waveform. Without ``sources`` only
-    coloured noise is available. The output never clips: it is rescaled only if its peak would exceed 1."""
+    """padding -> speed -> reverberation -> noise superposition -> gain, on a 16 kHz waveform. Without
+    ``sources`` only coloured noise is available. The output never clips: it is rescaled only if its peak would
+    exceed 1. Padding draws nothing from ``rng`` when it is off, so configurations without it augment as before."""
+    if cfg.pad_s != (0.0, 0.0):
+        lead, trail = (int(round(float(rng.uniform(*cfg.pad_s)) * SAMPLE_RATE)) for _ in range(2))
+        keep = wav[max(0, -lead): wav.size - max(0, -trail)]
+        wav = pad_with_floor(keep if keep.size >= wav.size // 2 else wav, max(0, lead), max(0, trail),
+                             float(rng.uniform(*cfg.pad_floor_db)), rng)
     wav = speed_perturb(wav, float(rng.uniform(*cfg.speed)))
     if rng.random() < cfg.reverb_prob:
         wav = reverberate(wav, cfg.reverb, rng)

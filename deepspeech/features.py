@@ -28,13 +28,18 @@ class FeatureConfig:
     hop_ms: float = 10.0  # frame step (DS2: 10 ms)
     window: str = "hamming"  # window function: hamming or hann
     log_floor: float = 1e-10  # added to the power before the log, so silence is finite
-    utterance_norm: str = "none"  # none | mean | meanvar: per-utterance, per-bin mean (and variance) normalisation
+    # Per-utterance, per-bin normalisation: none | mean | meanvar (mean and variance) | speech_mean (the mean of
+    # the speech frames only: those within speech_range_db of the loudest, so pauses do not move it).
+    utterance_norm: str = "none"
+    speech_range_db: float = 30.0
 
     def __post_init__(self) -> None:
         if self.window not in {"hamming", "hann"}:
             raise ValueError(f"unknown window {self.window!r}")
-        if self.utterance_norm not in {"none", "mean", "meanvar"}:
-            raise ValueError(f"utterance_norm must be none, mean or meanvar, got {self.utterance_norm!r}")
+        if self.utterance_norm not in {"none", "mean", "meanvar", "speech_mean"}:
+            raise ValueError(f"utterance_norm must be none, mean, meanvar or speech_mean, got {self.utterance_norm!r}")
+        if not self.speech_range_db > 0:  # NaN too
+            raise ValueError(f"speech_range_db must be > 0, got {self.speech_range_db}")
         if self.win_length <= 0 or self.hop_length <= 0 or self.hop_length > self.win_length:
             raise ValueError("need 0 < hop <= window")
 
@@ -86,9 +91,20 @@ def extract(samples: np.ndarray | torch.Tensor, cfg: FeatureConfig = FeatureConf
     return utterance_normalize(log_spectrogram(samples, cfg), cfg)
 
 
+def speech_frames(feats: torch.Tensor, range_db: float) -> torch.Tensor:
+    """(T,) bool: the frames of (T, n_bins) log power whose total power is within ``range_db`` of the loudest
+    frame's (an energy voice-activity rule; at least the loudest frame is always selected)."""
+    level_db = torch.logsumexp(feats, dim=1) * (10.0 / math.log(10.0))
+    return level_db >= level_db.max() - range_db
+
+
 def utterance_normalize(feats: torch.Tensor, cfg: FeatureConfig) -> torch.Tensor:
-    """The configured per-utterance normalisation of (T, n_bins) log power: none, mean or mean and variance."""
-    if cfg.utterance_norm != "none":
+    """The configured per-utterance normalisation of (T, n_bins) log power: none, mean, mean and variance, or the
+    mean of the speech frames (cepstral mean subtraction that leading and trailing silence does not shift: a
+    plain mean over a word padded with half a second of room tone is mostly the room's)."""
+    if cfg.utterance_norm == "speech_mean" and feats.shape[0] > 0:
+        return feats - feats[speech_frames(feats, cfg.speech_range_db)].mean(0, keepdim=True)
+    if cfg.utterance_norm in ("mean", "meanvar"):
         feats = feats - feats.mean(0, keepdim=True)
     if cfg.utterance_norm == "meanvar":
         feats = feats / feats.std(0, keepdim=True, correction=0).clamp_min(1e-3)

@@ -65,3 +65,36 @@ def test_vtlp_moves_a_formant_by_the_warp_factor_and_keeps_the_ends() -> None:
     assert vtlp(feats, 1.0) is feats
     with pytest.raises(ValueError):
         AugmentConfig(vtlp=(1.1, 0.9))
+
+
+def test_padding_surrounds_the_speech_with_a_floor_at_the_drawn_level() -> None:
+    from data_synthesis.noise import energy, pad_with_floor
+
+    rng = np.random.default_rng(0)
+    wav = (np.sin(2 * np.pi * 440 * np.arange(8000) / 16000) * 0.3).astype(np.float32)
+    out = pad_with_floor(wav, 1600, 3200, -40.0, rng)
+    assert out.size == 1600 + 8000 + 3200 and np.array_equal(out[1600:9600], wav)  # the speech is untouched
+    floor = np.concatenate([out[:1600], out[9600:]])
+    level = 10 * np.log10(energy(floor) / energy(wav))
+    assert abs(level - -40.0) < 0.5  # 4,800 Gaussian samples: the power estimate's spread is ~0.1 dB
+    assert np.array_equal(pad_with_floor(np.zeros(100, np.float32), 5, 5, -40.0, rng), np.zeros(110, np.float32))
+    with pytest.raises(ValueError):
+        pad_with_floor(wav, -1, 0, -40.0, rng)
+
+
+def test_augmentation_pads_within_the_drawn_range_and_is_off_by_default() -> None:
+    wav = np.random.default_rng(1).standard_normal(8000).astype(np.float32) * 0.1
+    quiet = dict(prob=1.0, speed=(1.0, 1.0), gain_db=(0.0, 0.0))
+    sizes = {augment_waveform(wav, AugmentConfig(**quiet, pad_s=(0.1, 0.3)), np.random.default_rng(s)).size
+             for s in range(20)}
+    assert len(sizes) > 10 and all(8000 + 3200 <= n <= 8000 + 9600 for n in sizes)  # 0.1-0.3 s each side
+    assert augment_waveform(wav, AugmentConfig(**quiet), np.random.default_rng(0)).size == 8000
+    for s in range(20):  # negative draws cut up to 0.05 s (800 samples) off an edge; the rest is the input
+        out = augment_waveform(wav, AugmentConfig(**quiet, pad_s=(-0.05, 0.0)), np.random.default_rng(s))
+        assert 8000 - 1600 <= out.size <= 8000
+        start = int(np.flatnonzero(wav == out[0])[0])
+        assert start <= 800 and np.array_equal(out, wav[start:start + out.size])
+    with pytest.raises(ValueError):
+        AugmentConfig(pad_s=(0.3, 0.1))
+    with pytest.raises(ValueError):
+        AugmentConfig(pad_floor_db=(-30.0, -60.0))

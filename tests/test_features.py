@@ -203,3 +203,27 @@ def test_malformed_stats_file(tmp_path: Path, content: str) -> None:
     path.write_text(content)
     with pytest.raises(ValueError, match="malformed feature statistics"):
         FeatureStats.load(path)
+
+
+def test_speech_mean_is_not_moved_by_leading_and_trailing_silence() -> None:
+    """Cepstral mean subtraction over the speech frames only: padding a word with 0.4 s of room tone 50 dB down
+    leaves its normalised frames equal (to float32 rounding of the same mean), while the plain mean moves them by
+    several nepers. The speech here is a 300 Hz + 1.2 kHz tone pair with an onset and a decay."""
+    from deepspeech.features import extract, speech_frames
+
+    rng = np.random.default_rng(0)
+    t = np.arange(8000) / 16000
+    word = ((np.sin(2 * np.pi * 300 * t) + 0.5 * np.sin(2 * np.pi * 1200 * t)) * np.hanning(8000) * 0.3)
+    floor = lambda n: rng.standard_normal(n) * 0.3 * 10 ** (-50 / 20)  # noqa: E731
+    padded = np.concatenate([floor(6400), word, floor(6400)]).astype(np.float32)
+    lead = 6400 // 160  # whole frames of padding: the word's frames line up in both spectrograms
+    cfg = FeatureConfig(utterance_norm="speech_mean")
+    a, b = extract(word.astype(np.float32), cfg), extract(padded, cfg)
+    assert speech_frames(log_spectrogram(padded), 30.0)[:lead - 1].sum() == 0  # the floor is not speech
+    inner = slice(10, 30)  # frames well inside the word, where both spectrograms read the same samples
+    torch.testing.assert_close(b[lead:][inner], a[inner], atol=1e-4, rtol=0)
+    plain = FeatureConfig(utterance_norm="mean")
+    shift = (extract(padded, plain)[lead:][inner] - extract(word.astype(np.float32), plain)[inner]).abs().mean()
+    assert shift > 1.0
+    with pytest.raises(ValueError):
+        FeatureConfig(utterance_norm="speech_mean", speech_range_db=0.0)
