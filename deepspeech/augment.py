@@ -45,8 +45,9 @@ class AugmentConfig:
     reverb_drr_db: tuple[float, float] = (0.0, 12.0)
     vtlp: tuple[float, float] = (1.0, 1.0)  # frequency warp factor drawn uniformly (1, 1 = off), see :func:`vtlp`
     # Time shift: seconds of quiet floor added before and after the speech, each drawn uniformly (0, 0 = off; a
-    # negative draw cuts that much off the edge instead, as a tightly trimmed recording clips an onset), at a
-    # level drawn uniformly in dB relative to the utterance's RMS (data_synthesis.noise.pad_with_floor).
+    # negative draw cuts that much off the edge instead, as a tightly trimmed recording clips an onset; cuts that
+    # would leave less than half the utterance are skipped), at a level drawn uniformly in dB relative to the
+    # utterance's RMS (data_synthesis.noise.pad_with_floor).
     pad_s: tuple[float, float] = (0.0, 0.0)
     pad_floor_db: tuple[float, float] = (-60.0, -30.0)
 

@@ -17,21 +17,20 @@ dst = sys.argv[1]
 rows = [json.loads(line) for line in open("data/fsdd/train.jsonl")]
 for r in rows:
     r["audio"] = os.path.abspath(os.path.join("data/fsdd", r["audio"]))
-speaker = lambda r: r["speaker"]  # noqa: E731 - written by `deepspeech data prepare fsdd`
-for held in sorted({speaker(r) for r in rows}):
-    for split, keep in (("train", lambda r: speaker(r) != held), ("held", lambda r: speaker(r) == held)):
+for held in sorted({r["speaker"] for r in rows}):  # speakers as `deepspeech data prepare fsdd` wrote them
+    for split, is_held in (("train", False), ("held", True)):
         with open(os.path.join(dst, f"{split}_{held}.jsonl"), "w") as f:
-            f.writelines(json.dumps(r) + "\n" for r in rows if keep(r))
+            f.writelines(json.dumps(r) + "\n" for r in rows if (r["speaker"] == held) == is_held)
 EOF
 results="$out/$name/results.txt"
 mkdir -p "$out/$name"
 : > "$results"
-for held in jackson lucas nicolas; do
+for manifest in "$out"/manifests/held_*.jsonl; do  # one fold per training speaker, as written above
+  held=$(basename "$manifest" .jsonl); held=${held#held_}
   run="$out/$name/$held"
   $ds train --preset digits-en --set "data.train=$out/manifests/train_$held.jsonl,data/tts_digits/manifest.jsonl" \
     "$@" --out "$run" --no-progress
-  echo "$held $($ds eval --model "$run/best" --manifest "$out/manifests/held_$held.jsonl" --format json \
-    --no-progress)" >> "$results"
+  echo "$held $($ds eval --model "$run/best" --manifest "$manifest" --format json --no-progress)" >> "$results"
 done
 .venv/bin/python - "$results" <<'EOF'
 import json, sys

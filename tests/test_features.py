@@ -208,7 +208,7 @@ def test_malformed_stats_file(tmp_path: Path, content: str) -> None:
 def test_speech_mean_is_not_moved_by_leading_and_trailing_silence() -> None:
     """Cepstral mean subtraction over the speech frames only: padding a word with 0.4 s of room tone 50 dB down
     leaves its normalised frames equal (to float32 rounding of the same mean), while the plain mean moves them by
-    several nepers. The speech here is a 300 Hz + 1.2 kHz tone pair with an onset and a decay."""
+    more than one neper on average. The speech here is a 300 Hz + 1.2 kHz tone pair with an onset and a decay."""
     from deepspeech.features import extract, speech_frames
 
     rng = np.random.default_rng(0)
