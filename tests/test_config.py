@@ -5,6 +5,7 @@ from __future__ import annotations
 import dataclasses
 import json
 from collections.abc import Iterator
+from pathlib import Path
 
 import pytest
 import torch
@@ -34,6 +35,15 @@ def test_preset_builds_and_round_trips(name: str) -> None:
     assert all(isinstance(c.kernel, tuple) and isinstance(c.stride, tuple) for c in back.model.convs)
     assert isinstance(back.optim.betas, tuple)
     assert to_dict(back) == to_dict(cfg)
+
+
+@pytest.mark.parametrize("name", ["digits-en", "streaming-en"])
+def test_shipped_model_is_what_its_preset_trains(name: str) -> None:
+    """The model card says ``deepspeech train --preset NAME`` made the shipped model: the preset must still say
+    so. Fields added to the config after the model was trained are absent from its file and take their defaults,
+    which leave training unchanged."""
+    shipped = json.loads((Path(__file__).parents[1] / "models" / name / "config.json").read_text())
+    assert from_dict(TrainConfig, shipped["config"]) == get_preset(name)
 
 
 def test_unknown_preset() -> None:
