@@ -32,6 +32,10 @@ class FeatureConfig:
     # the speech frames only: those within speech_range_db of the loudest, so pauses do not move it).
     utterance_norm: str = "none"
     speech_range_db: float = 30.0
+    # Endpointing (0 = off): cut the leading and trailing frames more than trim_db below the loudest frame,
+    # keeping trim_margin_ms of them, so that recordings cut loosely or tightly around a word look alike.
+    trim_db: float = 0.0
+    trim_margin_ms: float = 20.0
 
     def __post_init__(self) -> None:
         if self.window not in {"hamming", "hann"}:
@@ -40,6 +44,8 @@ class FeatureConfig:
             raise ValueError(f"utterance_norm must be none, mean, meanvar or speech_mean, got {self.utterance_norm!r}")
         if not self.speech_range_db > 0:  # NaN too
             raise ValueError(f"speech_range_db must be > 0, got {self.speech_range_db}")
+        if not (self.trim_db >= 0 and self.trim_margin_ms >= 0):  # NaN too
+            raise ValueError(f"trim_db and trim_margin_ms must be >= 0, got {self.trim_db}, {self.trim_margin_ms}")
         if self.win_length <= 0 or self.hop_length <= 0 or self.hop_length > self.win_length:
             raise ValueError("need 0 < hop <= window")
 
@@ -86,9 +92,26 @@ def log_spectrogram(samples: np.ndarray | torch.Tensor, cfg: FeatureConfig = Fea
 
 
 def extract(samples: np.ndarray | torch.Tensor, cfg: FeatureConfig = FeatureConfig()) -> torch.Tensor:
-    """The model's raw input features: :func:`log_spectrogram`, then the configured per-utterance normalisation.
-    (T, n_bins); global statistics (:class:`FeatureStats`) are applied on top of this."""
-    return utterance_normalize(log_spectrogram(samples, cfg), cfg)
+    """The model's raw input features: :func:`log_spectrogram`, endpointed (:func:`trim_bounds`), then the
+    configured per-utterance normalisation. (T, n_bins); global statistics (:class:`FeatureStats`) are applied on
+    top of this."""
+    feats = log_spectrogram(samples, cfg)
+    start, end = trim_bounds(feats, cfg)
+    return utterance_normalize(feats[start:end], cfg)
+
+
+def trim_bounds(feats: torch.Tensor, cfg: FeatureConfig) -> tuple[int, int]:
+    """[start, end) of the frames of (T, n_bins) log power that endpointing keeps: from the first to the last
+    frame within ``cfg.trim_db`` of the loudest (:func:`speech_frames`), widened by ``cfg.trim_margin_ms`` on each
+    side; (0, T) when ``cfg.trim_db`` is 0. An energy rule, like the trimming of the synthetic corpora
+    (``data_synthesis.tts.trim``): speakers who leave 0.2 s of room tone before a word and speakers who leave
+    none then give the model the same picture."""
+    t = int(feats.shape[0])
+    if cfg.trim_db <= 0 or t == 0:
+        return 0, t
+    loud = torch.nonzero(speech_frames(feats, cfg.trim_db)).flatten()
+    margin = int(round(cfg.trim_margin_ms / cfg.hop_ms))
+    return max(int(loud[0]) - margin, 0), min(int(loud[-1]) + 1 + margin, t)
 
 
 def speech_frames(feats: torch.Tensor, range_db: float) -> torch.Tensor:

@@ -32,7 +32,7 @@ import torch
 from deepspeech.audio import SAMPLE_RATE, AudioError
 from deepspeech.beam import BeamSearchDecoder, Hypothesis, Word, best_hypothesis
 from deepspeech.checkpoint import AcousticModel
-from deepspeech.features import StreamState, stream_log_spectrogram, utterance_normalize
+from deepspeech.features import StreamState, stream_log_spectrogram, trim_bounds, utterance_normalize
 from deepspeech.hanzi import hypothesis_to_characters
 
 log = logging.getLogger(__name__)
@@ -139,10 +139,23 @@ def segment_log_probs(path: str | Path, am: AcousticModel, cc: ChunkConfig, devi
     """(t, V) float32 log-probabilities of each segment of a recording, in order."""
     cfg = am.config.features
     for raw in segment_features(path, am, cc):
-        x = utterance_normalize(raw, cfg)  # each segment normalised on its own, like a training utterance
-        x = am.stats.normalize(x).unsqueeze(0).to(device)
+        start, end = trim_bounds(raw, cfg)  # endpointed and normalised on its own, like a training utterance
+        x = am.stats.normalize(utterance_normalize(raw[start:end], cfg)).unsqueeze(0).to(device)
         logits, lengths = am.model(x, torch.tensor([x.shape[1]], device=device))
-        yield np.ascontiguousarray(torch.log_softmax(logits[0, : int(lengths[0])].float(), -1).cpu().numpy())
+        logp = torch.log_softmax(logits[0, : int(lengths[0])].float(), -1).cpu().numpy()
+        yield np.ascontiguousarray(_pad_blank(logp, am, raw.shape[0], start))
+
+
+def _pad_blank(logp: np.ndarray, am: AcousticModel, frames: int, start: int) -> np.ndarray:
+    """(t, V) log-probabilities of an endpointed segment -> as many output frames as the whole segment, the
+    frames cut off before and after filled with certain blanks, so word frames stay on the recording's time line."""
+    total = int(am.config.model.output_lengths(torch.tensor([frames]))[0])
+    if total <= logp.shape[0]:
+        return logp
+    lead = min(start // am.config.model.time_stride, total - logp.shape[0])
+    blank = np.full((1, logp.shape[1]), -1e4, dtype=np.float32)
+    blank[0, am.tokenizer.blank_id] = 0.0
+    return np.concatenate([np.repeat(blank, lead, 0), logp, np.repeat(blank, total - logp.shape[0] - lead, 0)])
 
 
 def decode_segments(segments: Iterator[np.ndarray], am: AcousticModel, decoder: BeamSearchDecoder | None,

@@ -26,7 +26,7 @@ from deepspeech.audio import SAMPLE_RATE, AudioError, load_audio
 from deepspeech.beam import BeamSearchDecoder, Hypothesis, Word, best_hypothesis
 from deepspeech.checkpoint import AcousticModel
 from deepspeech.data.dataset import collate
-from deepspeech.features import extract
+from deepspeech.features import log_spectrogram, trim_bounds, utterance_normalize
 from deepspeech.hanzi import hypothesis_to_characters
 from deepspeech.longform import ChunkConfig, decode_segments, segment_log_probs, stream_audio
 
@@ -97,7 +97,7 @@ def transcribe_files(am: AcousticModel, paths: Sequence[str | Path], device: tor
     chunk = chunk or ChunkConfig()
     frame_s = frame_seconds(am)
     out: list[Transcript | None] = []
-    pending: list[tuple[int, torch.Tensor]] = []
+    pending: list[tuple[int, torch.Tensor, float]] = []  # (index, features, seconds cut off the start)
     emitted = 0
 
     def emit() -> None:
@@ -110,17 +110,19 @@ def transcribe_files(am: AcousticModel, paths: Sequence[str | Path], device: tor
     def flush() -> None:
         if not pending:
             return
-        items = [(am.stats.normalize(f), torch.zeros(0, dtype=torch.long), "") for _, f in pending]
+        items = [(am.stats.normalize(f), torch.zeros(0, dtype=torch.long), "") for _, f, _ in pending]
         batch = collate(items, 0.0)
         logits, lengths = am.model(batch.feats.to(dev), batch.lengths.to(dev))
         logp_all = torch.log_softmax(logits.float(), dim=-1).cpu().numpy()
-        for b, (k, _) in enumerate(pending):
+        for b, (k, _, cut_s) in enumerate(pending):
             logp = logp_all[b, : int(lengths[b])]
             hyp = best_hypothesis(logp, am.tokenizer, decoder)
             if am.hanzi is not None:  # pinyin model: write characters
                 hyp = hypothesis_to_characters(hyp, am.hanzi)
             t = out_pending[k]
             t.text, t.words = hyp.text, timed_words(hyp.words, logp, frame_s)
+            for w in t.words:  # back on the file's time line when endpointing cut its start
+                w.start, w.end = w.start + cut_s, w.end + cut_s
             out[k] = _finish(t)
         pending.clear()
         emit()
@@ -151,7 +153,10 @@ def transcribe_files(am: AcousticModel, paths: Sequence[str | Path], device: tor
             emit()
             continue
         out_pending[k] = Transcript(str(p), None, None, wav.size / SAMPLE_RATE)
-        pending.append((k, extract(wav, am.config.features)))
+        fcfg = am.config.features
+        raw = log_spectrogram(wav, fcfg)
+        start, end = trim_bounds(raw, fcfg)  # as deepspeech.features.extract, keeping the cut for word times
+        pending.append((k, utterance_normalize(raw[start:end], fcfg), start * fcfg.hop_ms / 1000.0))
         if len(pending) >= max_batch:
             flush()
     flush()

@@ -227,3 +227,28 @@ def test_speech_mean_is_not_moved_by_leading_and_trailing_silence() -> None:
     assert shift > 1.0
     with pytest.raises(ValueError):
         FeatureConfig(utterance_norm="speech_mean", speech_range_db=0.0)
+
+
+def test_endpointing_cuts_loose_recordings_to_the_same_frames_as_tight_ones() -> None:
+    """``features.trim_db``: a word recorded with 0.3 s of room tone (50 dB down) before it and 0.4 s after gives
+    exactly the frames of the same recording cut 20 ms around the word (the margin), so a speaker who leaves long
+    pauses and one who leaves none look alike; off (0 dB), nothing is cut. Both cuts are whole hops, so the two
+    spectrograms read the same samples and are compared exactly."""
+    from deepspeech.features import extract, trim_bounds
+
+    rng = np.random.default_rng(1)
+    t = np.arange(8000) / 16000
+    word = (np.sin(2 * np.pi * 300 * t) + 0.5 * np.sin(2 * np.pi * 1200 * t)) * np.hanning(8000) * 0.3
+    floor = lambda n: rng.standard_normal(n) * 0.3 * 10 ** (-50 / 20)  # noqa: E731
+    loose = np.concatenate([floor(4800), word, floor(6400)]).astype(np.float32)
+    tight = loose[4800 - 320: 4800 + 8000 + 320]  # 20 ms (two hops) of the room tone kept on each side
+    cfg = FeatureConfig(utterance_norm="mean", trim_db=30.0)
+    a, b = log_spectrogram(loose), log_spectrogram(tight)
+    (s1, e1), (s2, e2) = trim_bounds(a, cfg), trim_bounds(b, cfg)
+    assert e1 - s1 == e2 - s2 and s1 - s2 == 28  # 0.28 s = 28 hops more cut from the loose recording
+    assert e1 - s1 < 0.6 * a.shape[0]  # most of the loose recording is room tone
+    torch.testing.assert_close(extract(loose, cfg), extract(tight, cfg), atol=1e-5, rtol=0)
+    assert trim_bounds(a, FeatureConfig()) == (0, a.shape[0])
+    assert extract(np.zeros(0, np.float32), cfg).shape == (1, CFG.n_bins)  # empty input: one padded frame
+    with pytest.raises(ValueError):
+        FeatureConfig(trim_db=-1.0)

@@ -131,3 +131,6 @@ def test_finished_stream_and_unstreamable_models_are_refused() -> None:
     norm = dataclasses.replace(am.config, features=dataclasses.replace(am.config.features, utterance_norm="mean"))
     with pytest.raises(StreamingError, match="per-utterance"):
         StreamingModel(dataclasses.replace(am, config=norm))
+    trim = dataclasses.replace(am.config, features=dataclasses.replace(am.config.features, trim_db=30.0))
+    with pytest.raises(StreamingError, match="endpointing"):
+        StreamingModel(dataclasses.replace(am, config=trim))

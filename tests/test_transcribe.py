@@ -164,3 +164,27 @@ def test_bad_long_input_is_reported(tmp_path: Path) -> None:
     assert rows[0]["error"] and rows[0]["text"] is None and rows[1]["text"]
     res = run_cli("transcribe", str(good), "--model", str(MODEL), "--format", "srt", "--output", "x.srt")
     assert res.returncode != 0 and "--output FILE takes txt or jsonl" in res.stderr
+
+
+def test_endpointing_keeps_word_times_on_the_recording_time_line(am, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    """With ``features.trim_db`` the model reads each utterance (or long-form segment) from its first speech frame,
+    but word times still count from the start of the file: a digit after 0.6 s of silence starts after 0.55 s,
+    and in a segmented recording every word lies where the model without endpointing puts a word (0.1 s slack;
+    the words differ a little, the time line must not)."""
+    import dataclasses
+
+    trimmed = dataclasses.replace(am, config=dataclasses.replace(
+        am.config, features=dataclasses.replace(am.config.features, trim_db=30.0)))
+    four = load_audio(FSDD / "audio" / "4_theo_0.flac")
+    late = tmp_path / "late.wav"
+    sf.write(late, np.concatenate([np.zeros(9600, np.float32), four, np.zeros(4800, np.float32)]), 16_000)
+    (t,) = transcribe_files(trimmed, [late])
+    assert t.text == "four" and t.words[0].start >= 0.55 and t.words[-1].end <= 0.6 + four.size / 16_000 + 0.05
+    rec = tmp_path / "rec.wav"
+    concat_digits(rec, DIGITS, gap_s=0.8)
+    cc = ChunkConfig(min_segment_s=2.0, max_segment_s=4.0)
+    frame_s = am.config.features.hop_ms / 1000 * am.config.model.time_stride
+    times = [[(w.start * frame_s, w.end * frame_s) for w in transcribe_long(rec, m, cc).words] for m in (trimmed, am)]
+    assert len(times[0]) >= 4
+    for a, b in times[0]:
+        assert any(a < e + 0.1 and b > s - 0.1 for s, e in times[1]), (a, b, times[1])
