@@ -95,9 +95,14 @@ def extract(samples: np.ndarray | torch.Tensor, cfg: FeatureConfig = FeatureConf
     """The model's raw input features: :func:`log_spectrogram`, endpointed (:func:`trim_bounds`), then the
     configured per-utterance normalisation. (T, n_bins); global statistics (:class:`FeatureStats`) are applied on
     top of this."""
-    feats = log_spectrogram(samples, cfg)
+    return prepare_utterance(log_spectrogram(samples, cfg), cfg)[0]
+
+
+def prepare_utterance(feats: torch.Tensor, cfg: FeatureConfig) -> tuple[torch.Tensor, int]:
+    """(T, n_bins) log power of one utterance -> (its endpointed, normalised frames, the number of frames
+    endpointing cut from the start: what word times add back to stay on the recording's time line)."""
     start, end = trim_bounds(feats, cfg)
-    return utterance_normalize(feats[start:end], cfg)
+    return utterance_normalize(feats[start:end], cfg), start
 
 
 def trim_bounds(feats: torch.Tensor, cfg: FeatureConfig) -> tuple[int, int]:

@@ -32,7 +32,7 @@ import torch
 from deepspeech.audio import SAMPLE_RATE, AudioError
 from deepspeech.beam import BeamSearchDecoder, Hypothesis, Word, best_hypothesis
 from deepspeech.checkpoint import AcousticModel
-from deepspeech.features import StreamState, stream_log_spectrogram, trim_bounds, utterance_normalize
+from deepspeech.features import StreamState, prepare_utterance, stream_log_spectrogram
 from deepspeech.hanzi import hypothesis_to_characters
 
 log = logging.getLogger(__name__)
@@ -139,8 +139,8 @@ def segment_log_probs(path: str | Path, am: AcousticModel, cc: ChunkConfig, devi
     """(t, V) float32 log-probabilities of each segment of a recording, in order."""
     cfg = am.config.features
     for raw in segment_features(path, am, cc):
-        start, end = trim_bounds(raw, cfg)  # endpointed and normalised on its own, like a training utterance
-        x = am.stats.normalize(utterance_normalize(raw[start:end], cfg)).unsqueeze(0).to(device)
+        x, start = prepare_utterance(raw, cfg)  # endpointed and normalised on its own, like a training utterance
+        x = am.stats.normalize(x).unsqueeze(0).to(device)
         logits, lengths = am.model(x, torch.tensor([x.shape[1]], device=device))
         logp = torch.log_softmax(logits[0, : int(lengths[0])].float(), -1).cpu().numpy()
         yield np.ascontiguousarray(_pad_blank(logp, am, raw.shape[0], start))

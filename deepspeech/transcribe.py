@@ -26,7 +26,7 @@ from deepspeech.audio import SAMPLE_RATE, AudioError, load_audio
 from deepspeech.beam import BeamSearchDecoder, Hypothesis, Word, best_hypothesis
 from deepspeech.checkpoint import AcousticModel
 from deepspeech.data.dataset import collate
-from deepspeech.features import log_spectrogram, trim_bounds, utterance_normalize
+from deepspeech.features import log_spectrogram, prepare_utterance
 from deepspeech.hanzi import hypothesis_to_characters
 from deepspeech.longform import ChunkConfig, decode_segments, segment_log_probs, stream_audio
 
@@ -153,10 +153,8 @@ def transcribe_files(am: AcousticModel, paths: Sequence[str | Path], device: tor
             emit()
             continue
         out_pending[k] = Transcript(str(p), None, None, wav.size / SAMPLE_RATE)
-        fcfg = am.config.features
-        raw = log_spectrogram(wav, fcfg)
-        start, end = trim_bounds(raw, fcfg)  # as deepspeech.features.extract, keeping the cut for word times
-        pending.append((k, utterance_normalize(raw[start:end], fcfg), start * fcfg.hop_ms / 1000.0))
+        feats, cut = prepare_utterance(log_spectrogram(wav, am.config.features), am.config.features)
+        pending.append((k, feats, cut * am.config.features.hop_ms / 1000.0))
         if len(pending) >= max_batch:
             flush()
     flush()

@@ -24,15 +24,15 @@ for held in sorted({r["speaker"] for r in rows}):  # speakers as `deepspeech dat
             f.writelines(json.dumps(r) + "\n" for r in rows if (r["speaker"] == held) == is_held)
 EOF
 # the training list (TRAIN, default the preset's) with FSDD's train manifest swapped for the fold's
-preset_train=${TRAIN:-$(.venv/bin/python -c 'from deepspeech.presets import get_preset; print(get_preset("digits-en").data.train)')}
-[[ $preset_train == *data/fsdd/train.jsonl* ]] || { echo "TRAIN must include data/fsdd/train.jsonl" >&2; exit 2; }
+train_list=${TRAIN:-$(.venv/bin/python -c 'from deepspeech.presets import get_preset; print(get_preset("digits-en").data.train)')}
+[[ $train_list == *data/fsdd/train.jsonl* ]] || { echo "TRAIN must include data/fsdd/train.jsonl" >&2; exit 2; }
 results="$out/$name/results.txt"
 mkdir -p "$out/$name"
 : > "$results"
 for manifest in "$out"/manifests/held_*.jsonl; do  # one fold per training speaker, as written above
   held=$(basename "$manifest" .jsonl); held=${held#held_}
   run="$out/$name/$held"
-  $ds train --preset digits-en --set "data.train=${preset_train/data\/fsdd\/train.jsonl/$out/manifests/train_$held.jsonl}" \
+  $ds train --preset digits-en --set "data.train=${train_list/data\/fsdd\/train.jsonl/$out/manifests/train_$held.jsonl}" \
     "$@" --out "$run" --no-progress
   echo "$held $($ds eval --model "$run/best" --manifest "$manifest" --format json --no-progress)" >> "$results"
 done

@@ -15,7 +15,7 @@ from deepspeech.checkpoint import load_model_dir
 from deepspeech.decoding import greedy_decode_logp
 from deepspeech.features import log_spectrogram, utterance_normalize
 from deepspeech.longform import ChunkConfig, quietest_cut, segment_features, transcribe_long
-from deepspeech.transcribe import TimedWord, cues, render, transcribe_files
+from deepspeech.transcribe import TimedWord, cues, frame_seconds, render, transcribe_files
 from tests.conftest import FSDD, REPO, run_cli
 
 MODEL = REPO / "models" / "digits-en"
@@ -183,7 +183,7 @@ def test_endpointing_keeps_word_times_on_the_recording_time_line(am, tmp_path: P
     rec = tmp_path / "rec.wav"
     concat_digits(rec, DIGITS, gap_s=0.8)
     cc = ChunkConfig(min_segment_s=2.0, max_segment_s=4.0)
-    frame_s = am.config.features.hop_ms / 1000 * am.config.model.time_stride
+    frame_s = frame_seconds(am)
     times = [[(w.start * frame_s, w.end * frame_s) for w in transcribe_long(rec, m, cc).words] for m in (trimmed, am)]
     assert len(times[0]) >= 4
     for a, b in times[0]:
