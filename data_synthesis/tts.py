@@ -8,6 +8,11 @@ synthesis), so their spectra are much closer to human speech. They are named ``f
 (:data:`CMU_VOICES`); espeak's pitch (0-99, 50 = the voice's own) and rate (words per minute, 165 = the voice's
 own) are translated to an F0 target and a duration stretch for them.
 
+Festival's voices for other languages (Czech, Finnish, Italian, Catalan, Russian: :data:`FESTIVAL_VOICES`), also
+recorded from real speakers, speak the English digit words respelled in their own orthography
+(:data:`DIGIT_SPELLINGS`, "six" -> Czech "siks"): English digits with foreign accents, as non-native speakers say
+them. They only speak the ten digit words; the HTS and unit-selection voices ignore the rate.
+
 Each utterance: espeak-ng speaks the text to 22.05 kHz WAV, leading/trailing silence is trimmed, the audio is
 resampled to the target rate (8 kHz matches telephone-band corpora such as FSDD) and scaled to a random peak.
 Everything is a pure function of (texts, seed): the same call writes the same corpus.
@@ -43,6 +48,32 @@ MANDARIN_VOICES = ("cmn-latn-pinyin",)  # speaks numbered pinyin ("ni3 hao3"); t
 # kal16 / ked: US male diphone voices; awb: Scottish male, rms: US male, slt: US female (CMU ARCTIC, clustergen).
 CMU_VOICES = {"flite:kal16": 105.0, "flite:awb": 110.0, "flite:rms": 100.0, "flite:slt": 170.0,
               "festival:ked": 105.0}
+# Festival voices: name -> (Festival's voice, spelling language of DIGIT_SPELLINGS, Debian package).
+FESTIVAL_VOICES = {
+    "festival:ked": ("ked_diphone", "en", "festvox-kdlpc16k"),
+    "festival:kal": ("kal_diphone", "en", "festvox-kallpc16k"),
+    "festival:slt_hts": ("cmu_us_slt_arctic_hts", "en", "festvox-us-slt-hts"),
+    "festival:czech_dita": ("czech_dita", "cs", "festvox-czech-dita"),
+    "festival:czech_krb": ("czech_krb", "cs", "festvox-czech-krb"),
+    "festival:czech_machac": ("czech_machac", "cs", "festvox-czech-machac"),
+    "festival:czech_ph": ("czech_ph", "cs", "festvox-czech-ph"),
+    "festival:fi_lj": ("suo_fi_lj_diphone", "fi", "festvox-suopuhe-lj"),
+    "festival:fi_mv": ("hy_fi_mv_diphone", "fi", "festvox-suopuhe-mv"),
+    "festival:it_lp": ("lp_diphone", "it", "festvox-italp16k"),
+    "festival:it_pc": ("pc_diphone", "it", "festvox-itapc16k"),
+    "festival:ca_ona": ("upc_ca_ona_hts", "ca", "festvox-ca-ona-hts"),
+    "festival:ru_nsh": ("msu_ru_nsh_clunits", "ru", "festvox-ru"),
+}
+ACCENTED_VOICES = tuple(v for v, (_, lang, _) in FESTIVAL_VOICES.items() if lang != "en")
+DIGITS = ("zero", "one", "two", "three", "four", "five", "six", "seven", "eight", "nine")
+# The English digit words as a speaker of each language would write them to read them aloud.
+DIGIT_SPELLINGS = {
+    "cs": ("zírou", "uan", "tú", "trí", "fór", "fajf", "siks", "sevn", "ejt", "najn"),
+    "fi": ("siirou", "van", "tuu", "trii", "foor", "faiv", "siks", "seven", "eit", "nain"),
+    "it": ("ziro", "uan", "tu", "tri", "for", "faiv", "sics", "seven", "eit", "nain"),
+    "ca": ("zírou", "uan", "tu", "trí", "for", "faiv", "sics", "séven", "eit", "nain"),
+    "ru": ("зироу", "уан", "ту", "сри", "фо", "файв", "сикс", "сэвэн", "эйт", "найн"),
+}
 TEST_VARIANT_EVERY = 5
 VOICE_SPLITS = ("all", "train", "test")
 
@@ -53,7 +84,7 @@ class SynthesisError(RuntimeError):
 
 @dataclass(frozen=True)
 class TTSConfig:
-    voices: tuple[str, ...] = ENGLISH_VOICES  # espeak-ng voice names, or CMU_VOICES keys
+    voices: tuple[str, ...] = ENGLISH_VOICES  # espeak-ng voice names, CMU_VOICES or FESTIVAL_VOICES keys
     use_variants: bool = True  # add a random espeak voice variant (+m3, +f2, +croak, ...) to each espeak voice
     pitch: tuple[int, int] = (20, 80)  # espeak-ng -p range (0-99)
     rate: tuple[int, int] = (110, 220)  # espeak-ng -s range, words per minute
@@ -114,19 +145,41 @@ def is_espeak_voice(voice: str) -> bool:
     return ":" not in voice
 
 
+def installed_festival_voices() -> list[str]:
+    """The :data:`FESTIVAL_VOICES` keys whose voice Festival can load (empty without Festival)."""
+    if shutil.which("festival") is None:
+        return []
+    res = subprocess.run(["festival", "--pipe"], input=b"(print (voice.list))", capture_output=True, timeout=60)
+    listed = set(res.stdout.decode(errors="replace").strip().strip("()").split())
+    return [key for key, (voice, _, _) in FESTIVAL_VOICES.items() if voice in listed]
+
+
+def respell(text: str, lang: str) -> str:
+    """English ``text`` as a voice of ``lang`` should read it: unchanged for English, else digit words respelled."""
+    if lang == "en":
+        return text
+    spelled = dict(zip(DIGITS, DIGIT_SPELLINGS[lang], strict=True))
+    words = text.lower().split()
+    if not words or any(w not in spelled for w in words):
+        raise SynthesisError(f"the {lang} voices speak only the digit words {', '.join(DIGITS)}, not {text!r}")
+    return " ".join(spelled[w] for w in words)
+
+
 def cmu_command(text: str, voice: str, pitch: int, rate: int, wav: str) -> list[str]:
     """The flite / Festival command line that speaks ``text`` into ``wav``: F0 target = the voice's own
-    x 2^((pitch - 50) / 60) (pitch 20-80 spans 0.71-1.41x), duration stretch = 165 / rate. Festival's diphone
-    voice takes the stretch only."""
-    if voice not in CMU_VOICES:
-        raise SynthesisError(f"unknown voice {voice!r}; the CMU voices are {', '.join(CMU_VOICES)}")
+    x 2^((pitch - 50) / 60) (pitch 20-80 spans 0.71-1.41x), duration stretch = 165 / rate. Festival's voices
+    take the stretch only (Festival reads the text from standard input)."""
+    if voice not in CMU_VOICES and voice not in FESTIVAL_VOICES:
+        raise SynthesisError(f"unknown voice {voice!r}; the flite and Festival voices are "
+                             f"{', '.join(sorted(set(CMU_VOICES) | set(FESTIVAL_VOICES)))}")
     engine, name = voice.split(":")
     stretch = 165.0 / rate
     if engine == "flite":
         f0 = CMU_VOICES[voice] * 2.0 ** ((pitch - 50) / 60)
         return [_program("flite", "flite"), "-voice", name, "--setf", f"duration_stretch={stretch:.3f}",
                 "--setf", f"int_f0_target_mean={f0:.1f}", "-t", text, "-o", wav]
-    return [_program("text2wave", "festival festvox-kdlpc16k"), "-eval", f"(voice_{name}_diphone)",
+    festival_voice, _, package = FESTIVAL_VOICES[voice]
+    return [_program("text2wave", f"festival {package}"), "-eval", f"(voice_{festival_voice})",
             "-eval", f"(Parameter.set 'Duration_Stretch {stretch:.3f})", "-o", wav]
 
 
@@ -142,10 +195,14 @@ def speak(text: str, voice: str, pitch: int, rate: int) -> tuple[np.ndarray, int
     with tempfile.TemporaryDirectory() as tmp:
         wav = str(Path(tmp) / "out.wav")
         # Festival reads the text from standard input; flite takes it on the command line (-t).
-        res = subprocess.run(cmu_command(text, voice, pitch, rate, wav), input=text.encode(), capture_output=True,
-                             timeout=60)
+        lang = FESTIVAL_VOICES[voice][1] if voice in FESTIVAL_VOICES else "en"
+        res = subprocess.run(cmu_command(text, voice, pitch, rate, wav), input=respell(text, lang).encode(),
+                             capture_output=True, timeout=60)
+        err = res.stderr.decode(errors="replace")
+        if voice in FESTIVAL_VOICES and "unbound variable : voice_" in err:
+            raise SynthesisError(f"{voice} is not installed (Debian: apt-get install {FESTIVAL_VOICES[voice][2]})")
         if res.returncode != 0 or not Path(wav).is_file():
-            raise SynthesisError(f"{voice} failed: {res.stderr.decode(errors='replace')[:200]}")
+            raise SynthesisError(f"{voice} failed (exit status {res.returncode}): {err[:200]}")
         x, sr = sf.read(wav, dtype="float32")
     return x, sr
 
@@ -204,6 +261,8 @@ def synthesize_corpus(texts: Sequence[str], out_dir: str | Path, cfg: TTSConfig 
     rng = np.random.default_rng(seed)
     espeak = any(is_espeak_voice(v) for v in cfg.voices)
     variants = split_variants(list_variants(), cfg.variant_split) if cfg.use_variants and espeak else []
+    for voice in sorted({v for v in cfg.voices if not is_espeak_voice(v)}):
+        speak("one", voice, 50, 165)  # a missing or broken voice fails here, not as warnings per utterance
     jobs = []
     for k, text in enumerate(texts):
         voice = str(rng.choice(cfg.voices))

@@ -209,7 +209,7 @@ def _cmd_synth_tts(args: argparse.Namespace) -> int:
     import dataclasses
 
     from data_synthesis.corpus import to_pinyin
-    from data_synthesis.tts import synthesize_corpus, voice_split
+    from data_synthesis.tts import ACCENTED_VOICES, synthesize_corpus, voice_split
 
     if args.text:
         texts = [t.strip() for t in Path(args.text).read_text(encoding="utf-8").splitlines() if t.strip()]
@@ -220,7 +220,9 @@ def _cmd_synth_tts(args: argparse.Namespace) -> int:
     texts = [t for _ in range(args.repeat) for t in texts]
     cfg = dataclasses.replace(voice_split(args.lang, args.voice_split), sample_rate=args.sample_rate)
     if args.voices:
-        cfg = dataclasses.replace(cfg, voices=tuple(v.strip() for v in args.voices.split(",")))
+        voices = [v.strip() for v in args.voices.split(",") if v.strip()]
+        voices = [a for v in voices for a in (ACCENTED_VOICES if v == "accented" else (v,))]
+        cfg = dataclasses.replace(cfg, voices=tuple(voices))
     utts = synthesize_corpus(texts, args.out, cfg, seed=args.seed, lang=args.lang, progress=not args.no_progress,
                              workers=args.workers, spoken=to_pinyin if args.lang == "zh" else None)
     print(f"{args.out}/manifest.jsonl: {len(utts)} utterances, {sum(u.duration_s for u in utts) / 60:.1f} min")
@@ -335,8 +337,10 @@ def build_parser() -> argparse.ArgumentParser:
     q.add_argument("--words", help="comma-separated texts instead of a file, e.g. zero,one,two")
     q.add_argument("--repeat", type=int, default=1, help="speak every text this many times (new voice each time)")
     q.add_argument("--out", required=True, help="output folder (audio/ and manifest.jsonl)")
-    q.add_argument("--voices", help="comma-separated voices: espeak-ng names, or the CMU voices flite:kal16, "
-                   "flite:awb, flite:rms, flite:slt, festival:ked (default: espeak-ng's English voices)")
+    q.add_argument("--voices", help="comma-separated voices: espeak-ng names, the CMU voices flite:kal16, "
+                   "flite:awb, flite:rms, flite:slt, festival:ked, festival:kal, festival:slt_hts, or Festival's "
+                   "voices of other languages speaking accented English digits (festival:czech_ph, festival:fi_lj, "
+                   "festival:it_pc, ...; 'accented' = all of them) (default: espeak-ng's English voices)")
     q.add_argument("--sample-rate", type=int, default=16000)
     q.add_argument("--lang", default="en", choices=["en", "zh"])
     q.add_argument("--voice-split", choices=["all", "train", "test"], default="all",

@@ -9,7 +9,20 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from data_synthesis.tts import CMU_VOICES, SynthesisError, TTSConfig, cmu_command, synthesize_corpus, trim
+import data_synthesis.tts as tts
+from data_synthesis.tts import (
+    CMU_VOICES,
+    DIGIT_SPELLINGS,
+    DIGITS,
+    FESTIVAL_VOICES,
+    SynthesisError,
+    TTSConfig,
+    cmu_command,
+    installed_festival_voices,
+    respell,
+    synthesize_corpus,
+    trim,
+)
 from deepspeech.audio import load_audio
 from deepspeech.data.manifest import read_manifest
 
@@ -70,3 +83,41 @@ def test_cmu_command_maps_pitch_and_rate() -> None:
     assert "duration_stretch=0.500" in cmd and f"int_f0_target_mean={170 * 2 ** 0.5:.1f}" in cmd
     with pytest.raises(SynthesisError, match="unknown voice"):
         cmu_command("four", "flite:nobody", pitch=50, rate=165, wav="x.wav")
+
+
+def test_respell_gives_each_language_its_spelling_of_the_digits() -> None:
+    assert respell("six two", "en") == "six two"  # English voices read the text as it is
+    assert respell("Six two", "cs") == "siks tú"
+    assert respell("eight", "ru") == "эйт"
+    for lang, spellings in DIGIT_SPELLINGS.items():
+        assert len(spellings) == len(DIGITS) == len(set(spellings)), lang  # one distinct spelling per digit
+    with pytest.raises(SynthesisError, match="only the digit words"):
+        respell("hello", "fi")
+    with pytest.raises(SynthesisError, match="only the digit words"):
+        respell("", "it")
+
+
+def test_accented_voices_speak_every_digit_deterministically(tmp_path: Path) -> None:
+    voices = [v for v in installed_festival_voices() if FESTIVAL_VOICES[v][1] != "en"]
+    if not voices:
+        pytest.skip("no Festival voice of another language is installed")
+    cfg = TTSConfig(voices=tuple(voices), sample_rate=8000, rate=(165, 165))
+    texts = list(DIGITS) * 2  # each digit twice, by random voices
+    a = synthesize_corpus(texts, tmp_path / "a", cfg, seed=2, progress=False)
+    b = synthesize_corpus(texts, tmp_path / "b", cfg, seed=2, progress=False)
+    assert [u.text for u in a] == texts  # nothing skipped at the voice's own rate
+    assert {u.speaker.split("/")[0] for u in a} <= set(voices)
+    for ua, ub in zip(a, b, strict=True):
+        wa = load_audio(ua.audio)
+        assert np.array_equal(wa, load_audio(ub.audio))
+        assert 0.2 < ua.duration_s < 2.0 and np.sqrt(np.mean(wa ** 2)) > 1e-3  # a spoken word, not silence
+
+
+def test_missing_festival_voice_is_a_clear_error(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    if shutil.which("text2wave") is None:
+        pytest.skip("festival is not installed")
+    monkeypatch.setitem(tts.FESTIVAL_VOICES, "festival:nobody", ("nobody_diphone", "cs", "festvox-nobody"))
+    with pytest.raises(SynthesisError, match="not installed.*festvox-nobody"):
+        synthesize_corpus(["six"], tmp_path, TTSConfig(voices=("festival:nobody",)), progress=False)
+    with pytest.raises(SynthesisError, match="unknown voice"):
+        cmu_command("four", "festival:somebody", pitch=50, rate=165, wav="x.wav")
