@@ -165,7 +165,7 @@ def respell(text: str, lang: str) -> str:
     return " ".join(spelled[w] for w in words)
 
 
-def cmu_command(text: str, voice: str, pitch: int, rate: int, wav: str) -> list[str]:
+def voice_command(text: str, voice: str, pitch: int, rate: int, wav: str) -> list[str]:
     """The flite / Festival command line that speaks ``text`` into ``wav``: F0 target = the voice's own
     x 2^((pitch - 50) / 60) (pitch 20-80 spans 0.71-1.41x), duration stretch = 165 / rate. Festival's voices
     take the stretch only (Festival reads the text from standard input)."""
@@ -196,7 +196,7 @@ def speak(text: str, voice: str, pitch: int, rate: int) -> tuple[np.ndarray, int
         wav = str(Path(tmp) / "out.wav")
         # Festival reads the text from standard input; flite takes it on the command line (-t).
         lang = FESTIVAL_VOICES[voice][1] if voice in FESTIVAL_VOICES else "en"
-        res = subprocess.run(cmu_command(text, voice, pitch, rate, wav), input=respell(text, lang).encode(),
+        res = subprocess.run(voice_command(text, voice, pitch, rate, wav), input=respell(text, lang).encode(),
                              capture_output=True, timeout=60)
         err = res.stderr.decode(errors="replace")
         if voice in FESTIVAL_VOICES and "unbound variable : voice_" in err:

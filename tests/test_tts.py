@@ -17,11 +17,11 @@ from data_synthesis.tts import (
     FESTIVAL_VOICES,
     SynthesisError,
     TTSConfig,
-    cmu_command,
     installed_festival_voices,
     respell,
     synthesize_corpus,
     trim,
+    voice_command,
 )
 from deepspeech.audio import load_audio
 from deepspeech.data.manifest import read_manifest
@@ -74,15 +74,15 @@ def test_cmu_voices_are_deterministic_and_follow_pitch_and_rate(tmp_path: Path) 
         assert 1.6 < slow.duration_s / fast.duration_s < 2.4, voice
 
 
-def test_cmu_command_maps_pitch_and_rate() -> None:
+def test_voice_command_maps_pitch_and_rate() -> None:
     if shutil.which("flite") is None:
         pytest.skip("flite is not installed")
-    cmd = cmu_command("four", "flite:slt", pitch=50, rate=165, wav="x.wav")
+    cmd = voice_command("four", "flite:slt", pitch=50, rate=165, wav="x.wav")
     assert "duration_stretch=1.000" in cmd and "int_f0_target_mean=170.0" in cmd
-    cmd = cmu_command("four", "flite:slt", pitch=80, rate=330, wav="x.wav")
+    cmd = voice_command("four", "flite:slt", pitch=80, rate=330, wav="x.wav")
     assert "duration_stretch=0.500" in cmd and f"int_f0_target_mean={170 * 2 ** 0.5:.1f}" in cmd
     with pytest.raises(SynthesisError, match="unknown voice"):
-        cmu_command("four", "flite:nobody", pitch=50, rate=165, wav="x.wav")
+        voice_command("four", "flite:nobody", pitch=50, rate=165, wav="x.wav")
 
 
 def test_respell_gives_each_language_its_spelling_of_the_digits() -> None:
@@ -120,4 +120,4 @@ def test_missing_festival_voice_is_a_clear_error(monkeypatch: pytest.MonkeyPatch
     with pytest.raises(SynthesisError, match="not installed.*festvox-nobody"):
         synthesize_corpus(["six"], tmp_path, TTSConfig(voices=("festival:nobody",)), progress=False)
     with pytest.raises(SynthesisError, match="unknown voice"):
-        cmu_command("four", "festival:somebody", pitch=50, rate=165, wav="x.wav")
+        voice_command("four", "festival:somebody", pitch=50, rate=165, wav="x.wav")
