@@ -44,10 +44,11 @@ ENGLISH_VOICES = ("en-gb", "en-us", "en-gb-scotland", "en-gb-x-gbclan", "en-gb-x
 # Held out of training for the unseen-voice test sets: two accents, and every fifth voice variant (sorted by name).
 ENGLISH_TEST_VOICES = ("en-gb-scotland", "en-us-nyc")
 MANDARIN_VOICES = ("cmn-latn-pinyin",)  # speaks numbered pinyin ("ni3 hao3"); the plain cmn voice is garbled
-# Voices recorded from real speakers: name -> the voice's own mean F0 in Hz (flite's int_f0_target_mean).
-# kal16 / ked: US male diphone voices; awb: Scottish male, rms: US male, slt: US female (CMU ARCTIC, clustergen).
-CMU_VOICES = {"flite:kal16": 105.0, "flite:awb": 110.0, "flite:rms": 100.0, "flite:slt": 170.0,
-              "festival:ked": 105.0}
+# flite's voices, recorded from real speakers: name -> the voice's own mean F0 in Hz (its int_f0_target_mean).
+FLITE_VOICES = {"flite:kal16": 105.0, "flite:awb": 110.0, "flite:rms": 100.0, "flite:slt": 170.0}
+# The CMU voices: kal16 / ked: US male diphone voices; awb: Scottish male, rms: US male, slt: US female (CMU ARCTIC,
+# clustergen).
+CMU_VOICES = (*FLITE_VOICES, "festival:ked")
 # Festival voices: name -> (Festival's voice, spelling language of DIGIT_SPELLINGS, Debian package).
 FESTIVAL_VOICES = {
     "festival:ked": ("ked_diphone", "en", "festvox-kdlpc16k"),
@@ -84,7 +85,7 @@ class SynthesisError(RuntimeError):
 
 @dataclass(frozen=True)
 class TTSConfig:
-    voices: tuple[str, ...] = ENGLISH_VOICES  # espeak-ng voice names, CMU_VOICES or FESTIVAL_VOICES keys
+    voices: tuple[str, ...] = ENGLISH_VOICES  # espeak-ng voice names, FLITE_VOICES or FESTIVAL_VOICES keys
     use_variants: bool = True  # add a random espeak voice variant (+m3, +f2, +croak, ...) to each espeak voice
     pitch: tuple[int, int] = (20, 80)  # espeak-ng -p range (0-99)
     rate: tuple[int, int] = (110, 220)  # espeak-ng -s range, words per minute
@@ -169,13 +170,13 @@ def voice_command(text: str, voice: str, pitch: int, rate: int, wav: str) -> lis
     """The flite / Festival command line that speaks ``text`` into ``wav``: F0 target = the voice's own
     x 2^((pitch - 50) / 60) (pitch 20-80 spans 0.71-1.41x), duration stretch = 165 / rate. Festival's voices
     take the stretch only (Festival reads the text from standard input)."""
-    if voice not in CMU_VOICES and voice not in FESTIVAL_VOICES:
+    if voice not in FLITE_VOICES and voice not in FESTIVAL_VOICES:
         raise SynthesisError(f"unknown voice {voice!r}; the flite and Festival voices are "
-                             f"{', '.join(sorted(set(CMU_VOICES) | set(FESTIVAL_VOICES)))}")
+                             f"{', '.join(sorted([*FLITE_VOICES, *FESTIVAL_VOICES]))}")
     engine, name = voice.split(":")
     stretch = 165.0 / rate
     if engine == "flite":
-        f0 = CMU_VOICES[voice] * 2.0 ** ((pitch - 50) / 60)
+        f0 = FLITE_VOICES[voice] * 2.0 ** ((pitch - 50) / 60)
         return [_program("flite", "flite"), "-voice", name, "--setf", f"duration_stretch={stretch:.3f}",
                 "--setf", f"int_f0_target_mean={f0:.1f}", "-t", text, "-o", wav]
     festival_voice, _, package = FESTIVAL_VOICES[voice]
