@@ -264,6 +264,20 @@ def _cmd_synth_concat(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_synth_voices(args: argparse.Namespace) -> int:
+    from data_synthesis.voice import VoiceConfig, VoiceError, convert_corpus
+    from deepspeech.data.manifest import read_manifest
+
+    utts = [u for m in args.manifest.split(",") for u in read_manifest(m)]
+    cfg = VoiceConfig(f0_scale=args.f0_scale, vtl_scale=args.vtl_scale, sample_rate=args.sample_rate)
+    try:
+        done = convert_corpus(utts, args.out, cfg, copies=args.copies, seed=args.seed, progress=not args.no_progress)
+    except VoiceError as e:
+        raise SystemExit(str(e)) from None
+    print(f"{args.out}/manifest.jsonl: {len(done)} utterances, {sum(u.duration_s for u in done) / 60:.1f} min")
+    return 0
+
+
 def _cmd_synth_sentences(args: argparse.Namespace) -> int:
     from data_synthesis.corpus import CorpusConfig, build_corpus
 
@@ -376,6 +390,19 @@ def build_parser() -> argparse.ArgumentParser:
     q.add_argument("--seed", type=int, default=0)
     _add_common(q)
     q.set_defaults(func=_cmd_synth_concat)
+
+    q = ssub.add_parser("voices", help="new voices from real speakers: WORLD vocoder re-synthesis with F0 and "
+                        "formants scaled independently (pip install 'deepspeech[voice]')")
+    q.add_argument("--manifest", required=True, help="input manifest(s), comma-separated")
+    q.add_argument("--out", required=True, help="output folder (audio/ and manifest.jsonl)")
+    q.add_argument("--copies", type=int, default=1, help="converted copies of each utterance")
+    q.add_argument("--f0-scale", type=_range, default=(0.7, 1.45), help="F0 scale range, 'lo,hi' (log-uniform)")
+    q.add_argument("--vtl-scale", type=_range, default=(0.87, 1.15),
+                   help="formant scale range, 'lo,hi' (log-uniform; > 1 = shorter vocal tract)")
+    q.add_argument("--sample-rate", type=int, default=16000, help="conversion and output rate")
+    q.add_argument("--seed", type=int, default=0)
+    _add_common(q)
+    q.set_defaults(func=_cmd_synth_voices)
 
     q = ssub.add_parser("noise", help="write a noisy / reverberant copy of a corpus (audio + manifest)")
     q.add_argument("--manifest", required=True, help="input manifest (clean speech)")

@@ -4,7 +4,9 @@
 # two plus the synthetic digits, selects its epoch on george as the recipe does, and is scored on the held-out
 # speaker. The test speakers are never touched. Prints one row per fold and the mean.
 # Usage: [TRAIN=manifests] recipes/digits_cv.sh NAME [--set a.b=value ...]   (about 20 minutes on 2 CPU cores)
-# TRAIN replaces the preset's comma-separated training manifests (it must include data/fsdd/train.jsonl).
+# TRAIN replaces the preset's comma-separated training manifests (it must include data/fsdd/train.jsonl). A fold
+# drops the held-out speaker's rows from every training manifest, so data derived from the FSDD train speakers
+# (voice-converted copies keep their speaker names) never leaks the held-out speaker into training.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 [ $# -ge 1 ] || { echo "usage: $0 NAME [--set a.b=value ...]" >&2; exit 2; }
@@ -12,30 +14,44 @@ name=$1; shift
 ds=.venv/bin/deepspeech
 out=${OUT:-runs/digits-cv}
 mkdir -p "$out/manifests"
-.venv/bin/python - "$out/manifests" <<'EOF'
-import json, os, sys
-dst = sys.argv[1]
-rows = [json.loads(line) for line in open("data/fsdd/train.jsonl")]
-for r in rows:
-    r["audio"] = os.path.abspath(os.path.join("data/fsdd", r["audio"]))
-for held in sorted({r["speaker"] for r in rows}):  # speakers as `deepspeech data prepare fsdd` wrote them
-    for split, is_held in (("train", False), ("held", True)):
-        with open(os.path.join(dst, f"{split}_{held}.jsonl"), "w") as f:
-            f.writelines(json.dumps(r) + "\n" for r in rows if (r["speaker"] == held) == is_held)
-EOF
-# the training list (TRAIN, default the preset's) with FSDD's train manifest swapped for the fold's
 train_list=${TRAIN:-$(.venv/bin/python -c 'from deepspeech.presets import get_preset; print(get_preset("digits-en").data.train)')}
 [[ $train_list == *data/fsdd/train.jsonl* ]] || { echo "TRAIN must include data/fsdd/train.jsonl" >&2; exit 2; }
+# held_SPEAKER.jsonl: the speaker's FSDD recordings; folds.txt: one line per fold, the held-out speaker and its
+# comma-separated training manifests (copies without that speaker's rows, audio paths made absolute).
+.venv/bin/python - "$out/manifests" "$train_list" <<'EOF'
+import json, os, sys
+dst, train_list = sys.argv[1], sys.argv[2].split(",")
+def rows_of(path):
+    rows = [json.loads(line) for line in open(path) if line.strip()]
+    for r in rows:
+        r["audio"] = os.path.abspath(os.path.join(os.path.dirname(path), r["audio"]))
+    return rows
+fsdd = rows_of("data/fsdd/train.jsonl")
+with open(os.path.join(dst, "folds.txt"), "w") as folds:
+    for held in sorted({r["speaker"] for r in fsdd}):  # speakers as `deepspeech data prepare fsdd` wrote them
+        with open(os.path.join(dst, f"held_{held}.jsonl"), "w") as f:
+            f.writelines(json.dumps(r) + "\n" for r in fsdd if r["speaker"] == held)
+        fold = []
+        for i, path in enumerate(train_list):
+            rows = rows_of(path)
+            if all(str(r.get("speaker")).split("/")[0] != held for r in rows):
+                fold.append(path)
+                continue
+            name = os.path.join(dst, f"train_{held}_{i}.jsonl")
+            with open(name, "w") as f:
+                f.writelines(json.dumps(r) + "\n" for r in rows if str(r.get("speaker")).split("/")[0] != held)
+            fold.append(name)
+        folds.write(f"{held} {','.join(fold)}\n")
+EOF
 results="$out/$name/results.txt"
 mkdir -p "$out/$name"
 : > "$results"
-for manifest in "$out"/manifests/held_*.jsonl; do  # one fold per training speaker, as written above
-  held=$(basename "$manifest" .jsonl); held=${held#held_}
+while read -r held fold_list; do  # one fold per training speaker, as written above
   run="$out/$name/$held"
-  $ds train --preset digits-en --set "data.train=${train_list/data\/fsdd\/train.jsonl/$out/manifests/train_$held.jsonl}" \
-    "$@" --out "$run" --no-progress
-  echo "$held $($ds eval --model "$run/best" --manifest "$manifest" --format json --no-progress)" >> "$results"
-done
+  $ds train --preset digits-en --set "data.train=$fold_list" "$@" --out "$run" --no-progress </dev/null
+  echo "$held $($ds eval --model "$run/best" --manifest "$out/manifests/held_$held.jsonl" --format json \
+    --no-progress </dev/null)" >> "$results"
+done < "$out/manifests/folds.txt"
 .venv/bin/python - "$results" <<'EOF'
 import json, sys
 wers = []
