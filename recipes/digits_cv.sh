@@ -17,30 +17,25 @@ mkdir -p "$out/manifests"
 train_list=${TRAIN:-$(.venv/bin/python -c 'from deepspeech.presets import get_preset; print(get_preset("digits-en").data.train)')}
 [[ $train_list == *data/fsdd/train.jsonl* ]] || { echo "TRAIN must include data/fsdd/train.jsonl" >&2; exit 2; }
 # held_SPEAKER.jsonl: the speaker's FSDD recordings; folds.txt: one line per fold, the held-out speaker and its
-# comma-separated training manifests (copies without that speaker's rows, audio paths made absolute).
+# comma-separated training manifests (copies without that speaker's rows where it has any).
 .venv/bin/python - "$out/manifests" "$train_list" <<'EOF'
-import json, os, sys
+import os, sys
+from deepspeech.data.manifest import read_manifest, write_manifest
 dst, train_list = sys.argv[1], sys.argv[2].split(",")
-def rows_of(path):
-    rows = [json.loads(line) for line in open(path) if line.strip()]
-    for r in rows:
-        r["audio"] = os.path.abspath(os.path.join(os.path.dirname(path), r["audio"]))
-    return rows
-fsdd = rows_of("data/fsdd/train.jsonl")
+def source(u):  # the recorded speaker: a converted voice "jackson/f0=1.10/vtl=0.95" is jackson's
+    return (u.speaker or "").split("/")[0]
+fsdd = read_manifest("data/fsdd/train.jsonl")
 with open(os.path.join(dst, "folds.txt"), "w") as folds:
-    for held in sorted({r["speaker"] for r in fsdd}):  # speakers as `deepspeech data prepare fsdd` wrote them
-        with open(os.path.join(dst, f"held_{held}.jsonl"), "w") as f:
-            f.writelines(json.dumps(r) + "\n" for r in fsdd if r["speaker"] == held)
+    for held in sorted({u.speaker for u in fsdd}):  # speakers as `deepspeech data prepare fsdd` wrote them
+        write_manifest(os.path.join(dst, f"held_{held}.jsonl"), [u for u in fsdd if u.speaker == held])
         fold = []
         for i, path in enumerate(train_list):
-            rows = rows_of(path)
-            if all(str(r.get("speaker")).split("/")[0] != held for r in rows):
-                fold.append(path)
-                continue
-            name = os.path.join(dst, f"train_{held}_{i}.jsonl")
-            with open(name, "w") as f:
-                f.writelines(json.dumps(r) + "\n" for r in rows if str(r.get("speaker")).split("/")[0] != held)
-            fold.append(name)
+            utts = read_manifest(path)
+            keep = [u for u in utts if source(u) != held]
+            if len(keep) < len(utts):
+                path = os.path.join(dst, f"train_{held}_{i}.jsonl")
+                write_manifest(path, keep)
+            fold.append(path)
         folds.write(f"{held} {','.join(fold)}\n")
 EOF
 results="$out/$name/results.txt"
