@@ -116,7 +116,7 @@ class VoiceConfig:
     # source speaker: roughly the spread of adult male voices around one of them (Peterson and Barney, JASA 1952).
     f0_scale: tuple[float, float] = (0.7, 1.45)
     vtl_scale: tuple[float, float] = (0.87, 1.15)
-    sample_rate: int = SAMPLE_RATE  # analysis, synthesis and output rate (8000 for telephone-band sources)
+    sample_rate: int = SAMPLE_RATE  # input and output rate (8000 for telephone-band sources; WORLD runs at >= 16 kHz)
 
     def __post_init__(self) -> None:
         if not (0.25 <= self.f0_scale[0] <= self.f0_scale[1] <= 4.0 and

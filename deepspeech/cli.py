@@ -399,7 +399,7 @@ def build_parser() -> argparse.ArgumentParser:
     q.add_argument("--f0-scale", type=_range, default=(0.7, 1.45), help="F0 scale range, 'lo,hi' (log-uniform)")
     q.add_argument("--vtl-scale", type=_range, default=(0.87, 1.15),
                    help="formant scale range, 'lo,hi' (log-uniform; > 1 = shorter vocal tract)")
-    q.add_argument("--sample-rate", type=int, default=16000, help="conversion and output rate")
+    q.add_argument("--sample-rate", type=int, default=16000, help="input and output rate")
     q.add_argument("--seed", type=int, default=0)
     _add_common(q)
     q.set_defaults(func=_cmd_synth_voices)
