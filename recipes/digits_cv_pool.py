@@ -129,7 +129,7 @@ def summarise(rows: list[dict[str, object]], configs: list[str]) -> str:
         mine = [by.get((c, s, h)) for s, h in cells]
         done = [w for w in mine if w is not None]
         mean = f"{100 * statistics.mean(done):.1f}% ({len(done)})" if done else "-"
-        paired = [(w, by[(configs[0], s, h)]) for w, (s, h) in zip(mine, cells)
+        paired = [(w, by[(configs[0], s, h)]) for w, (s, h) in zip(mine, cells, strict=True)
                   if w is not None and (configs[0], s, h) in by]
         won = f"{sum(a < b for a, b in paired)}/{len(paired)}" if c != configs[0] else ""
         vals = " | ".join("-" if w is None else f"{100 * w:.1f}" for w in mine)
