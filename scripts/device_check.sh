@@ -153,7 +153,9 @@ for V, T, L in ((29, 400, 100), (5000, 400, 50)):
     lg = gpu_ctc()
     (gg,) = torch.autograd.grad(lg, xg)
     check(f"CTC GPU F.ctc_loss V{V} T{T} loss rel", abs(lg.item() - ref64.item()) / abs(ref64.item()), 1e-4)
-    check(f"CTC GPU F.ctc_loss V{V} T{T} grad", (gg.double().cpu() - g64).abs().max().item(), 1e-4)
+    # PyTorch's own float CUDA path runs its recursions in float: 6e-4 (V29) and 1.7e-3 (V5000) measured on an H200
+    # at T 400. That is its rounding, not a defect here, so it is held to what float log-space sums can give.
+    check(f"CTC GPU F.ctc_loss V{V} T{T} grad", (gg.double().cpu() - g64).abs().max().item(), 1e-2)
     ms_gpu = gpu_ms(lambda: torch.autograd.grad(gpu_ctc(), xg), inner=3)
     line = f"CTC fwd+bwd V{V:>5} T{T} B16: GPU F.ctc_loss {ms_gpu:7.2f} ms"
     if ext["ctc_loss"] is not None:
@@ -172,8 +174,10 @@ if ext["ctc_cuda"] is None:
     failures.append("ctc_cuda build")
     rows.append(("CTC CUDA build", "did not build (see the warning above)", "FAIL"))
 else:
-    for V, T, L, dtype, tol in ((29, 150, 40, torch.float64, 1e-9), (29, 400, 100, torch.float32, 1e-4),
-                                (5000, 400, 50, torch.float32, 1e-4), (5000, 1000, 200, torch.float32, 1e-4)):
+    # float32 storage, double accumulation (as the CPU kernel): only the logits' rounding (6e-8) and the float
+    # softmax write remain, so 1e-5 leaves two orders of magnitude; float accumulation failed it (1e-3 to 1.2e-2).
+    for V, T, L, dtype, tol in ((29, 150, 40, torch.float64, 1e-9), (29, 400, 100, torch.float32, 1e-5),
+                                (5000, 400, 50, torch.float32, 1e-5), (5000, 1000, 200, torch.float32, 1e-5)):
         g = torch.Generator().manual_seed(V + T + L)
         B = 16
         logits = torch.randn(T, B, V, generator=g, dtype=torch.float64)
