@@ -122,6 +122,8 @@ def summarise(rows: list[dict[str, object]], configs: list[str]) -> str:
     wins against the first configuration (lower WER on the same seed and fold)."""
     by = {(r["config"], r["seed"], r["held"]): float(r["wer"]) for r in rows if "wer" in r}
     cells = sorted({(s, h) for _, s, h in by}, key=lambda k: (k[0] is not None, k[0] or 0, k[1]))
+    if not cells:
+        return "no run finished"
     head = " | ".join(f"{'' if s is None else f's{s} '}{h}" for s, h in cells)
     lines = [f"| configuration | {head} | mean | folds won vs {configs[0]} |",
              "|---" * (len(cells) + 3) + "|"]
