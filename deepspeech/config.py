@@ -84,10 +84,16 @@ class TrainConfig:
     # Fine-tuning: a model directory (an exported model or a run's best/) whose weights, tokenizer and feature
     # statistics a fresh run starts from (its model config must equal this one); ignored when the run resumes.
     init_from: str = ""
+    # What best/ holds: "best" = the epoch with the lowest dev error (CER for Mandarin); "last" = the final epoch
+    # (dev is still scored every epoch and reported). Selecting among noisy dev figures favours lucky epochs: on
+    # digits-en's speaker cross-validation the final epoch read the held-out speakers better in 13 of 15 runs.
+    select: str = "best"
 
     def __post_init__(self) -> None:
         if self.epochs < 1 or self.max_steps < 0 or self.save_every_steps < 0 or self.log_every_steps < 1:
             raise ValueError("invalid epochs/steps settings")
+        if self.select not in ("best", "last"):
+            raise ValueError(f"select must be best or last, got {self.select!r}")
 
 
 def to_dict(cfg: Any) -> dict[str, Any]:

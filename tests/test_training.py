@@ -143,6 +143,28 @@ def test_checkpoint_directory_is_complete_and_loads_safely(tmp_path: Path, fsdd_
     assert bad.returncode == 2 and "missing tokenizer.json" in bad.stderr
 
 
+def test_best_model_selection_best_or_last(tmp_path: Path, fsdd_small: tuple[Path, Path]) -> None:
+    """select=best keeps the epoch with the lowest dev WER; select=last keeps the final epoch's weights."""
+    train, dev = fsdd_small
+    for select in ("best", "last"):
+        run = tmp_path / select
+        res = run_cli("train", *train_args(train, dev, run, "epochs=3", "optim.lr=1e-2", f"select={select}"))
+        assert res.returncode == 0, res.stderr
+        epochs = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines() if "dev_wer" in line]
+        assert [e["epoch"] for e in epochs] == [1, 2, 3]
+        kept = json.loads((run / "best" / "metrics.json").read_text())
+        if select == "best":
+            assert kept["dev_wer"] == min(e["dev_wer"] for e in epochs)
+            assert kept["epoch"] == min(epochs, key=lambda e: e["dev_wer"])["epoch"]  # the first of equals
+        else:
+            assert kept["epoch"] == 3
+            best, last = load_file(str(run / "best" / "model.safetensors")), weights(run)
+            for k in last:  # best/ stores float16 weights: the final epoch's, to that precision
+                torch.testing.assert_close(best[k].float(), last[k].float(), atol=1e-2, rtol=1e-3, msg=k)
+    bad = run_cli("train", *train_args(train, dev, tmp_path / "bad", "select=worst"))
+    assert bad.returncode != 0 and "select must be best or last" in bad.stderr
+
+
 def test_fine_tuning_starts_from_a_model_directory(tmp_path: Path, fsdd_small: tuple[Path, Path]) -> None:
     """init_from: a fresh run starts from another model's weights and refuses a model whose config differs.
 

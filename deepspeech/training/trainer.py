@@ -137,7 +137,8 @@ def _rng_state() -> dict[str, torch.Tensor]:
 
 def train(cfg: TrainConfig, out_dir: str | Path, resume: bool = True, progress: bool = True,
           parallel: ParallelState | None = None) -> TrainResult:
-    """Train ``cfg`` into ``out_dir`` (``last/`` resumable checkpoint, ``best/`` best model by dev error)."""
+    """Train ``cfg`` into ``out_dir`` (``last/`` resumable checkpoint, ``best/`` the model ``cfg.select`` keeps: the
+    lowest dev error, or the final epoch)."""
     ps = parallel or init_parallel()
     out = Path(out_dir)
     if ps.is_main:
@@ -270,7 +271,7 @@ def train(cfg: TrainConfig, out_dir: str | Path, resume: bool = True, progress: 
                 counts = ErrorCounts.from_list(all_reduce_sum(torch.tensor(counts.as_list()), ps.dp_group).tolist())
                 record.update({"dev_wer": counts.wer, "dev_cer": counts.cer, "dev_n": counts.n})
                 key = "dev_cer" if cfg.data.lang == "zh" else "dev_wer"
-                if state["best"] is None or record[key] < state["best"][key]:
+                if state["best"] is None or record[key] < state["best"][key] or cfg.select == "last":
                     state["best"] = record
                     if ps.is_main:
                         save_model_dir(out / "best", shipped, tokenizer, stats, cfg,
