@@ -71,14 +71,20 @@ def digits_en() -> TrainConfig:
 
     Noise synthesis is on: 80% of utterances are augmented and half of those (40% in all, DS2's share, arXiv
     1512.02595 section 5.1) get 1-3 superimposed tracks at 0-30 dB SNR, drawn from the shipped training noise
-    clips (``data/noise``), coloured noise and babble of the training corpus."""
+    clips (``data/noise``), coloured noise and babble of the training corpus.
+
+    The final epoch is kept (``select="last"``) and each recurrent layer's output gets dropout 0.3: scored at the
+    final epoch over three seeds, cross-validation read 23.8% with dropout against 26.3% without (6 of 9 folds
+    won); george's pick of the best epoch had read the held-out speakers worse than the final epoch in 13 of 15
+    runs."""
     base = tiny("en")
     data = dataclasses.replace(
         base.data, train="data/fsdd/train.jsonl,data/tts_digits/manifest.jsonl,data/tts_digits_cmu/manifest.jsonl,"
         "data/tts_digits_accented/manifest.jsonl",
         dev="data/fsdd/dev.jsonl", max_frames=6_000, max_batch=32)
     return dataclasses.replace(
-        base, name="digits-en", data=data, epochs=15, save_every_steps=100,
+        base, name="digits-en", data=data, epochs=15, save_every_steps=100, select="last",
+        model=dataclasses.replace(base.model, dropout=0.3),
         features=dataclasses.replace(base.features, utterance_norm="mean"),
         augment=AugmentConfig(prob=0.8, gain_db=(-24.0, 6.0), noise_prob=0.5, noise_snr_db=(0.0, 30.0),
                               noise_tracks=(1, 3), noise_manifest="data/noise/train.jsonl"),

@@ -201,7 +201,7 @@ def main(argv: list[str] | None = None) -> int:
         tmp = results.with_suffix(".tmp")
         tmp.write_text("".join(json.dumps(r) + "\n" for r in rows))
         os.replace(tmp, results)
-    done = {(r["config"], r["seed"], r["held"]) for r in rows if "wer" in r}
+    done = {(r["config"], r["seed"], r["held"]) for r in rows if "wer" in r and r["config"] in configs}
     # Seed-major, then fold, then configuration: a pool stopped part-way leaves complete paired comparisons.
     jobs = [Job(c, configs[c], s, f) for s in seeds for f in folds for c in configs
             if (c, s, f.held) not in done]
