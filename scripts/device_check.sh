@@ -125,14 +125,26 @@ for I, H, name in shapes:
 # Training on the GPU goes through FusedGRU -> torch.gru (cuDNN): gradients flow and equal nn.GRU's.
 from deepspeech.native.gru import FusedGRU  # noqa: E402
 
+import warnings  # noqa: E402
+
 ref = torch.nn.GRU(40, 32, batch_first=True).to(dev)
 ours = FusedGRU(40, 32).to(dev)
 ours.load_state_dict(ref.state_dict())
 x = torch.randn(4, 30, 40, device=dev)
 ref(x)[0].square().sum().backward()
-ours(x)[0].square().sum().backward()
+with warnings.catch_warnings(record=True) as caught:  # cuDNN warns when it must re-pack unflattened weights
+    warnings.simplefilter("always")
+    ours(x)[0].square().sum().backward()
+    with torch.no_grad():
+        ours(x)
 check("FusedGRU train on GPU = nn.GRU grads",
       max((a.grad - b.grad).abs().max().item() for a, b in zip(ours.parameters(), ref.parameters())), 1e-5)
+check("FusedGRU on GPU: weights flattened (no cuDNN re-pack warning)",
+      float(sum("contiguous chunk" in str(w.message) for w in caught)), 0.0)
+ours.native = True  # inference through the fused CUDA forward
+with torch.no_grad():
+    check("FusedGRU native=True inference on GPU = nn.GRU", (ours(x)[0] - ref(x)[0]).abs().max().item(), 1e-5)
+ours.native = None
 
 # CTC: GPU F.ctc_loss and the native CPU kernel against float64 F.ctc_loss on the CPU.
 from deepspeech.native import ctc_loss  # noqa: E402

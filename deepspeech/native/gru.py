@@ -21,7 +21,6 @@ Gates are stacked (r, z, n) along the 3H rows of ``w_ih`` (3H, I) and ``w_hh`` (
 
 from __future__ import annotations
 
-import math
 import weakref
 
 import torch
@@ -181,51 +180,29 @@ def gru_step(x: Tensor, h: Tensor, w_ih: Tensor, w_hh: Tensor, b_ih: Tensor, b_h
         return gru_step_reference(x, h, w_ih, w_hh, b_ih, b_hh, projected)
 
 
-class FusedGRU(nn.Module):
+class FusedGRU(nn.GRU):
     """Drop-in for ``nn.GRU(input_size, hidden_size, batch_first=True)`` (one layer, one direction, with biases).
 
-    Same parameters (``weight_ih_l0`` (3H, I), ``weight_hh_l0`` (3H, H), ``bias_ih_l0``, ``bias_hh_l0`` (3H,)),
-    same initialisation, same call: ``forward(x (B, T, I), hx (1, B, H) | None) -> (out (B, T, H), h_n (1, B, H))``.
-    A ``PackedSequence`` input (ragged streaming batches) takes ``torch.gru``'s packed path, as ``nn.GRU`` does.
+    It is an ``nn.GRU``: same parameters (``weight_ih_l0`` (3H, I), ``weight_hh_l0`` (3H, H), ``bias_ih_l0``,
+    ``bias_hh_l0`` (3H,)), same initialisation, same call: ``forward(x (B, T, I), hx (1, B, H) | None) -> (out
+    (B, T, H), h_n (1, B, H))``. On the CPU it runs :func:`gru_layer` (the fused kernel). On a GPU it runs
+    ``nn.GRU``'s own forward, cuDNN on weights kept in one flattened block (handing cuDNN four separate tensors
+    made it copy them together at every call); ``native=True`` picks the fused CUDA forward for inference instead.
+    A ``PackedSequence`` input (ragged streaming batches) takes ``nn.GRU``'s packed path.
     """
 
     def __init__(self, input_size: int, hidden_size: int, batch_first: bool = True, native: bool | None = None
                  ) -> None:
-        super().__init__()
         if not batch_first:
             raise ValueError("FusedGRU is batch-first only")
-        self.input_size, self.hidden_size, self.native = input_size, hidden_size, native
-        H = hidden_size
-        self.weight_ih_l0 = nn.Parameter(torch.empty(3 * H, input_size))
-        self.weight_hh_l0 = nn.Parameter(torch.empty(3 * H, H))
-        self.bias_ih_l0 = nn.Parameter(torch.empty(3 * H))
-        self.bias_hh_l0 = nn.Parameter(torch.empty(3 * H))
-        self.reset_parameters()
+        super().__init__(input_size, hidden_size, num_layers=1, bias=True, batch_first=True)
+        self.native = native
 
-    def reset_parameters(self) -> None:
-        bound = 1.0 / math.sqrt(self.hidden_size)  # as nn.GRU
-        for p in self.parameters():
-            nn.init.uniform_(p, -bound, bound)
-
-    def forward(self, x: Tensor | PackedSequence, hx: Tensor | None = None) -> tuple[Tensor | PackedSequence, Tensor]:
-        if isinstance(x, PackedSequence):  # ragged batches (streaming sessions): torch.gru's packed path, as nn.GRU
-            return self._forward_packed(x, hx)
+    def forward(self, x: Tensor | PackedSequence, hx: Tensor | None = None  # type: ignore[override]
+                ) -> tuple[Tensor | PackedSequence, Tensor]:
+        if isinstance(x, PackedSequence) or (x.is_cuda and not (self.native and not torch.is_grad_enabled())):
+            return super().forward(x, hx)
         h0 = None if hx is None else hx[0]
         out, hn = gru_layer(x, h0, self.weight_ih_l0, self.weight_hh_l0, self.bias_ih_l0, self.bias_hh_l0,
                             native=self.native)
         return out, hn.unsqueeze(0)
-
-    def _forward_packed(self, x: PackedSequence, hx: Tensor | None) -> tuple[PackedSequence, Tensor]:
-        data, batch_sizes, sorted_idx, unsorted_idx = x
-        if hx is None:
-            hx = data.new_zeros(1, int(batch_sizes[0]), self.hidden_size)
-        elif sorted_idx is not None:
-            hx = hx.index_select(1, sorted_idx)
-        params = [self.weight_ih_l0, self.weight_hh_l0, self.bias_ih_l0, self.bias_hh_l0]
-        out, hn = torch.gru(data, batch_sizes, hx.contiguous(), params, True, 1, 0.0, self.training, False)
-        if unsorted_idx is not None:
-            hn = hn.index_select(1, unsorted_idx)
-        return PackedSequence(out, batch_sizes, sorted_idx, unsorted_idx), hn
-
-    def extra_repr(self) -> str:
-        return f"{self.input_size}, {self.hidden_size}, batch_first=True"
