@@ -30,7 +30,6 @@ import shlex
 import statistics
 import subprocess
 import sys
-import threading
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -56,10 +55,6 @@ class Job:
     args: tuple[str, ...]  # extra `deepspeech train` arguments (--set ...)
     seed: int | None  # None: the preset's seed
     fold: Fold
-
-    @property
-    def key(self) -> tuple[str, int | None, str]:
-        return self.config, self.seed, self.fold.held
 
     def run_dir(self, out: Path) -> Path:
         seed_dir = [] if self.seed is None else [f"s{self.seed}"]
@@ -93,46 +88,47 @@ def make_folds(dst: Path, train_list: list[str]) -> list[Fold]:
     return folds
 
 
+def score(python: str, model: Path, manifest: str, log_path: Path) -> dict[str, object] | str:
+    """``deepspeech eval`` of one model directory on one manifest: its JSON result, or why it failed."""
+    cmd = [python, "-m", "deepspeech.cli", "eval", "--model", str(model), "--manifest", manifest, "--format", "json",
+           "--no-progress"]
+    with open(log_path, "a") as logf:
+        proc = subprocess.run(cmd, cwd=ROOT, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=logf,
+                              text=True)
+    return json.loads(proc.stdout) if proc.returncode == 0 else f"eval exited with {proc.returncode} (see {log_path})"
+
+
 def run_job(job: Job, out: Path, python: str, threads: int) -> dict[str, object]:
     """Train one fold and score its held-out speaker; returns the result row (``error`` set if either failed)."""
     run = job.run_dir(out)
     run.mkdir(parents=True, exist_ok=True)
-    cli = [python, "-m", "deepspeech.cli"]
     seed = [] if job.seed is None else ["--set", f"seed={job.seed}"]
-    train = [*cli, "train", "--preset", "digits-en", "--set", f"data.train={job.fold.train}", *seed,
-             "--set", f"threads={threads}", *job.args, "--out", str(run), "--no-progress"]
+    train = [python, "-m", "deepspeech.cli", "train", "--preset", "digits-en", "--set", f"data.train={job.fold.train}",
+             *seed, "--set", f"threads={threads}", *job.args, "--out", str(run), "--no-progress"]
     row: dict[str, object] = {"config": job.config, "seed": job.seed, "held": job.fold.held,
                               "args": list(job.args)}
     log_path = run.parent / f"{job.fold.held}.log"
-
-    def call(cmd: list[str]) -> str | None:
-        with open(log_path, "a") as logf:
-            proc = subprocess.run(cmd, cwd=ROOT, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=logf,
-                                  text=True)
-        if proc.returncode != 0:
-            row["error"] = f"{' '.join(cmd[3:5])} exited with {proc.returncode} (see {log_path})"
-            return None
-        return proc.stdout
-
-    if call(train) is None:
+    with open(log_path, "a") as logf:
+        proc = subprocess.run(train, cwd=ROOT, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=logf)
+    if proc.returncode != 0:
+        row["error"] = f"train exited with {proc.returncode} (see {log_path})"
         return row
     # best/ is what the run ships (its selection rule); last/ is the final epoch, scored too: on these folds the
     # final epoch read the held-out speakers better than george's pick in 13 of 15 runs (README).
     for name, suffix in (("best", ""), ("last", "_last")):
-        out_json = call([*cli, "eval", "--model", str(run / name), "--manifest", job.fold.held_manifest,
-                         "--format", "json", "--no-progress"])
-        if out_json is None:
+        result = score(python, run / name, job.fold.held_manifest, log_path)
+        if isinstance(result, str):
+            row["error"] = result
             return row
-        result = json.loads(out_json)
         row.update({f"wer{suffix}": result["wer"], f"cer{suffix}": result["cer"]})
     return row
 
 
-def summarise(rows: list[dict[str, object]], configs: list[str], score: str = "wer") -> str:
-    """A Markdown table: per configuration, its held-out WER (``score``: ``wer`` for best/, ``wer_last`` for the
+def summarise(rows: list[dict[str, object]], configs: list[str], key: str = "wer") -> str:
+    """A Markdown table: per configuration, its held-out WER (``key``: ``wer`` for best/, ``wer_last`` for the
     final epoch) per (seed, fold), the mean, and the paired folds it wins against the first configuration (lower
     WER on the same seed and fold)."""
-    by = {(r["config"], r["seed"], r["held"]): float(r[score]) for r in rows if score in r}
+    by = {(r["config"], r["seed"], r["held"]): float(r[key]) for r in rows if key in r}
     cells = sorted({(s, h) for _, s, h in by}, key=lambda k: (k[0] is not None, k[0] or 0, k[1]))
     if not cells:
         return "no run finished"
@@ -190,12 +186,9 @@ def main(argv: list[str] | None = None) -> int:
     stale = [r for r in rows if "wer" in r and "wer_last" not in r and r["config"] in configs]
     for r in stale:  # rows written before last/ was scored: score it now, where the run is still on disk
         held = next(f for f in folds if f.held == r["held"])
-        last = Job(r["config"], (), r["seed"], held).run_dir(out) / "last"
-        proc = subprocess.run([args.python, "-m", "deepspeech.cli", "eval", "--model", str(last), "--manifest",
-                               held.held_manifest, "--format", "json", "--no-progress"], cwd=ROOT,
-                              stdin=subprocess.DEVNULL, capture_output=True, text=True)
-        if proc.returncode == 0:
-            result = json.loads(proc.stdout)
+        run = Job(r["config"], (), r["seed"], held).run_dir(out)
+        result = score(args.python, run / "last", held.held_manifest, run.parent / f"{held.held}.log")
+        if not isinstance(result, str):
             r.update(wer_last=result["wer"], cer_last=result["cer"])
     if stale:
         tmp = results.with_suffix(".tmp")
@@ -206,20 +199,21 @@ def main(argv: list[str] | None = None) -> int:
     jobs = [Job(c, configs[c], s, f) for s in seeds for f in folds for c in configs
             if (c, s, f.held) not in done]
     log.info("%d runs to do (%d done), %d at once, %d threads each", len(jobs), len(done), args.jobs, threads)
-    lock = threading.Lock()
+    failed = False
     with concurrent.futures.ThreadPoolExecutor(args.jobs) as pool:
-        futures = {pool.submit(run_job, j, out, args.python, threads): j for j in jobs}
-        for fut in concurrent.futures.as_completed(futures):
+        futures = [pool.submit(run_job, j, out, args.python, threads) for j in jobs]
+        for fut in concurrent.futures.as_completed(futures):  # rows are written here, by this thread alone
             row = fut.result()
-            with lock, open(results, "a") as f:
+            with open(results, "a") as f:
                 f.write(json.dumps(row) + "\n")
             rows.append(row)
+            failed |= "error" in row
             log.info("%s seed %s held %s: %s", row["config"], row["seed"], row["held"],
                      row.get("error") or f"WER {100 * float(row['wer']):.1f}%")
     mine = [r for r in rows if r["config"] in configs]
     print(f"best/ (the run's selection):\n{summarise(mine, list(configs))}\n")
     print(f"last/ (the final epoch):\n{summarise(mine, list(configs), 'wer_last')}")
-    return 1 if any("error" in r for r in rows if r["config"] in configs) else 0
+    return 1 if failed else 0
 
 
 if __name__ == "__main__":
