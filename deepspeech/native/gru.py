@@ -112,8 +112,9 @@ def gru_layer(x: Tensor, h0: Tensor | None, w_ih: Tensor, w_hh: Tensor, b_ih: Te
     ``native``: None = the fused CPU kernel when it loads and x is on the CPU, else ``torch.gru``; False =
     ``torch.gru``; True on a GPU, without gradients: the fused CUDA forward when that extension loads. A GPU
     defaults to cuDNN because it was faster: ``scripts/device_check.sh`` on an H200 timed the fused forward at
-    0.24-0.29x cuDNN's speed for ``tiny`` and 0.55-1.16x for the larger presets (the fused single step, which
-    streaming uses, is 1.2-1.8x faster than ``GRUCell`` and stays the default there).
+    0.24-0.33x cuDNN's speed for ``tiny`` and 0.55-1.16x for the larger presets over two runs (the fused single
+    step, which streaming uses, was faster than ``GRUCell`` at 9 of 12 shapes and stays the default there;
+    ``bench/README.md`` has the table).
     """
     B, T, H = x.shape[0], x.shape[1], w_hh.shape[1]
     training = torch.is_grad_enabled() and _needs_grad(x, h0, w_ih, w_hh, b_ih, b_hh)
