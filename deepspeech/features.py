@@ -28,8 +28,9 @@ class FeatureConfig:
     hop_ms: float = 10.0  # frame step (DS2: 10 ms)
     window: str = "hamming"  # window function: hamming or hann
     log_floor: float = 1e-10  # added to the power before the log, so silence is finite
-    # Per-utterance, per-bin normalisation: none | mean | meanvar (mean and variance) | speech_mean (the mean of
-    # the speech frames only: those within speech_range_db of the loudest, so pauses do not move it).
+    # Per-utterance normalisation: none | mean | meanvar (per-bin mean and variance) | speech_mean (the per-bin mean
+    # of the speech frames only: those within speech_range_db of the loudest, so pauses do not move it) | level
+    # (one scalar, the mean over frames and bins: the recording's gain goes, its spectral shape stays).
     utterance_norm: str = "none"
     speech_range_db: float = 30.0
     # Endpointing (0 = off): cut the leading and trailing frames more than trim_db below the loudest frame,
@@ -45,8 +46,9 @@ class FeatureConfig:
     def __post_init__(self) -> None:
         if self.window not in {"hamming", "hann"}:
             raise ValueError(f"unknown window {self.window!r}")
-        if self.utterance_norm not in {"none", "mean", "meanvar", "speech_mean"}:
-            raise ValueError(f"utterance_norm must be none, mean, meanvar or speech_mean, got {self.utterance_norm!r}")
+        if self.utterance_norm not in {"none", "mean", "meanvar", "speech_mean", "level"}:
+            raise ValueError("utterance_norm must be none, mean, meanvar, speech_mean or level, "
+                             f"got {self.utterance_norm!r}")
         if not self.speech_range_db > 0:  # NaN too
             raise ValueError(f"speech_range_db must be > 0, got {self.speech_range_db}")
         if not (self.trim_db >= 0 and self.trim_margin_ms >= 0):  # NaN too
@@ -149,9 +151,16 @@ def speech_frames(feats: torch.Tensor, range_db: float) -> torch.Tensor:
 
 
 def utterance_normalize(feats: torch.Tensor, cfg: FeatureConfig) -> torch.Tensor:
-    """The configured per-utterance normalisation of (T, n_bins) log power: none, mean, mean and variance, or the
+    """The configured per-utterance normalisation of (T, n_bins) log power: none, mean, mean and variance, the
     mean of the speech frames (cepstral mean subtraction that leading and trailing silence does not shift: a
-    plain mean over a word padded with half a second of room tone is mostly the room's)."""
+    plain mean over a word padded with half a second of room tone is mostly the room's), or level.
+
+    Per-bin means remove the recording channel's spectral colouring, but over a single short word they also remove
+    much of the word's own average spectrum ("six" is mostly frication). ``level`` subtracts one number, the mean
+    over frames of each frame's log total power, so a gain change (which adds the same constant to every bin) goes
+    and the spectral shape stays."""
+    if cfg.utterance_norm == "level" and feats.shape[0] > 0:
+        return feats - torch.logsumexp(feats, dim=1).mean()
     if cfg.utterance_norm == "speech_mean" and feats.shape[0] > 0:
         return feats - feats[speech_frames(feats, cfg.speech_range_db)].mean(0, keepdim=True)
     if cfg.utterance_norm in ("mean", "meanvar"):

@@ -229,6 +229,31 @@ def test_speech_mean_is_not_moved_by_leading_and_trailing_silence() -> None:
         FeatureConfig(utterance_norm="speech_mean", speech_range_db=0.0)
 
 
+def test_level_normalisation_removes_gain_and_keeps_spectral_shape() -> None:
+    """``utterance_norm="level"``: 12 dB of gain changes nothing (the log power of every bin moves by the same
+    ln(10^1.2) = 2.76 nats, and so does the subtracted frame level), while a word's average spectrum survives:
+    a low and a high vowel-like sound keep different per-bin means, which per-bin mean normalisation sets to 0."""
+    from deepspeech.features import extract
+
+    t = np.arange(8000) / 16000
+    room = np.random.default_rng(0).standard_normal(8000) * 0.1 * 10 ** (-30 / 20)  # every bin holds some power
+    low = (np.sin(2 * np.pi * 300 * t) * np.hanning(8000) * 0.1 + room).astype(np.float32)
+    high = (np.sin(2 * np.pi * 3000 * t) * np.hanning(8000) * 0.1 + room).astype(np.float32)
+    cfg = FeatureConfig(utterance_norm="level")
+    # Tolerance: the log floor (1e-10) is added to the power before the log, so the quietest bins (room tone 30 dB
+    # down, about 1e-3 per bin, dipping lower where its random spectrum does) move by slightly less than the gain;
+    # 1e-2 nats is far below the 2.76 nats the gain would otherwise add.
+    torch.testing.assert_close(extract(low * 10 ** (12 / 20), cfg), extract(low, cfg), atol=1e-2, rtol=0)
+    assert extract(low, cfg).abs().mean() > 1.0  # not all removed: the level is one number, not a per-bin mean
+    bins = lambda f: extract(f, cfg).mean(0)  # noqa: E731
+    k300, k3000 = 300 // 50, 3000 // 50  # 50 Hz per bin at 16 kHz with 161 bins
+    assert bins(low)[k300] - bins(high)[k300] > 5.0 and bins(high)[k3000] - bins(low)[k3000] > 5.0
+    per_bin = FeatureConfig(utterance_norm="mean")
+    assert extract(low, per_bin).mean(0).abs().max() < 1e-4  # per-bin means: every word's average spectrum is 0
+    with pytest.raises(ValueError, match="level"):
+        FeatureConfig(utterance_norm="levels")
+
+
 def test_endpointing_cuts_loose_recordings_to_the_same_frames_as_tight_ones() -> None:
     """``features.trim_db``: a word recorded with 0.3 s of room tone (50 dB down) before it and 0.4 s after gives
     exactly the frames of the same recording cut 20 ms around the word (the margin), so a speaker who leaves long
