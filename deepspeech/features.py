@@ -30,7 +30,7 @@ class FeatureConfig:
     log_floor: float = 1e-10  # added to the power before the log, so silence is finite
     # Per-utterance normalisation: none | mean | meanvar (per-bin mean and variance) | speech_mean (the per-bin mean
     # of the speech frames only: those within speech_range_db of the loudest, so pauses do not move it) | level
-    # (one scalar, the mean over frames and bins: the recording's gain goes, its spectral shape stays).
+    # (one scalar, the mean over frames of each frame's log total power: gain goes, spectral shape stays).
     utterance_norm: str = "none"
     speech_range_db: float = 30.0
     # Endpointing (0 = off): cut the leading and trailing frames more than trim_db below the loudest frame,

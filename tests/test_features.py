@@ -232,7 +232,7 @@ def test_speech_mean_is_not_moved_by_leading_and_trailing_silence() -> None:
 def test_level_normalisation_removes_gain_and_keeps_spectral_shape() -> None:
     """``utterance_norm="level"``: 12 dB of gain changes nothing (the log power of every bin moves by the same
     ln(10^1.2) = 2.76 nats, and so does the subtracted frame level), while a word's average spectrum survives:
-    a low and a high vowel-like sound keep different per-bin means, which per-bin mean normalisation sets to 0."""
+    a low and a high tone keep different per-bin means, which per-bin mean normalisation sets to 0."""
     from deepspeech.features import extract
 
     t = np.arange(8000) / 16000

@@ -130,11 +130,10 @@ class SpeechDataset:
                 wav = augment_waveform(wav, self.augment, rng, self.noise)
             else:
                 rng = None
+        raw = log_spectrogram(wav, self.fcfg)
         if rng is not None and self.augment is not None and self.augment.eq_db > 0:  # draws nothing when off
-            raw = log_spectrogram(wav, self.fcfg)
-            feats = prepare_utterance(raw + random_eq(raw.shape[1], self.augment.eq_db, rng), self.fcfg)[0]
-        else:
-            feats = extract(wav, self.fcfg)
+            raw = raw + random_eq(raw.shape[1], self.augment.eq_db, rng)
+        feats = prepare_utterance(raw, self.fcfg)[0]  # what features.extract does, with the colouring in between
         if rng is not None and self.augment is not None and self.augment.vtlp != (1.0, 1.0):
             feats = vtlp(feats, float(rng.uniform(*self.augment.vtlp)))
         if self.stats is not None:
