@@ -13,6 +13,9 @@ recorded from real speakers, speak the English digit words respelled in their ow
 (:data:`DIGIT_SPELLINGS`, "six" -> Czech "siks"): English digits with foreign accents, as non-native speakers say
 them. They only speak the ten digit words; the HTS and unit-selection voices ignore the rate.
 
+SVOX Pico (``pico:en-US``, ``pico:en-GB``, ``pico:de-DE``, ...: :data:`PICO_VOICES`; the ``ttspico`` package)
+adds six more real speakers: two English HMM voices, and four that read respelled digits like the Festival ones.
+
 Each utterance: espeak-ng speaks the text to 22.05 kHz WAV, leading/trailing silence is trimmed, the audio is
 resampled to the target rate (8 kHz matches telephone-band corpora such as FSDD) and scaled to a random peak.
 Everything is a pure function of (texts, seed): the same call writes the same corpus.
@@ -66,6 +69,11 @@ FESTIVAL_VOICES = {
     "festival:ru_nsh": ("msu_ru_nsh_clunits", "ru", "festvox-ru"),
 }
 ACCENTED_VOICES = tuple(v for v, (_, lang, _) in FESTIVAL_VOICES.items() if lang != "en")
+# SVOX Pico's voices (the ``ttspico`` package from PyPI, Apache-2.0: the Android engine with its six HMM voices,
+# each trained on one real speaker's recordings): name -> spelling language of DIGIT_SPELLINGS. The German,
+# Spanish, French and Italian voices speak respelled English digits, as the accented Festival voices do.
+PICO_VOICES = {"pico:en-US": "en", "pico:en-GB": "en", "pico:de-DE": "de", "pico:es-ES": "es", "pico:fr-FR": "fr",
+               "pico:it-IT": "it"}
 DIGITS = ("zero", "one", "two", "three", "four", "five", "six", "seven", "eight", "nine")
 # The English digit words as a speaker of each language would write them to read them aloud.
 DIGIT_SPELLINGS = {
@@ -74,6 +82,9 @@ DIGIT_SPELLINGS = {
     "it": ("ziro", "uan", "tu", "tri", "for", "faiv", "sics", "seven", "eit", "nain"),
     "ca": ("zírou", "uan", "tu", "trí", "for", "faiv", "sics", "séven", "eit", "nain"),
     "ru": ("зироу", "уан", "ту", "сри", "фо", "файв", "сикс", "сэвэн", "эйт", "найн"),
+    "de": ("sierou", "uann", "tuh", "sri", "fohr", "faif", "sicks", "sewen", "ejt", "nain"),
+    "es": ("síro", "uan", "tu", "tri", "for", "faif", "sics", "séven", "éit", "náin"),
+    "fr": ("zirô", "ouane", "tou", "sri", "fore", "faïve", "sikse", "sévène", "eyte", "naïne"),
 }
 TEST_VARIANT_EVERY = 5
 VOICE_SPLITS = ("all", "train", "test")
@@ -171,8 +182,8 @@ def voice_command(text: str, voice: str, pitch: int, rate: int, wav: str) -> lis
     x 2^((pitch - 50) / 60) (pitch 20-80 spans 0.71-1.41x), duration stretch = 165 / rate. Festival's voices
     take the stretch only (Festival reads the text from standard input)."""
     if voice not in FLITE_VOICES and voice not in FESTIVAL_VOICES:
-        raise SynthesisError(f"unknown voice {voice!r}; the flite and Festival voices are "
-                             f"{', '.join(sorted([*FLITE_VOICES, *FESTIVAL_VOICES]))}")
+        raise SynthesisError(f"unknown voice {voice!r}; the flite, Festival and pico voices are "
+                             f"{', '.join(sorted([*FLITE_VOICES, *FESTIVAL_VOICES, *PICO_VOICES]))}")
     engine, name = voice.split(":")
     stretch = 165.0 / rate
     if engine == "flite":
@@ -184,8 +195,34 @@ def voice_command(text: str, voice: str, pitch: int, rate: int, wav: str) -> lis
             "-eval", f"(Parameter.set 'Duration_Stretch {stretch:.3f})", "-o", wav]
 
 
+def pico_speak(text: str, voice: str, pitch: int, rate: int) -> tuple[np.ndarray, int]:
+    """One of :data:`PICO_VOICES` speaks ``text`` (respelled for its language) -> (float32 samples, 16000).
+
+    Pico takes pitch and speed as percentages of the voice's own: pitch = 100 x 2^((pitch - 50) / 60), the F0
+    factor the flite voices get, and speed = 100 x rate / 165. Each call loads a fresh engine (about 1 ms): an
+    engine's output depends on what it spoke before, so a reused one would not be deterministic."""
+    if voice not in PICO_VOICES:
+        raise SynthesisError(f"unknown voice {voice!r}; the pico voices are {', '.join(PICO_VOICES)}")
+    try:
+        import ttspico
+    except ImportError as e:
+        raise SynthesisError("the pico voices need the ttspico package: pip install 'deepspeech[synth]'") from e
+    try:
+        engine = ttspico.TtsEngine(voice.split(":")[1])
+    except RuntimeError as e:
+        raise SynthesisError(f"{voice}: {e}") from e
+    engine.set_property("pitch", round(100 * 2.0 ** ((pitch - 50) / 60)))
+    engine.set_property("rate", round(100 * rate / 165))
+    pcm = engine.speak(respell(text, PICO_VOICES[voice]))
+    if not pcm:
+        raise SynthesisError(f"{voice} gave no audio for {text!r}")
+    return np.frombuffer(pcm, dtype="<i2").astype(np.float32) / 32768.0, 16_000
+
+
 def speak(text: str, voice: str, pitch: int, rate: int) -> tuple[np.ndarray, int]:
-    """espeak-ng, flite or Festival -> (samples float32, sample rate)."""
+    """espeak-ng, flite, Festival or SVOX Pico -> (samples float32, sample rate)."""
+    if voice.startswith("pico:"):
+        return pico_speak(text, voice, pitch, rate)
     if is_espeak_voice(voice):
         res = subprocess.run([_espeak(), "-v", voice, "-p", str(pitch), "-s", str(rate), "--stdout", text],
                              capture_output=True, timeout=60)

@@ -209,7 +209,7 @@ def _cmd_synth_tts(args: argparse.Namespace) -> int:
     import dataclasses
 
     from data_synthesis.corpus import to_pinyin
-    from data_synthesis.tts import ACCENTED_VOICES, synthesize_corpus, voice_split
+    from data_synthesis.tts import ACCENTED_VOICES, PICO_VOICES, synthesize_corpus, voice_split
 
     if args.text:
         texts = [t.strip() for t in Path(args.text).read_text(encoding="utf-8").splitlines() if t.strip()]
@@ -221,7 +221,8 @@ def _cmd_synth_tts(args: argparse.Namespace) -> int:
     cfg = dataclasses.replace(voice_split(args.lang, args.voice_split), sample_rate=args.sample_rate)
     if args.voices:
         voices = [v.strip() for v in args.voices.split(",") if v.strip()]
-        voices = [a for v in voices for a in (ACCENTED_VOICES if v == "accented" else (v,))]
+        aliases = {"accented": ACCENTED_VOICES, "pico": tuple(PICO_VOICES)}
+        voices = [a for v in voices for a in aliases.get(v, (v,))]
         cfg = dataclasses.replace(cfg, voices=tuple(voices))
     utts = synthesize_corpus(texts, args.out, cfg, seed=args.seed, lang=args.lang, progress=not args.no_progress,
                              workers=args.workers, spoken=to_pinyin if args.lang == "zh" else None)
@@ -354,7 +355,9 @@ def build_parser() -> argparse.ArgumentParser:
     q.add_argument("--voices", help="comma-separated voices: espeak-ng names, the CMU voices flite:kal16, "
                    "flite:awb, flite:rms, flite:slt, festival:ked, festival:kal, festival:slt_hts, or Festival's "
                    "voices of other languages speaking accented English digits (festival:czech_ph, festival:fi_lj, "
-                   "festival:it_pc, ...; 'accented' = all of them) (default: espeak-ng's English voices)")
+                   "festival:it_pc, ...; 'accented' = all of them), or SVOX Pico's (pico:en-US, pico:en-GB, "
+                   "pico:de-DE, pico:es-ES, pico:fr-FR, pico:it-IT; 'pico' = all six) (default: espeak-ng's English "
+                   "voices)")
     q.add_argument("--sample-rate", type=int, default=16000)
     q.add_argument("--lang", default="en", choices=["en", "zh"])
     q.add_argument("--voice-split", choices=["all", "train", "test"], default="all",

@@ -1,9 +1,11 @@
-"""The speech corpus generator: espeak-ng, flite and Festival voices (each test skips where its synthesiser is not
-installed; CI installs them all)."""
+"""The speech corpus generator: espeak-ng, flite, Festival and SVOX Pico voices (each test skips where its
+synthesiser is not installed; CI installs them all)."""
 
 from __future__ import annotations
 
+import importlib.util
 import shutil
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -15,9 +17,11 @@ from data_synthesis.tts import (
     DIGIT_SPELLINGS,
     DIGITS,
     FESTIVAL_VOICES,
+    PICO_VOICES,
     SynthesisError,
     TTSConfig,
     installed_festival_voices,
+    pico_speak,
     respell,
     synthesize_corpus,
     trim,
@@ -121,3 +125,43 @@ def test_missing_festival_voice_is_a_clear_error(monkeypatch: pytest.MonkeyPatch
         synthesize_corpus(["six"], tmp_path, TTSConfig(voices=("festival:nobody",)), progress=False)
     with pytest.raises(SynthesisError, match="unknown voice"):
         voice_command("four", "festival:somebody", pitch=50, rate=165, wav="x.wav")
+
+
+needs_pico = pytest.mark.skipif(importlib.util.find_spec("ttspico") is None, reason="ttspico is not installed")
+
+
+@needs_pico
+def test_pico_voices_speak_every_digit_and_follow_pitch_and_rate(tmp_path: Path) -> None:
+    cfg = TTSConfig(voices=tuple(PICO_VOICES), sample_rate=8000)
+    texts = list(DIGITS) * 2
+    a = synthesize_corpus(texts, tmp_path / "a", cfg, seed=4, progress=False)
+    b = synthesize_corpus(texts, tmp_path / "b", cfg, seed=4, progress=False)
+    assert [u.text for u in a] == texts and {u.speaker.split("/")[0] for u in a} <= set(PICO_VOICES)
+    for ua, ub in zip(a, b, strict=True):
+        wa = load_audio(ua.audio)
+        assert np.array_equal(wa, load_audio(ub.audio))
+        # a spoken word, not silence (the French voice says "tou" in 0.1 s at 133% speed)
+        assert 0.08 < ua.duration_s < 2.0 and np.sqrt(np.mean(wa ** 2)) > 1e-3
+    again, _ = pico_speak("zero", "pico:fr-FR", pitch=77, rate=207)  # a second call speaks exactly as the first
+    assert np.array_equal(again, pico_speak("zero", "pico:fr-FR", pitch=77, rate=207)[0])
+    slow, _ = pico_speak("seven", "pico:en-US", pitch=50, rate=110)
+    fast, _ = pico_speak("seven", "pico:en-US", pitch=50, rate=220)
+    assert slow.size > 1.5 * fast.size  # speed 67% against 133% of the voice's own
+
+    def f0(x: np.ndarray, sr: int = 16_000) -> float:  # autocorrelation peak over 60-400 Hz of the loudest 100 ms
+        k = int(np.argmax(np.convolve(x ** 2, np.ones(1600), "valid")))
+        seg = x[k:k + 1600] - x[k:k + 1600].mean()
+        ac = np.correlate(seg, seg, "full")[seg.size - 1:]
+        lag = np.arange(sr // 400, sr // 60)
+        return sr / lag[np.argmax(ac[lag])]
+
+    low, high = f0(pico_speak("nine", "pico:en-GB", 20, 165)[0]), f0(pico_speak("nine", "pico:en-GB", 80, 165)[0])
+    assert 1.6 < high / low < 2.4  # pitch 20 -> 71%, 80 -> 141% of the voice's own F0: a ratio of 2
+
+
+def test_pico_errors_are_clear(monkeypatch: pytest.MonkeyPatch) -> None:
+    with pytest.raises(SynthesisError, match="unknown voice"):
+        pico_speak("four", "pico:xx-XX", pitch=50, rate=165)
+    monkeypatch.setitem(sys.modules, "ttspico", None)  # import fails as if it were not installed
+    with pytest.raises(SynthesisError, match="pip install"):
+        pico_speak("four", "pico:en-US", pitch=50, rate=165)
