@@ -97,7 +97,7 @@ def speed_perturb(wav: np.ndarray, factor: float) -> np.ndarray:
 
 
 def vtlp(feats: torch.Tensor, alpha: float, boundary: float = 0.75) -> torch.Tensor:
-    """Vocal tract length perturbation of (T, F) log power spectra (F bins from 0 to the Nyquist frequency).
+    """Vocal tract length perturbation of (..., T, F) log power spectra (F bins from 0 to the Nyquist frequency).
 
     The frequency axis is warped piecewise linearly, as by Jaitly and Hinton: source frequency f moves to alpha f
     below a boundary (``boundary`` x Nyquist x min(alpha, 1)) and linearly from there to a fixed Nyquist. Each
@@ -106,14 +106,15 @@ def vtlp(feats: torch.Tensor, alpha: float, boundary: float = 0.75) -> torch.Ten
     """
     if alpha == 1.0:
         return feats
-    n = feats.shape[1] - 1  # the Nyquist bin
+    n = feats.shape[-1] - 1  # the Nyquist bin
     b_out = boundary * n * min(alpha, 1.0)  # where the warped axis leaves the alpha * f line
     b_in = b_out / alpha
     g = torch.arange(n + 1, dtype=torch.float64)
     src = torch.where(g <= b_out, g / alpha, n - (n - g) * (n - b_in) / (n - b_out)).clamp(0, n)
     lo = src.floor().long().clamp(max=n - 1)
-    w = (src - lo).to(feats.dtype)
-    return feats[:, lo] * (1 - w) + feats[:, lo + 1] * w
+    w = (src - lo).to(device=feats.device, dtype=feats.dtype)
+    lo = lo.to(feats.device)
+    return feats[..., lo] * (1 - w) + feats[..., lo + 1] * w
 
 
 def random_eq(n_bins: int, max_db: float, rng: np.random.Generator) -> torch.Tensor:

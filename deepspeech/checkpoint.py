@@ -51,6 +51,13 @@ class AcousticModel:
     config: TrainConfig
     hanzi: Any = None  # PinyinToHanzi for a pinyin-unit model with a hanzi/ folder (character LM + lexicon)
 
+    def forward(self, feats: torch.Tensor, lengths: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """(B, T, F) normalised features -> (B, T', V) logits and (B,) lengths: the network, with the test-time
+        warp search of ``features.warp_search`` where the config asks for it (:mod:`deepspeech.warp_search`)."""
+        from deepspeech.warp_search import warp_search  # lazy: checkpoint loading does not need augment
+
+        return warp_search(self.model, feats, lengths, self.stats, self.config.features.warp_search)
+
     @property
     def text_lang(self) -> str:
         """How this model's final text splits for error rates: "zh" (characters) or "en" (words)."""

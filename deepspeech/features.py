@@ -42,6 +42,9 @@ class FeatureConfig:
     # With 161 bins of 50 Hz, coefficient k is a ripple of period 2 * 161 / k bins: 40 keeps structure coarser
     # than about 400 Hz (formants) and drops the harmonics of any pitch below it.
     lifter: int = 0
+    # Test-time frequency-warp search (empty = off; inference only, training ignores it): every utterance is run
+    # under each of these warp factors and the most confident output is decoded (deepspeech.warp_search).
+    warp_search: tuple[float, ...] = ()
 
     def __post_init__(self) -> None:
         if self.window not in {"hamming", "hann"}:
@@ -57,6 +60,8 @@ class FeatureConfig:
             raise ValueError("need 0 < hop <= window")
         if not 0 <= self.lifter <= self.n_bins:
             raise ValueError(f"lifter must be in [0, {self.n_bins}] (0 = off), got {self.lifter}")
+        if not all(0.5 <= a <= 2.0 for a in self.warp_search):  # NaN too
+            raise ValueError(f"warp_search factors must be in [0.5, 2], got {self.warp_search}")
 
     @property
     def win_length(self) -> int:

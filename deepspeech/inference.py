@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import logging
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 
 import numpy as np
 import torch
@@ -49,8 +49,11 @@ def decode_texts(logits: torch.Tensor, lengths: torch.Tensor, tokenizer: CharTok
 def evaluate_dataset(model: DeepSpeech2, dataset: SpeechDataset, indices: Sequence[int], device: torch.device,
                      max_frames: int = 40_000, max_batch: int = 64, progress: bool = False,
                      hypotheses: dict[int, str] | None = None,
-                     decoder: BeamSearchDecoder | None = None) -> ErrorCounts:
-    """Decode ``indices`` of ``dataset`` (greedy, or ``decoder``) and count errors against normalised references."""
+                     decoder: BeamSearchDecoder | None = None,
+                     forward: Callable[[torch.Tensor, torch.Tensor], tuple[torch.Tensor, torch.Tensor]] | None = None
+                     ) -> ErrorCounts:
+    """Decode ``indices`` of ``dataset`` (greedy, or ``decoder``) and count errors against normalised references.
+    ``forward`` replaces ``model(feats, lengths)`` (a loaded model's :meth:`AcousticModel.forward`)."""
     was_training = model.training
     model.eval()
     counts = ErrorCounts()
@@ -61,7 +64,7 @@ def evaluate_dataset(model: DeepSpeech2, dataset: SpeechDataset, indices: Sequen
         batch = dataset.batch(idx)
         if batch is None:
             continue
-        logits, lengths = model(batch.feats.to(device), batch.lengths.to(device))
+        logits, lengths = (forward or model)(batch.feats.to(device), batch.lengths.to(device))
         texts = decode_texts(logits, lengths, dataset.tokenizer, decoder)
         for i, ref, hyp in zip(batch.indices, batch.texts, texts, strict=True):
             counts.add(ref, hyp, dataset.tokenizer.metric_lang)
@@ -79,7 +82,7 @@ def evaluate_manifest(am: AcousticModel, utts: Sequence[Utterance], device: torc
     ds = SpeechDataset(utts, am.tokenizer, am.config.features, am.stats, cache=False)
     hyps: dict[int, str] = {}
     counts = evaluate_dataset(am.model, ds, list(range(len(ds))), torch.device(device), progress=progress,
-                              hypotheses=hyps, decoder=decoder)
+                              hypotheses=hyps, decoder=decoder, forward=am.forward)
     records: list[dict[str, object]] = [{"audio": u.audio, "ref": am.tokenizer.normalize(u.text), "hyp": hyps.get(i)}
                                         for i, u in enumerate(utts)]
     if am.hanzi is not None:  # a pinyin model: score the characters it finally writes
@@ -106,7 +109,7 @@ def collect_log_probs(am: AcousticModel, utts: Sequence[Utterance], device: torc
         batch = ds.batch(group)
         if batch is None:
             continue
-        logits, lengths = am.model(batch.feats.to(device), batch.lengths.to(device))
+        logits, lengths = am.forward(batch.feats.to(device), batch.lengths.to(device))
         logp = torch.log_softmax(logits.float(), dim=-1).cpu().numpy()
         for b, (i, ref) in enumerate(zip(batch.indices, batch.texts, strict=True)):
             out[i] = (np.ascontiguousarray(logp[b, : int(lengths[b])]), ref)

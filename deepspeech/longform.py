@@ -141,7 +141,7 @@ def segment_log_probs(path: str | Path, am: AcousticModel, cc: ChunkConfig, devi
     for raw in segment_features(path, am, cc):
         x, start = prepare_utterance(raw, cfg)  # endpointed and normalised on its own, like a training utterance
         x = am.stats.normalize(x).unsqueeze(0).to(device)
-        logits, lengths = am.model(x, torch.tensor([x.shape[1]], device=device))
+        logits, lengths = am.forward(x, torch.tensor([x.shape[1]], device=device))
         logp = torch.log_softmax(logits[0, : int(lengths[0])].float(), -1).cpu().numpy()
         yield np.ascontiguousarray(_pad_blank(logp, am, raw.shape[0], start))
 

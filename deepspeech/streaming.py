@@ -52,6 +52,9 @@ def check_streamable(am: AcousticModel) -> None:
     if cfg.features.utterance_norm != "none":
         raise StreamingError(f"{cfg.name}: per-utterance feature normalisation ({cfg.features.utterance_norm}) "
                              "needs the whole utterance; streaming models use utterance_norm='none'")
+    if cfg.features.warp_search:
+        raise StreamingError(f"{cfg.name}: the warp search (features.warp_search) needs the whole utterance; "
+                             "streaming models leave it empty")
     if cfg.features.trim_db > 0:
         raise StreamingError(f"{cfg.name}: endpointing (features.trim_db={cfg.features.trim_db}) needs the whole "
                              "utterance; streaming models use trim_db=0")

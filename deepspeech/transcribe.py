@@ -112,7 +112,7 @@ def transcribe_files(am: AcousticModel, paths: Sequence[str | Path], device: tor
             return
         items = [(am.stats.normalize(f), torch.zeros(0, dtype=torch.long), "") for _, f, _ in pending]
         batch = collate(items, 0.0)
-        logits, lengths = am.model(batch.feats.to(dev), batch.lengths.to(dev))
+        logits, lengths = am.forward(batch.feats.to(dev), batch.lengths.to(dev))
         logp_all = torch.log_softmax(logits.float(), dim=-1).cpu().numpy()
         for b, (k, _, cut_s) in enumerate(pending):
             logp = logp_all[b, : int(lengths[b])]

@@ -134,3 +134,6 @@ def test_finished_stream_and_unstreamable_models_are_refused() -> None:
     trim = dataclasses.replace(am.config, features=dataclasses.replace(am.config.features, trim_db=30.0))
     with pytest.raises(StreamingError, match="endpointing"):
         StreamingModel(dataclasses.replace(am, config=trim))
+    warp = dataclasses.replace(am.config, features=dataclasses.replace(am.config.features, warp_search=(0.9, 1.0)))
+    with pytest.raises(StreamingError, match="warp search"):
+        StreamingModel(dataclasses.replace(am, config=warp))
