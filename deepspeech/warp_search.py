@@ -35,7 +35,7 @@ def warp_search(model: nn.Module, feats: torch.Tensor, lengths: torch.Tensor, st
     """
     if not warps:
         return model(feats, lengths)
-    n_warps, (b, t, f) = len(warps), feats.shape
+    n_warps, (b, t, _) = len(warps), feats.shape
     mean = torch.tensor(stats.mean, dtype=feats.dtype, device=feats.device)
     std = torch.tensor(stats.std, dtype=feats.dtype, device=feats.device)
     raw = feats * std + mean  # back to utterance-normalised log power: the warp acts on the frequency axis
