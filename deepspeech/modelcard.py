@@ -79,6 +79,11 @@ def export_model(src: str | Path, dst: str | Path, command: str, evals: dict[str
         lm_text += (f"\nOutputs are numbered-pinyin letters; `hanzi/` turns them into characters "
                     f"(`deepspeech.hanzi`: pinyin lexicon and a {hz.get('order', '?')}-gram character KenLM, "
                     f"{hz.get('binary_bytes', 0) / 1e6:.1f} MB). WER and CER above are on those characters.\n")
+    warps = cfg["features"].get("warp_search") or []
+    if warps:
+        lm_text += (f"\nEvery figure decodes each utterance under the most confident of the frequency warps "
+                    f"{', '.join(f'{a:g}' for a in warps)} (`features.warp_search`, `deepspeech/warp_search.py`), as "
+                    "`eval` and `transcribe` do with this model.\n")
     precision = (" Weights are stored in float16 (to stay under 20 MB) and computed in float32; the figures below "
                  "are measured on the stored weights.") if half else ""
     card = f"""# {cfg['name']}
