@@ -233,6 +233,12 @@ class FeatureStats:
         std = torch.tensor(self.std, dtype=feats.dtype, device=feats.device)
         return (feats - mean) / std
 
+    def denormalize(self, feats: torch.Tensor) -> torch.Tensor:
+        """The inverse of :meth:`normalize`: x * std + mean."""
+        mean = torch.tensor(self.mean, dtype=feats.dtype, device=feats.device)
+        std = torch.tensor(self.std, dtype=feats.dtype, device=feats.device)
+        return feats * std + mean
+
     @classmethod
     def compute(cls, feature_iter: Iterable[torch.Tensor], min_std: float = 1e-3) -> FeatureStats:
         """Statistics over all frames of (T, n_bins) feature matrices, accumulated in float64."""

@@ -36,11 +36,9 @@ def warp_search(model: nn.Module, feats: torch.Tensor, lengths: torch.Tensor, st
     if not warps:
         return model(feats, lengths)
     n_warps, (b, t, _) = len(warps), feats.shape
-    mean = torch.tensor(stats.mean, dtype=feats.dtype, device=feats.device)
-    std = torch.tensor(stats.std, dtype=feats.dtype, device=feats.device)
-    raw = feats * std + mean  # back to utterance-normalised log power: the warp acts on the frequency axis
+    raw = stats.denormalize(feats)  # back to utterance-normalised log power: the warp acts on the frequency axis
     valid = (torch.arange(t, device=feats.device)[None, :] < lengths[:, None]).unsqueeze(-1)  # (B, T, 1)
-    warped = torch.cat([torch.where(valid, (vtlp(raw, float(a)) - mean) / std, 0.0) for a in warps])
+    warped = torch.cat([torch.where(valid, stats.normalize(vtlp(raw, float(a))), 0.0) for a in warps])
     logits, out_lengths = model(warped, lengths.repeat(n_warps))
     best = torch.log_softmax(logits.float(), dim=-1).amax(-1)  # (W * B, T') each frame's largest log-probability
     out_valid = torch.arange(logits.shape[1], device=logits.device)[None, :] < out_lengths[:, None]
