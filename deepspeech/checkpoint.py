@@ -2,8 +2,10 @@
 
 A model directory holds everything inference needs and nothing executable:
 ``model.safetensors`` (weights and batch-norm statistics), ``config.json`` (the full TrainConfig),
-``tokenizer.json``, ``feature_stats.json``; optionally ``lm/`` (the beam search's KenLM, ``decoder.json``) and, for
-a pinyin-unit Mandarin model, ``hanzi/`` (character LM + pinyin lexicon, :mod:`deepspeech.hanzi`). A training
+``tokenizer.json``, ``feature_stats.json``; an ensemble (``config.members`` > 1) adds ``members/K/`` with each
+other member's weights and statistics (:mod:`deepspeech.ensemble`); optionally ``lm/`` (the beam search's KenLM,
+``decoder.json``) and, for a pinyin-unit Mandarin model, ``hanzi/`` (character LM + pinyin lexicon,
+:mod:`deepspeech.hanzi`). A training
 checkpoint adds ``train_state/`` (optimizer state, trainer position, RNG), kept apart from the weights. Loading
 never unpickles: safetensors for weights and ``torch.load(weights_only=True)`` for optimizer state.
 
@@ -17,6 +19,7 @@ import dataclasses
 import json
 import os
 import shutil
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -35,6 +38,7 @@ WEIGHTS, CONFIG, TOKENIZER, STATS, STATE_DIR = (
 
 
 HANZI = "hanzi"
+MEMBERS = "members"  # an ensemble's members 1..M-1: members/K/{model.safetensors, feature_stats.json}
 
 
 class CheckpointError(ValueError):
@@ -50,13 +54,29 @@ class AcousticModel:
     stats: FeatureStats
     config: TrainConfig
     hanzi: Any = None  # PinyinToHanzi for a pinyin-unit model with a hanzi/ folder (character LM + lexicon)
+    # An ensemble's other members (``members/K/``), each with its own feature statistics (:mod:`deepspeech.ensemble`).
+    members: list[tuple[DeepSpeech2, FeatureStats]] = dataclasses.field(default_factory=list)
 
     def forward(self, feats: torch.Tensor, lengths: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """(B, T, F) normalised features -> (B, T', V) logits and (B,) lengths: the network, with the test-time
-        warp search of ``features.warp_search`` where the config asks for it (:mod:`deepspeech.warp_search`)."""
+        """(B, T, F) features normalised by ``stats`` -> (B, T', V) logits and (B,) lengths: the network, with the
+        test-time warp search of ``features.warp_search`` where the config asks for it
+        (:mod:`deepspeech.warp_search`). An ensemble returns (B, T', M, V): each member's logits, member 0 first,
+        each member reading the features under its own statistics."""
         from deepspeech.warp_search import warp_search  # lazy: checkpoint loading does not need augment
 
-        return warp_search(self.model, feats, lengths, self.stats, self.config.features.warp_search)
+        warps = self.config.features.warp_search
+        first = warp_search(self.model, feats, lengths, self.stats, warps)
+        if not self.members:
+            return first
+        valid = (torch.arange(feats.shape[1], device=feats.device)[None, :] < lengths[:, None]).unsqueeze(-1)
+        raw = self.stats.denormalize(feats)
+        outs = [first[0]] + [warp_search(m, torch.where(valid, st.normalize(raw), 0.0), lengths, st, warps)[0]
+                             for m, st in self.members]
+        return torch.stack(outs, dim=2), first[1]
+
+    @property
+    def n_members(self) -> int:
+        return 1 + len(self.members)
 
     @property
     def text_lang(self) -> str:
@@ -157,12 +177,55 @@ def load_model_dir(path: str | Path, device: str | torch.device = "cpu",
     if missing or unexpected:
         raise CheckpointError(f"{d}: weights do not match the config (missing {missing}, unexpected {unexpected})")
     model.to(device).eval()
+    members = [_load_member(d / MEMBERS / str(k), cfg, device) for k in range(1, cfg.members)]
     hanzi = None
     from deepspeech.hanzi import LEXICON, PinyinToHanzi  # lazy: only model loading needs it
 
     if tokenizer.units == "pinyin" and (d / HANZI / LEXICON).is_file():
         hanzi = PinyinToHanzi.load(d / HANZI)
-    return AcousticModel(model, tokenizer, FeatureStats.load(d / STATS), cfg, hanzi)
+    return AcousticModel(model, tokenizer, FeatureStats.load(d / STATS), cfg, hanzi, members)
+
+
+def _load_member(d: Path, cfg: TrainConfig, device: str | torch.device) -> tuple[DeepSpeech2, FeatureStats]:
+    """One extra member of an ensemble: ``members/K/`` with its weights and feature statistics."""
+    for name in (WEIGHTS, STATS):
+        if not (d / name).is_file():
+            raise CheckpointError(f"{d.parent.parent}: the config lists {cfg.members} ensemble members; "
+                                  f"missing {d / name}")
+    model = DeepSpeech2(cfg.model)
+    missing, unexpected = model.load_state_dict(load_file(str(d / WEIGHTS), device="cpu"), strict=False)
+    if missing or unexpected:
+        raise CheckpointError(f"{d}: weights do not match the config (missing {missing}, unexpected {unexpected})")
+    return model.to(device).eval(), FeatureStats.load(d / STATS)
+
+
+def assemble_ensemble(member_dirs: Sequence[str | Path], out: str | Path) -> None:
+    """Model directories of independently trained members (same config but the seed, same tokenizer) -> one
+    ensemble model directory (atomically): member 0's files, ``config.members``, and ``members/K/`` with each
+    other member's weights and feature statistics."""
+    dirs = [Path(p) for p in member_dirs]
+    if not dirs:
+        raise CheckpointError("an ensemble needs at least one member")
+    cfgs = [load_config(p) for p in dirs]
+    for p, c in zip(dirs[1:], cfgs[1:], strict=True):
+        if c.model != cfgs[0].model or c.features != cfgs[0].features:
+            raise CheckpointError(f"{p}: its model or feature config differs from {dirs[0]}'s")
+        if CharTokenizer.load(p / TOKENIZER) != CharTokenizer.load(dirs[0] / TOKENIZER):
+            raise CheckpointError(f"{p}: its tokenizer differs from {dirs[0]}'s")
+    final = Path(out)
+    final.parent.mkdir(parents=True, exist_ok=True)
+    tmp = final.with_name(final.name + ".tmp")
+    if tmp.exists():
+        shutil.rmtree(tmp)
+    shutil.copytree(dirs[0], tmp, ignore=shutil.ignore_patterns(STATE_DIR, MEMBERS))
+    cfg = dataclasses.replace(cfgs[0], members=len(dirs))
+    (tmp / CONFIG).write_text(json.dumps({"format_version": FORMAT_VERSION, "config": to_dict(cfg)}, indent=1))
+    for k, p in enumerate(dirs[1:], start=1):
+        (tmp / MEMBERS / str(k)).mkdir(parents=True)
+        for name in (WEIGHTS, STATS):
+            shutil.copy2(p / name, tmp / MEMBERS / str(k) / name)
+    _fsync_dir(tmp)
+    _swap_in(tmp, final)
 
 
 def load_train_state(path: str | Path) -> dict[str, Any]:

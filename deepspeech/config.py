@@ -88,8 +88,13 @@ class TrainConfig:
     # (dev is still scored every epoch and reported). Selecting among noisy dev figures favours lucky epochs: on
     # digits-en's speaker cross-validation the final epoch read the held-out speakers better in 13 of 15 runs.
     select: str = "best"
+    # An ensemble of this many members, trained independently from seeds seed, seed + 1, ... and combined by
+    # hypothesis at inference (:mod:`deepspeech.ensemble`); each member costs one training run and one forward pass.
+    members: int = 1
 
     def __post_init__(self) -> None:
+        if not 1 <= self.members <= 16:
+            raise ValueError(f"members must be 1-16, got {self.members}")
         if self.epochs < 1 or self.max_steps < 0 or self.save_every_steps < 0 or self.log_every_steps < 1:
             raise ValueError("invalid epochs/steps settings")
         if self.select not in ("best", "last"):

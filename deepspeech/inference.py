@@ -9,7 +9,7 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
-from deepspeech.beam import BeamSearchDecoder
+from deepspeech.beam import BeamSearchDecoder, best_hypothesis
 from deepspeech.checkpoint import AcousticModel
 from deepspeech.data.dataset import SpeechDataset
 from deepspeech.data.manifest import Utterance
@@ -39,7 +39,11 @@ def length_batches(durations: Sequence[float], max_frames: int, max_batch: int) 
 @torch.no_grad()
 def decode_texts(logits: torch.Tensor, lengths: torch.Tensor, tokenizer: CharTokenizer,
                  decoder: BeamSearchDecoder | None = None) -> list[str]:
-    """(B, T, V) logits -> best texts: greedy, or beam search when ``decoder`` is given."""
+    """(B, T, V) logits -> best texts: greedy, or beam search when ``decoder`` is given. An ensemble's (B, T, M, V)
+    logits are combined per utterance (:func:`deepspeech.ensemble.combine`)."""
+    if logits.ndim == 4:
+        logp = torch.log_softmax(logits.float(), dim=-1).cpu().numpy()
+        return [best_hypothesis(logp[b, : int(n)], tokenizer, decoder).text for b, n in enumerate(lengths.tolist())]
     if decoder is None:
         return [r.text for r in greedy_decode(logits, lengths, tokenizer)]
     logp = torch.log_softmax(logits.float(), dim=-1).cpu().numpy()
@@ -100,8 +104,9 @@ def evaluate_manifest(am: AcousticModel, utts: Sequence[Utterance], device: torc
 def collect_log_probs(am: AcousticModel, utts: Sequence[Utterance], device: torch.device | str = "cpu",
                       progress: bool = True, max_frames: int = 40_000, max_batch: int = 64
                       ) -> list[tuple[np.ndarray, str]]:
-    """Per-utterance (T, V) float32 log-probabilities and normalised reference, in manifest order (for tuning
-    decoders: the network runs once, the decoder many times). Unreadable utterances are skipped with a warning."""
+    """Per-utterance (T, V) float32 log-probabilities (an ensemble's (T, M, V)) and normalised reference, in
+    manifest order (for tuning decoders: the network runs once, the decoder many times).
+    Unreadable utterances are skipped with a warning."""
     ds = SpeechDataset(utts, am.tokenizer, am.config.features, am.stats, cache=False)
     out: dict[int, tuple[np.ndarray, str]] = {}
     groups = list(length_batches([u.duration_s for u in utts], max_frames, max_batch))

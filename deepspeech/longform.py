@@ -136,7 +136,7 @@ def segment_features(path: str | Path, am: AcousticModel, cc: ChunkConfig) -> It
 @torch.no_grad()
 def segment_log_probs(path: str | Path, am: AcousticModel, cc: ChunkConfig, device: torch.device | str = "cpu"
                       ) -> Iterator[np.ndarray]:
-    """(t, V) float32 log-probabilities of each segment of a recording, in order."""
+    """(t, V) float32 log-probabilities (an ensemble's (t, M, V)) of each segment of a recording, in order."""
     cfg = am.config.features
     for raw in segment_features(path, am, cc):
         x, start = prepare_utterance(raw, cfg)  # endpointed and normalised on its own, like a training utterance
@@ -153,8 +153,8 @@ def _pad_blank(logp: np.ndarray, am: AcousticModel, frames: int, start: int) -> 
     if total <= logp.shape[0]:
         return logp
     lead = min(start // am.config.model.time_stride, total - logp.shape[0])
-    blank = np.full((1, logp.shape[1]), -1e4, dtype=np.float32)
-    blank[0, am.tokenizer.blank_id] = 0.0
+    blank = np.full((1, *logp.shape[1:]), -1e4, dtype=np.float32)  # (1, V), or an ensemble's (1, M, V)
+    blank[..., am.tokenizer.blank_id] = 0.0
     return np.concatenate([np.repeat(blank, lead, 0), logp, np.repeat(blank, total - logp.shape[0] - lead, 0)])
 
 

@@ -13,7 +13,7 @@ from safetensors import safe_open
 from safetensors.torch import load_file, save_file
 
 from deepspeech.beam import DECODER_JSON, MODEL_LM_DIR, build_decoder
-from deepspeech.checkpoint import CONFIG, HANZI, STATS, TOKENIZER, WEIGHTS, load_model_dir
+from deepspeech.checkpoint import CONFIG, HANZI, MEMBERS, STATS, TOKENIZER, WEIGHTS, load_model_dir
 from deepspeech.config import to_dict
 from deepspeech.data.manifest import read_manifest
 from deepspeech.hanzi import LEXICON, SETTINGS
@@ -34,14 +34,17 @@ def export_model(src: str | Path, dst: str | Path, command: str, evals: dict[str
     dst.mkdir(parents=True, exist_ok=True)
     for name in (CONFIG, TOKENIZER, STATS):
         shutil.copy2(src / name, dst / name)
+    members = sorted((src / MEMBERS).glob("*/")) if (src / MEMBERS).is_dir() else []
     if half is None:
-        half = (src / WEIGHTS).stat().st_size > SHIP_LIMIT_BYTES
-    if half:
-        tensors = load_file(str(src / WEIGHTS))
-        save_file({k: v.half() if v.is_floating_point() else v for k, v in tensors.items()}, str(dst / WEIGHTS),
-                  metadata=safe_open(str(src / WEIGHTS), "pt").metadata())
-    else:
-        shutil.copy2(src / WEIGHTS, dst / WEIGHTS)
+        half = sum((p / WEIGHTS).stat().st_size for p in [src, *members]) > SHIP_LIMIT_BYTES
+    if (dst / MEMBERS).exists():
+        shutil.rmtree(dst / MEMBERS)
+    for p in [src, *members]:  # an ensemble's members/K/ too
+        out = dst / p.relative_to(src)
+        out.mkdir(parents=True, exist_ok=True)
+        _copy_weights(p / WEIGHTS, out / WEIGHTS, half)
+        if p != src:
+            shutil.copy2(p / STATS, out / STATS)
     _copy_decoding_files(src, dst)
     am = load_model_dir(dst)
     decoder = build_decoder(dst, am.tokenizer) if (dst / MODEL_LM_DIR / LM_BINARY).is_file() else None
@@ -84,11 +87,16 @@ def export_model(src: str | Path, dst: str | Path, command: str, evals: dict[str
         lm_text += (f"\nEvery figure decodes each utterance under the most confident of the frequency warps "
                     f"{', '.join(f'{a:g}' for a in warps)} (`features.warp_search`, `deepspeech/warp_search.py`), as "
                     "`eval` and `transcribe` do with this model.\n")
+    if am.n_members > 1:
+        lm_text += (f"\nAn ensemble of {am.n_members} members (`members/`, trained from seeds {cfg['seed']}-"
+                    f"{cfg['seed'] + am.n_members - 1}): each proposes its hypothesis and the one the members find "
+                    "most likely on average is kept (`deepspeech/ensemble.py`), as `eval` and `transcribe` do.\n")
     precision = (" Weights are stored in float16 (to stay under 20 MB) and computed in float32; the figures below "
                  "are measured on the stored weights.") if half else ""
+    members_text = f"an ensemble of {am.n_members}, each " if am.n_members > 1 else ""
     card = f"""# {cfg['name']}
 
-DS2 acoustic model: {am.model.num_parameters():,} parameters ({arch}), language `{cfg['data']['lang']}`,
+DS2 acoustic model: {members_text}{am.model.num_parameters():,} parameters ({arch}), language `{cfg['data']['lang']}`,
 {len(am.tokenizer)} output symbols. Exported {date.today().isoformat()}.{precision}
 
 ## How it was made
@@ -113,6 +121,15 @@ Reproduce a row: `deepspeech eval --model {dst.as_posix()} --manifest MANIFEST -
 """
     (dst / "README.md").write_text(card)
     return metrics
+
+
+def _copy_weights(src: Path, dst: Path, half: bool) -> None:
+    if half:
+        tensors = load_file(str(src))
+        save_file({k: v.half() if v.is_floating_point() else v for k, v in tensors.items()}, str(dst),
+                  metadata=safe_open(str(src), "pt").metadata())
+    else:
+        shutil.copy2(src, dst)
 
 
 def _copy_decoding_files(src: Path, dst: Path) -> None:

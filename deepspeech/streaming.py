@@ -55,6 +55,9 @@ def check_streamable(am: AcousticModel) -> None:
     if cfg.features.warp_search:
         raise StreamingError(f"{cfg.name}: the warp search (features.warp_search) needs the whole utterance; "
                              "streaming models leave it empty")
+    if am.n_members > 1:
+        raise StreamingError(f"{cfg.name}: an ensemble of {am.n_members} members is combined over whole "
+                             "hypotheses; stream a single model")
     if cfg.features.trim_db > 0:
         raise StreamingError(f"{cfg.name}: endpointing (features.trim_db={cfg.features.trim_db}) needs the whole "
                              "utterance; streaming models use trim_db=0")

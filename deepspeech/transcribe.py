@@ -26,6 +26,7 @@ from deepspeech.audio import SAMPLE_RATE, AudioError, load_audio
 from deepspeech.beam import BeamSearchDecoder, Hypothesis, Word, best_hypothesis
 from deepspeech.checkpoint import AcousticModel
 from deepspeech.data.dataset import collate
+from deepspeech.ensemble import member_log_probs
 from deepspeech.features import log_spectrogram, prepare_utterance
 from deepspeech.hanzi import hypothesis_to_characters
 from deepspeech.longform import ChunkConfig, decode_segments, segment_log_probs, stream_audio
@@ -120,7 +121,7 @@ def transcribe_files(am: AcousticModel, paths: Sequence[str | Path], device: tor
             if am.hanzi is not None:  # pinyin model: write characters
                 hyp = hypothesis_to_characters(hyp, am.hanzi)
             t = out_pending[k]
-            t.text, t.words = hyp.text, timed_words(hyp.words, logp, frame_s)
+            t.text, t.words = hyp.text, timed_words(hyp.words, member_log_probs(logp, hyp), frame_s)
             for w in t.words:  # back on the file's time line when endpointing cut its start
                 w.start, w.end = w.start + cut_s, w.end + cut_s
             out[k] = _finish(t)
@@ -167,8 +168,8 @@ def _transcribe_long(path: str | Path, am: AcousticModel, chunk: ChunkConfig, de
     words: list[TimedWord] = []
 
     def keep(offset: int, hyp: Hypothesis, logp: np.ndarray) -> None:
-        words.extend(timed_words((Word(w.text, w.start + offset, w.end + offset) for w in hyp.words), logp,
-                                 frame_s, offset))
+        words.extend(timed_words((Word(w.text, w.start + offset, w.end + offset) for w in hyp.words),
+                                 member_log_probs(logp, hyp), frame_s, offset))
 
     hyp = decode_segments(segment_log_probs(path, am, chunk, device), am, decoder, on_segment=keep)
     return _finish(Transcript(str(path), hyp.text, None, duration, words))

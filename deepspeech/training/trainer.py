@@ -139,6 +139,8 @@ def train(cfg: TrainConfig, out_dir: str | Path, resume: bool = True, progress: 
           parallel: ParallelState | None = None) -> TrainResult:
     """Train ``cfg`` into ``out_dir`` (``last/`` resumable checkpoint, ``best/`` the model ``cfg.select`` keeps: the
     lowest dev error, or the final epoch)."""
+    if cfg.members > 1:
+        raise ValueError(f"{cfg.name}: an ensemble of {cfg.members} trains with deepspeech.training.ensemble")
     ps = parallel or init_parallel()
     out = Path(out_dir)
     if ps.is_main:
