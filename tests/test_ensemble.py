@@ -191,3 +191,16 @@ def test_rerunning_a_finished_ensemble_changes_nothing(ensemble_run: Path) -> No
         after = load_model_dir(ensemble_run / "members" / str(k) / "last").model.state_dict()
         assert all(torch.equal(before[k][n], after[n]) for n in after)
     assert load_model_dir(ensemble_run / "best").n_members == 2
+
+
+def test_export_carries_every_member_and_says_so(ensemble_run: Path, tmp_path: Path) -> None:
+    dev = ensemble_run.parent / "dev.jsonl"
+    r = run_cli("export", "--model", str(ensemble_run / "best"), "--to", str(tmp_path / "x"), "--command-line",
+                "test", "--eval", f"dev={dev}", "--no-progress")
+    assert r.returncode == 0, r.stderr[-2000:]
+    am = load_model_dir(tmp_path / "x")
+    assert am.n_members == 2
+    direct = run_cli("eval", "--model", str(ensemble_run / "best"), "--manifest", str(dev), "--format", "json",
+                     "--no-progress")
+    assert json.loads(r.stdout)["dev"]["wer"] == json.loads(direct.stdout)["wer"]  # the card measures the ensemble
+    assert "ensemble of 2" in (tmp_path / "x" / "README.md").read_text()
