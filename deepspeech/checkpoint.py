@@ -171,12 +171,7 @@ def load_model_dir(path: str | Path, device: str | torch.device = "cpu",
     tokenizer = CharTokenizer.load(d / TOKENIZER)
     if tokenizer.lang != cfg.data.lang or len(tokenizer) != cfg.model.vocab_size:
         raise CheckpointError(f"{d}: tokenizer ({tokenizer.lang}, {len(tokenizer)}) does not match the config")
-    model = DeepSpeech2(cfg.model, stats_group=stats_group)
-    state = load_file(str(d / WEIGHTS), device="cpu")
-    missing, unexpected = model.load_state_dict(state, strict=False)
-    if missing or unexpected:
-        raise CheckpointError(f"{d}: weights do not match the config (missing {missing}, unexpected {unexpected})")
-    model.to(device).eval()
+    model = _load_weights(d, cfg, device, stats_group)
     members = [_load_member(d / MEMBERS / str(k), cfg, device) for k in range(1, cfg.members)]
     hanzi = None
     from deepspeech.hanzi import LEXICON, PinyinToHanzi  # lazy: only model loading needs it
@@ -192,11 +187,16 @@ def _load_member(d: Path, cfg: TrainConfig, device: str | torch.device) -> tuple
         if not (d / name).is_file():
             raise CheckpointError(f"{d.parent.parent}: the config lists {cfg.members} ensemble members; "
                                   f"missing {d / name}")
-    model = DeepSpeech2(cfg.model)
+    return _load_weights(d, cfg, device), FeatureStats.load(d / STATS)
+
+
+def _load_weights(d: Path, cfg: TrainConfig, device: str | torch.device, stats_group: Any = None) -> DeepSpeech2:
+    """``d/model.safetensors`` into a network built from ``cfg`` (eval mode), or a clear error if they differ."""
+    model = DeepSpeech2(cfg.model, stats_group=stats_group)
     missing, unexpected = model.load_state_dict(load_file(str(d / WEIGHTS), device="cpu"), strict=False)
     if missing or unexpected:
         raise CheckpointError(f"{d}: weights do not match the config (missing {missing}, unexpected {unexpected})")
-    return model.to(device).eval(), FeatureStats.load(d / STATS)
+    return model.to(device).eval()
 
 
 def assemble_ensemble(member_dirs: Sequence[str | Path], out: str | Path) -> None:

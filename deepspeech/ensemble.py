@@ -65,18 +65,14 @@ def combine(logp: np.ndarray, tokenizer: CharTokenizer, decoder: BeamSearchDecod
     texts: dict[str, int] = {}  # text -> first member that proposed it
     for k, h in enumerate(proposals):
         texts.setdefault(h.text, k)
-    if len(texts) == 1:
-        ll = ctc_log_likelihoods(logp, [tokenizer.encode(proposals[0].text)]).mean(0)
-        chosen, am_score = 0, float(ll[0])
-    else:
-        cands = list(texts)
-        ll = ctc_log_likelihoods(logp, [tokenizer.encode(s) for s in cands]).mean(0)
-        total = ll.copy()
-        if decoder is not None:
-            cfg = decoder.cfg
-            total += np.array([cfg.alpha * decoder.lm_logprob(s) + cfg.beta * _units(s, tokenizer) for s in cands])
-        best = int(np.argmax(total))
-        chosen, am_score = texts[cands[best]], float(ll[best])
+    cands = list(texts)
+    ll = ctc_log_likelihoods(logp, [tokenizer.encode(s) for s in cands]).mean(0)
+    total = ll.copy()
+    if decoder is not None and len(cands) > 1:
+        cfg = decoder.cfg
+        total += np.array([cfg.alpha * decoder.lm_logprob(s) + cfg.beta * _units(s, tokenizer) for s in cands])
+    best = int(np.argmax(total))
+    chosen, am_score = texts[cands[best]], float(ll[best])
     h = proposals[chosen]
     lm_score = decoder.lm_logprob(h.text) if decoder is not None else 0.0
     score = am_score + (decoder.cfg.alpha * lm_score + decoder.cfg.beta * _units(h.text, tokenizer)
