@@ -104,7 +104,10 @@ def _frames_to_logpower(frames: torch.Tensor, cfg: FeatureConfig) -> torch.Tenso
     power = spec.real.square() + spec.imag.square()
     logpower = torch.log(power + cfg.log_floor)
     if cfg.lifter and cfg.lifter < cfg.n_bins:
-        logpower = logpower @ lifter_matrix(cfg.n_bins, cfg.lifter)
+        # In float64, rounded back: a BLAS product's summation order may change with the number of rows (and the
+        # threads free), which moved float32 results by an ulp between a stream's chunks and the whole utterance;
+        # float64's ulp-level differences almost never survive the rounding to float32.
+        logpower = (logpower.double() @ lifter_matrix(cfg.n_bins, cfg.lifter).double()).float()
     return logpower
 
 
