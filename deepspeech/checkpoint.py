@@ -39,6 +39,7 @@ WEIGHTS, CONFIG, TOKENIZER, STATS, STATE_DIR = (
 
 HANZI = "hanzi"
 MEMBERS = "members"  # an ensemble's members 1..M-1: members/K/{model.safetensors, feature_stats.json}
+SNAPSHOTS = "snapshots"  # a run's per-cycle model directories (select="snapshots")
 
 
 class CheckpointError(ValueError):

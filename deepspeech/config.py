@@ -54,6 +54,9 @@ class OptimConfig:
     min_lr_ratio: float = 0.05  # cosine floor, as a fraction of lr
     grad_clip: float = 400.0  # global gradient-norm clip (0 = off)
     ema_decay: float = 0.0  # > 0: validate and ship an exponential moving average of the weights (training/ema.py)
+    # cosine only: the schedule restarts from lr this many times over the run, each cycle ending at its floor: the
+    # warm restarts of SGDR (Loshchilov and Hutter, 2017); select="snapshots" keeps each cycle's final weights
+    cycles: int = 1
 
     def __post_init__(self) -> None:
         if self.name not in ("sgd", "adamw"):
@@ -64,6 +67,8 @@ class OptimConfig:
             raise ValueError("invalid optimiser settings")
         if not 0.0 <= self.ema_decay < 1.0:
             raise ValueError(f"optim.ema_decay must be in [0, 1), got {self.ema_decay}")
+        if not 1 <= self.cycles <= 64 or (self.cycles > 1 and self.schedule != "cosine"):
+            raise ValueError(f"optim.cycles must be 1-64, and above 1 only with the cosine schedule, got {self.cycles}")
 
 
 @dataclass(frozen=True)
@@ -87,6 +92,8 @@ class TrainConfig:
     # What best/ holds: "best" = the epoch with the lowest dev error (CER for Mandarin); "last" = the final epoch
     # (dev is still scored every epoch and reported). Selecting among noisy dev figures favours lucky epochs: on
     # digits-en's speaker cross-validation the final epoch read the held-out speakers better in 13 of 15 runs.
+    # "snapshots" = the final weights of each of optim.cycles cosine cycles, kept in snapshots/K/ and shipped as an
+    # ensemble (Huang et al., "Snapshot ensembles: train 1, get M for free", ICLR 2017; :mod:`deepspeech.ensemble`).
     select: str = "best"
     # An ensemble of this many members, trained independently from seeds seed, seed + 1, ... and combined by
     # hypothesis at inference (:mod:`deepspeech.ensemble`); each member costs one training run and one forward pass.
@@ -97,8 +104,11 @@ class TrainConfig:
             raise ValueError(f"members must be 1-16, got {self.members}")
         if self.epochs < 1 or self.max_steps < 0 or self.save_every_steps < 0 or self.log_every_steps < 1:
             raise ValueError("invalid epochs/steps settings")
-        if self.select not in ("best", "last"):
-            raise ValueError(f"select must be best or last, got {self.select!r}")
+        if self.select not in ("best", "last", "snapshots"):
+            raise ValueError(f"select must be best, last or snapshots, got {self.select!r}")
+        if self.select == "snapshots" and (self.optim.cycles < 2 or self.epochs % self.optim.cycles):
+            raise ValueError(f"select=snapshots needs optim.cycles >= 2 dividing epochs ({self.epochs}), "
+                             f"got {self.optim.cycles}")
 
 
 def to_dict(cfg: Any) -> dict[str, Any]:

@@ -23,8 +23,10 @@ from safetensors.torch import load_file
 from tqdm import tqdm
 
 from deepspeech.checkpoint import (
+    SNAPSHOTS,
     AcousticModel,
     CheckpointError,
+    assemble_ensemble,
     find_checkpoint,
     load_model_dir,
     load_train_state,
@@ -73,7 +75,8 @@ def lr_at(o: OptimConfig, step: int, epoch: int, total_steps: int) -> float:
     if o.schedule == "anneal":
         lr = o.lr / o.anneal**epoch
     elif o.schedule == "cosine":
-        progress = min(step / max(total_steps, 1), 1.0)
+        cycle = max(total_steps, 1) / o.cycles  # steps per cosine cycle (warm restarts)
+        progress = min(step / cycle, float(o.cycles)) % 1.0 if step < total_steps else 1.0
         lr = o.lr * (o.min_lr_ratio + (1 - o.min_lr_ratio) * 0.5 * (1 + math.cos(math.pi * progress)))
     else:
         lr = o.lr
@@ -273,11 +276,14 @@ def train(cfg: TrainConfig, out_dir: str | Path, resume: bool = True, progress: 
                 counts = ErrorCounts.from_list(all_reduce_sum(torch.tensor(counts.as_list()), ps.dp_group).tolist())
                 record.update({"dev_wer": counts.wer, "dev_cer": counts.cer, "dev_n": counts.n})
                 key = "dev_cer" if cfg.data.lang == "zh" else "dev_wer"
-                if state["best"] is None or record[key] < state["best"][key] or cfg.select == "last":
+                if state["best"] is None or record[key] < state["best"][key] or cfg.select != "best":
                     state["best"] = record
                     if ps.is_main:
                         save_model_dir(out / "best", shipped, tokenizer, stats, cfg,
                                        extra_files={"metrics.json": json.dumps(record, indent=1)})
+            if cfg.select == "snapshots" and (epoch + 1) % (cfg.epochs // cfg.optim.cycles) == 0 and ps.is_main:
+                save_model_dir(out / SNAPSHOTS / str((epoch + 1) * cfg.optim.cycles // cfg.epochs - 1), shipped,
+                               tokenizer, stats, cfg)
         log.info("epoch %d: %s", epoch + 1, {k: round(v, 4) if isinstance(v, float) else v
                                               for k, v in record.items()})
         metrics.write(record)
@@ -285,6 +291,9 @@ def train(cfg: TrainConfig, out_dir: str | Path, resume: bool = True, progress: 
     if dev_ds is None and ps.is_main:  # no validation data: the last model is the best we know
         with shipped_weights() as shipped:
             save_model_dir(out / "best", shipped, tokenizer, stats, cfg)
+    if cfg.select == "snapshots" and state["epoch"] >= cfg.epochs and ps.is_main:
+        assemble_ensemble([out / SNAPSHOTS / str(k) for k in range(cfg.optim.cycles)], out / "best")
+        log.info("best/: an ensemble of the %d cycles' snapshots", cfg.optim.cycles)
     if ps.distributed:
         dist.barrier()
     return TrainResult(out, state["step"], state["epoch"], state["best"])
