@@ -181,6 +181,8 @@ def test_cosine_cycles_restart_the_schedule() -> None:
         assert lrs[end] < 0.03 and lrs[end] == min(lrs[end - 9: end + 1])
     assert lrs[10:20] == pytest.approx(lrs[20:30])
     assert lr_at(o, 30, 0, 30) == 0.0  # past the end: the floor
+    uneven = [lr_at(o, step, 0, 31, cycle_ends=(9, 20, 31)) for step in range(31)]  # epochs of unequal length
+    assert uneven[9] == uneven[20] == 1.0 and uneven[8] < 0.05 and uneven[19] < 0.05 and uneven[30] < 0.05
     one = OptimConfig(name="adamw", lr=1.0, schedule="cosine", min_lr_ratio=0.0)
     assert lr_at(one, 15, 0, 30) == pytest.approx(0.5)  # one cycle: the plain cosine
     with pytest.raises(ValueError, match="cycles"):

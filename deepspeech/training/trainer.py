@@ -12,6 +12,7 @@ import json
 import logging
 import math
 import time
+from collections.abc import Sequence
 from contextlib import nullcontext
 from dataclasses import dataclass
 from pathlib import Path
@@ -71,12 +72,19 @@ def read_manifests(spec: str) -> list[Utterance]:
     return utts
 
 
-def lr_at(o: OptimConfig, step: int, epoch: int, total_steps: int) -> float:
+def lr_at(o: OptimConfig, step: int, epoch: int, total_steps: int, cycle_ends: Sequence[int] = ()) -> float:
+    """The learning rate of ``step``. A cosine schedule of ``o.cycles`` cycles restarts after each step count of
+    ``cycle_ends`` (ascending, the last = the run's steps); without them the cycles split ``total_steps`` evenly."""
     if o.schedule == "anneal":
         lr = o.lr / o.anneal**epoch
     elif o.schedule == "cosine":
-        cycle = max(total_steps, 1) / o.cycles  # steps per cosine cycle (warm restarts)
-        progress = min(step / cycle, float(o.cycles)) % 1.0 if step < total_steps else 1.0
+        ends = list(cycle_ends) or [round(max(total_steps, 1) * (c + 1) / o.cycles) for c in range(o.cycles)]
+        c = next((k for k, end in enumerate(ends) if step < end), None)
+        if c is None:  # past the end: the floor
+            progress = 1.0
+        else:
+            start = ends[c - 1] if c else 0
+            progress = (step - start) / max(ends[c] - start, 1)
         lr = o.lr * (o.min_lr_ratio + (1 - o.min_lr_ratio) * 0.5 * (1 + math.cos(math.pi * progress)))
     else:
         lr = o.lr
@@ -195,6 +203,12 @@ def train(cfg: TrainConfig, out_dir: str | Path, resume: bool = True, progress: 
     log.info("%s: %d parameters, %d train / %d dev utterances, dp=%d", cfg.name, n_params, len(train_ds),
              len(dev_utts), dp)
     total_steps = cfg.max_steps or cfg.epochs * len(epoch_batches(train_ds.durations, plan, 0))
+    cycle_ends: list[int] = []
+    if cfg.optim.cycles > 1 and not cfg.max_steps and cfg.epochs % cfg.optim.cycles == 0:
+        # Cycles end with epochs, where select=snapshots saves them (epochs differ by a batch or two in length).
+        per_epoch = [len(epoch_batches(train_ds.durations, plan, e)) for e in range(cfg.epochs)]
+        span = cfg.epochs // cfg.optim.cycles
+        cycle_ends = [sum(per_epoch[: (c + 1) * span]) for c in range(cfg.optim.cycles)]
     metrics = _MetricsLog(out, ps.is_main)
     autocast = device.type == "cuda" and cfg.amp
     fallback = next(i for i in range(len(train_ds)) if train_ds.get(i) is not None)
@@ -230,7 +244,7 @@ def train(cfg: TrainConfig, out_dir: str | Path, resume: bool = True, progress: 
             if batch is None:  # every file of this rank's shard failed to load: contribute nothing
                 batch, weight = train_ds.batch([fallback]), 0.0
             assert batch is not None
-            lr = lr_at(cfg.optim, state["step"], epoch, total_steps)
+            lr = lr_at(cfg.optim, state["step"], epoch, total_steps, cycle_ends)
             for g in optimizer.param_groups:
                 g["lr"] = lr
             with torch.autocast(device.type, dtype=torch.bfloat16, enabled=autocast):
