@@ -203,7 +203,8 @@ def _load_weights(d: Path, cfg: TrainConfig, device: str | torch.device, stats_g
 def assemble_ensemble(member_dirs: Sequence[str | Path], out: str | Path) -> None:
     """Model directories of independently trained members (same config but the seed, same tokenizer) -> one
     ensemble model directory (atomically): member 0's files, ``config.members``, and ``members/K/`` with each
-    other member's weights and feature statistics."""
+    other member's weights and feature statistics. A member that is itself an ensemble (a snapshot ensemble)
+    contributes all of its members, in order."""
     dirs = [Path(p) for p in member_dirs]
     if not dirs:
         raise CheckpointError("an ensemble needs at least one member")
@@ -213,15 +214,20 @@ def assemble_ensemble(member_dirs: Sequence[str | Path], out: str | Path) -> Non
             raise CheckpointError(f"{p}: its model or feature config differs from {dirs[0]}'s")
         if CharTokenizer.load(p / TOKENIZER) != CharTokenizer.load(dirs[0] / TOKENIZER):
             raise CheckpointError(f"{p}: its tokenizer differs from {dirs[0]}'s")
+    parts = [q for p, c in zip(dirs, cfgs, strict=True)
+             for q in [p, *(p / MEMBERS / str(k) for k in range(1, c.members))]]
+    for name in (WEIGHTS, STATS):
+        if missing := [str(q / name) for q in parts if not (q / name).is_file()]:
+            raise CheckpointError(f"missing {', '.join(missing)}")
     final = Path(out)
     final.parent.mkdir(parents=True, exist_ok=True)
     tmp = final.with_name(final.name + ".tmp")
     if tmp.exists():
         shutil.rmtree(tmp)
     shutil.copytree(dirs[0], tmp, ignore=shutil.ignore_patterns(STATE_DIR, MEMBERS))
-    cfg = dataclasses.replace(cfgs[0], members=len(dirs))
+    cfg = dataclasses.replace(cfgs[0], members=len(parts))
     (tmp / CONFIG).write_text(json.dumps({"format_version": FORMAT_VERSION, "config": to_dict(cfg)}, indent=1))
-    for k, p in enumerate(dirs[1:], start=1):
+    for k, p in enumerate(parts[1:], start=1):
         (tmp / MEMBERS / str(k)).mkdir(parents=True)
         for name in (WEIGHTS, STATS):
             shutil.copy2(p / name, tmp / MEMBERS / str(k) / name)

@@ -16,7 +16,7 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from deepspeech.checkpoint import load_model_dir
+from deepspeech.checkpoint import assemble_ensemble, load_model_dir
 from deepspeech.config import OptimConfig
 from deepspeech.training.trainer import lr_at
 from tests.conftest import REPO, run_cli
@@ -210,6 +210,12 @@ def test_snapshot_ensemble(tmp_path: Path, fsdd_small: tuple[Path, Path]) -> Non
         torch.testing.assert_close(second[k].float(), v.float(), atol=1e-2, rtol=1e-3, msg=k)
     ev = run_cli("eval", "--model", str(run / "best"), "--manifest", str(dev), "--format", "json")
     assert ev.returncode == 0 and json.loads(ev.stdout)["n"] > 0, ev.stderr
+    # A snapshot ensemble as a member of a larger ensemble (members=N with select=snapshots) brings all its members.
+    assemble_ensemble([run / "best", run / "snapshots" / "0"], tmp_path / "nested")
+    nested = load_model_dir(tmp_path / "nested")
+    assert nested.n_members == 3
+    third = load_file(str(tmp_path / "nested" / "members" / "2" / "model.safetensors"))
+    assert all(torch.equal(first[k], third[k]) for k in first)
     bad = run_cli("train", *train_args(train, dev, tmp_path / "bad", "epochs=3", "optim.cycles=2",
                                        "select=snapshots"))
     assert bad.returncode != 0 and "optim.cycles >= 2 dividing epochs" in bad.stderr
