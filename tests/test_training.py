@@ -202,9 +202,10 @@ def test_snapshot_ensemble(tmp_path: Path, fsdd_small: tuple[Path, Path]) -> Non
     assert am.n_members == 2 and am.config.members == 2
     first = load_file(str(run / "snapshots" / "0" / "model.safetensors"))
     second = load_file(str(run / "snapshots" / "1" / "model.safetensors"))
-    assert all(torch.equal(first[k], load_file(str(run / "best" / "model.safetensors"))[k]) for k in first)
-    assert all(torch.equal(second[k], load_file(str(run / "best" / "members" / "1" / "model.safetensors"))[k])
-               for k in second)
+    best0 = load_file(str(run / "best" / "model.safetensors"))
+    best1 = load_file(str(run / "best" / "members" / "1" / "model.safetensors"))
+    assert all(torch.equal(first[k], best0[k]) for k in first)
+    assert all(torch.equal(second[k], best1[k]) for k in second)
     assert any(not torch.equal(first[k], second[k]) for k in first)  # two different models, not one twice
     for k, v in weights(run).items():  # the second snapshot is the final epoch (float16 in the model directory)
         torch.testing.assert_close(second[k].float(), v.float(), atol=1e-2, rtol=1e-3, msg=k)

@@ -203,11 +203,11 @@ def train(cfg: TrainConfig, out_dir: str | Path, resume: bool = True, progress: 
     log.info("%s: %d parameters, %d train / %d dev utterances, dp=%d", cfg.name, n_params, len(train_ds),
              len(dev_utts), dp)
     total_steps = cfg.max_steps or cfg.epochs * len(epoch_batches(train_ds.durations, plan, 0))
+    span = cfg.epochs // cfg.optim.cycles  # epochs per cosine cycle
     cycle_ends: list[int] = []
     if cfg.optim.cycles > 1 and not cfg.max_steps and cfg.epochs % cfg.optim.cycles == 0:
         # Cycles end with epochs, where select=snapshots saves them (epochs differ by a batch or two in length).
         per_epoch = [len(epoch_batches(train_ds.durations, plan, e)) for e in range(cfg.epochs)]
-        span = cfg.epochs // cfg.optim.cycles
         cycle_ends = [sum(per_epoch[: (c + 1) * span]) for c in range(cfg.optim.cycles)]
     metrics = _MetricsLog(out, ps.is_main)
     autocast = device.type == "cuda" and cfg.amp
@@ -295,9 +295,8 @@ def train(cfg: TrainConfig, out_dir: str | Path, resume: bool = True, progress: 
                     if ps.is_main:
                         save_model_dir(out / "best", shipped, tokenizer, stats, cfg,
                                        extra_files={"metrics.json": json.dumps(record, indent=1)})
-            if cfg.select == "snapshots" and (epoch + 1) % (cfg.epochs // cfg.optim.cycles) == 0 and ps.is_main:
-                save_model_dir(out / SNAPSHOTS / str((epoch + 1) * cfg.optim.cycles // cfg.epochs - 1), shipped,
-                               tokenizer, stats, cfg)
+            if cfg.select == "snapshots" and (epoch + 1) % span == 0 and ps.is_main:
+                save_model_dir(out / SNAPSHOTS / str((epoch + 1) // span - 1), shipped, tokenizer, stats, cfg)
         log.info("epoch %d: %s", epoch + 1, {k: round(v, 4) if isinstance(v, float) else v
                                               for k, v in record.items()})
         metrics.write(record)
