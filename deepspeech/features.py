@@ -20,6 +20,8 @@ import torch
 
 from deepspeech.audio import SAMPLE_RATE
 
+UTTERANCE_NORMS = ("none", "mean", "meanvar", "speech_mean", "level", "smooth_mean")
+
 
 @dataclass(frozen=True)
 class FeatureConfig:
@@ -30,9 +32,12 @@ class FeatureConfig:
     log_floor: float = 1e-10  # added to the power before the log, so silence is finite
     # Per-utterance normalisation: none | mean | meanvar (per-bin mean and variance) | speech_mean (the per-bin mean
     # of the speech frames only: those within speech_range_db of the loudest, so pauses do not move it) | level
-    # (one scalar, the mean over frames of each frame's log total power: gain goes, spectral shape stays).
+    # (one scalar, the mean over frames of each frame's log total power: gain goes, spectral shape stays) |
+    # smooth_mean (the per-bin mean smoothed across frequency by a Gaussian of norm_smooth_hz: a channel's smooth
+    # colouring goes, the word's own formant-scale average spectrum stays).
     utterance_norm: str = "none"
     speech_range_db: float = 30.0
+    norm_smooth_hz: float = 500.0
     # Endpointing (0 = off): cut the leading and trailing frames more than trim_db below the loudest frame,
     # keeping trim_margin_ms of them, so that recordings cut loosely or tightly around a word look alike.
     trim_db: float = 0.0
@@ -49,9 +54,10 @@ class FeatureConfig:
     def __post_init__(self) -> None:
         if self.window not in {"hamming", "hann"}:
             raise ValueError(f"unknown window {self.window!r}")
-        if self.utterance_norm not in {"none", "mean", "meanvar", "speech_mean", "level"}:
-            raise ValueError("utterance_norm must be none, mean, meanvar, speech_mean or level, "
-                             f"got {self.utterance_norm!r}")
+        if self.utterance_norm not in UTTERANCE_NORMS:
+            raise ValueError(f"utterance_norm must be one of {', '.join(UTTERANCE_NORMS)}, got {self.utterance_norm!r}")
+        if not self.norm_smooth_hz > 0:  # NaN too
+            raise ValueError(f"norm_smooth_hz must be > 0, got {self.norm_smooth_hz}")
         if not self.speech_range_db > 0:  # NaN too
             raise ValueError(f"speech_range_db must be > 0, got {self.speech_range_db}")
         if not (self.trim_db >= 0 and self.trim_margin_ms >= 0):  # NaN too
@@ -95,6 +101,15 @@ def lifter_matrix(n_bins: int, keep: int) -> torch.Tensor:
     c = torch.cos(math.pi * (n + 0.5) * k / n_bins) * math.sqrt(2.0 / n_bins)
     c[0] /= math.sqrt(2.0)
     return (c.T @ c).float()
+
+
+@functools.lru_cache(maxsize=8)
+def smoothing_matrix(n_bins: int, sigma_bins: float) -> torch.Tensor:
+    """(n_bins, n_bins) float64 Gaussian smoothing across frequency: row f holds the weights exp(-(f - g)^2 / 2
+    sigma^2) over bins g, normalised to sum to 1 (so the edges are local weighted means, not pulled to zero)."""
+    f = torch.arange(n_bins, dtype=torch.float64)
+    w = torch.exp(-0.5 * ((f[:, None] - f[None, :]) / sigma_bins) ** 2)
+    return w / w.sum(1, keepdim=True)
 
 
 def _frames_to_logpower(frames: torch.Tensor, cfg: FeatureConfig) -> torch.Tensor:
@@ -166,7 +181,13 @@ def utterance_normalize(feats: torch.Tensor, cfg: FeatureConfig) -> torch.Tensor
     Per-bin means remove the recording channel's spectral colouring, but over a single short word they also remove
     much of the word's own average spectrum ("six" is mostly frication). ``level`` subtracts one number, the mean
     over frames of each frame's log total power, so a gain change (which adds the same constant to every bin) goes
-    and the spectral shape stays."""
+    and the spectral shape stays. ``smooth_mean`` sits between them: it subtracts the per-bin mean smoothed
+    across frequency (a Gaussian of ``norm_smooth_hz``), so a channel's broad colouring and the gain go, while
+    structure finer than that, the formants of the word's vowels, stays."""
+    if cfg.utterance_norm == "smooth_mean" and feats.shape[0] > 0:
+        sigma_bins = cfg.norm_smooth_hz * cfg.win_length / cfg.sample_rate
+        mean = feats.double().mean(0)  # float64, rounded once: no ulp-level dependence on the number of frames' sums
+        return feats - (smoothing_matrix(feats.shape[1], sigma_bins) @ mean).float()
     if cfg.utterance_norm == "level" and feats.shape[0] > 0:
         return feats - torch.logsumexp(feats, dim=1).mean()
     if cfg.utterance_norm == "speech_mean" and feats.shape[0] > 0:

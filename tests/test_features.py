@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -252,6 +253,33 @@ def test_level_normalisation_removes_gain_and_keeps_spectral_shape() -> None:
     assert extract(low, per_bin).mean(0).abs().max() < 1e-4  # per-bin means: every word's average spectrum is 0
     with pytest.raises(ValueError, match="level"):
         FeatureConfig(utterance_norm="levels")
+
+
+def test_smooth_mean_removes_a_channel_tilt_and_keeps_a_words_formants() -> None:
+    """``utterance_norm="smooth_mean"`` subtracts the per-bin utterance mean smoothed across frequency (a Gaussian
+    of ``norm_smooth_hz``). A channel's broad colouring (a tilt of 20 dB across the band, here on synthetic log
+    power) goes where the smoother reproduces it, away from the band's edges, as does any gain; a formant-scale
+    bump of the word's average spectrum (100 Hz wide, 3 nats high) mostly stays, where a per-bin mean removes it."""
+    from deepspeech.features import smoothing_matrix, utterance_normalize
+
+    cfg = FeatureConfig(utterance_norm="smooth_mean", norm_smooth_hz=300.0)
+    gen = torch.Generator().manual_seed(0)
+    word = torch.randn(40, 161, generator=gen)
+    tilt = torch.linspace(0.0, 20 / 10 * math.log(10), 161)  # +20 dB across the band, in nats
+    # 4 sigmas (6 bins of 50 Hz) from the edges, the Gaussian smooths a line to itself but for the ~3e-5 of its
+    # mass cut off beyond the band's edge (below 1e-4 nats of the 4.6-nat tilt); nearer the edges the one-sided
+    # window bends it, by up to 0.13 nats at the outermost bins.
+    interior = slice(24, 137)
+    torch.testing.assert_close(utterance_normalize(word + tilt + 2.0, cfg)[:, interior],
+                               utterance_normalize(word, cfg)[:, interior], atol=1e-4, rtol=0)
+    bump = 3.0 * torch.exp(-0.5 * ((torch.arange(161) - 60.0) / 1.0) ** 2)  # a formant at 3 kHz, sigma 50 Hz
+    kept = utterance_normalize(word + bump, cfg).mean(0)[60] - utterance_normalize(word, cfg).mean(0)[60]
+    assert kept > 2.5  # the smoothed mean takes ~1/sqrt(1 + 36) of its height: ~0.5 nats of 3
+    per_bin = utterance_normalize(word + bump, FeatureConfig(utterance_norm="mean")).mean(0)[60]
+    assert abs(per_bin) < 1e-5
+    assert torch.allclose(smoothing_matrix(161, 6.0).sum(1), torch.ones(161, dtype=torch.float64))
+    with pytest.raises(ValueError, match="norm_smooth_hz"):
+        FeatureConfig(utterance_norm="smooth_mean", norm_smooth_hz=0.0)
 
 
 def test_endpointing_cuts_loose_recordings_to_the_same_frames_as_tight_ones() -> None:
