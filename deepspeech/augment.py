@@ -55,7 +55,7 @@ class AugmentConfig:
     # Channel colouring (0 = off): a random smooth frequency response, as of a microphone or a telephone line, on
     # the raw log power before endpointing and normalisation; its broadest component spans +-eq_db across the band
     # (:func:`random_eq`). A per-bin utterance mean (utterance_norm mean, meanvar, speech_mean) removes any fixed
-    # colouring exactly, so this only acts with utterance_norm none or level.
+    # colouring exactly, so this only acts with utterance_norm none or level (smooth_mean removes its broad part).
     eq_db: float = 0.0
 
     def __post_init__(self) -> None:

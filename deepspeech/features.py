@@ -37,7 +37,7 @@ class FeatureConfig:
     # colouring goes, the word's own formant-scale average spectrum stays).
     utterance_norm: str = "none"
     speech_range_db: float = 30.0
-    norm_smooth_hz: float = 500.0
+    norm_smooth_hz: float = 300.0
     # Endpointing (0 = off): cut the leading and trailing frames more than trim_db below the loudest frame,
     # keeping trim_margin_ms of them, so that recordings cut loosely or tightly around a word look alike.
     trim_db: float = 0.0
