@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Recipe digits-en: the `tiny` English model on the Free Spoken Digit Dataset (shipped in data/fsdd, CC BY-SA 4.0).
 # Train speakers jackson, lucas, nicolas; george (dev) scored each epoch, the final one kept; report on theo + yweweler (test).
-# About 8-12 minutes on 2 CPU cores (training measured at 7 min 45 s and 11 min 26 s on different days). Re-running resumes (or, once finished, just re-evaluates).
+# About 10-12 minutes on 2 CPU cores (training measured at 9 min 49 s on Dec 1; the recipe before smoothed mean normalisation at 7 min 45 s and 11 min 26 s on different days). Re-running resumes (or, once finished, just re-evaluates).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 ds=.venv/bin/deepspeech
