@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Set up everything `make demo` and `make test` need on a fresh Debian/Ubuntu machine, then create .venv/ in the
 # repository root. Idempotent: a no-op when it is up to date; nothing is marked done unless every step succeeded.
-#   1. System packages (apt-get as root, else sudo, else it stops with the exact command to run):
+#   1. System packages (scripts/system_packages.sh: apt-get as root, else sudo, else it stops with the exact command):
 #      make, cmake, g++, Boost/zlib/bz2/lzma headers (KenLM's lmplz and build_binary); espeak-ng, flite, Festival
 #      and its voices (speech synthesis); Chromium + ChromeDriver (the browser test of the server's page).
 #   2. .venv/ with torch (CPU) and the project with the given extras (default: dev).
@@ -13,40 +13,14 @@ cd "$(dirname "$0")/.."
 extras="${1:-dev}"
 py="${PYTHON:-$(command -v python3.11 || command -v python3)}"
 stamp=".venv/.setup-stamp"
-want="$(cat pyproject.toml scripts/setup.sh scripts/build_kenlm.sh native/* deepspeech/native/build.py |
+want="$(cat pyproject.toml scripts/setup.sh scripts/system_packages.sh scripts/build_kenlm.sh native/* deepspeech/native/build.py |
   sha256sum | cut -c1-16)-$extras"
 if [ -f "$stamp" ] && [ "$(cat "$stamp")" = "$want" ] && [ -x .venv/bin/deepspeech ]; then
   exit 0
 fi
 
-# 1. System packages: a command that must be there, or a Debian package that must be installed.
-commands="make:make cmake:cmake g++:g++ espeak-ng:espeak-ng flite:flite text2wave:festival chromium:chromium
-  chromedriver:chromium-driver"
-packages="libboost-program-options-dev libboost-system-dev libboost-thread-dev libboost-test-dev zlib1g-dev
-  libbz2-dev liblzma-dev festvox-kdlpc16k festvox-czech-ph festvox-suopuhe-lj"
-need=()
-for pair in $commands; do
-  command -v "${pair%%:*}" >/dev/null || need+=("${pair#*:}")
-done
-for pkg in $packages; do
-  dpkg -s "$pkg" >/dev/null 2>&1 || need+=("$pkg")
-done
-if [ ${#need[@]} -gt 0 ]; then
-  install="apt-get install -y -q --no-install-recommends ${need[*]}"
-  if [ "$(id -u)" -eq 0 ]; then
-    sudo=""
-  elif command -v sudo >/dev/null && sudo -n true 2>/dev/null; then
-    sudo="sudo"
-  else
-    echo "setup: these system packages are missing: ${need[*]}" >&2
-    echo "setup: run as root (or with sudo), then run this again:" >&2
-    echo "  apt-get update && $install" >&2
-    exit 1
-  fi
-  echo "setup: installing system packages: ${need[*]}" >&2
-  $sudo env DEBIAN_FRONTEND=noninteractive apt-get update -q
-  $sudo env DEBIAN_FRONTEND=noninteractive $install
-fi
+# 1. System packages.
+scripts/system_packages.sh
 
 # 2. The virtual environment.
 echo "setup: .venv (extras: $extras) with $py" >&2
