@@ -12,7 +12,7 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 export TORCH_CUDA_ARCH_LIST="${TORCH_CUDA_ARCH_LIST:-9.0}"
-export TORCH_EXTENSIONS_DIR="${TORCH_EXTENSIONS_DIR:-/tmp/deepspeech_torch_ext}"
+export DEEPSPEECH_NATIVE_DIR="${DEEPSPEECH_NATIVE_DIR:-/tmp/deepspeech_native}"  # no set-up ran on that machine
 export MAX_JOBS="${MAX_JOBS:-16}"
 export PYTHONPATH="$PWD${PYTHONPATH:+:$PYTHONPATH}"
 export PYTHONUNBUFFERED=1
@@ -32,7 +32,7 @@ import torch
 import torch.nn.functional as F
 
 logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-from deepspeech.native.build import load_cuda_extension, load_extension  # noqa: E402
+from deepspeech.native.build import build, load_cuda_extension, load_extension  # noqa: E402
 
 assert torch.cuda.is_available(), "no GPU visible to torch"
 print(f"torch {torch.__version__} cuda {torch.version.cuda} on {torch.cuda.get_device_name()}")
@@ -78,10 +78,11 @@ def cpu_ms(fn, reps: int = 7) -> float:
 
 t0 = time.perf_counter()
 with concurrent.futures.ThreadPoolExecutor(4) as pool:  # the two nvcc and the two g++ builds at once
-    jobs = {"gru_cuda": pool.submit(load_cuda_extension, "gru_cuda"), "gru": pool.submit(load_extension, "gru"),
-            "ctc_loss": pool.submit(load_extension, "ctc_loss"),
+    jobs = {"gru_cuda": pool.submit(load_cuda_extension, "gru_cuda"), "gru": pool.submit(build, "gru"),
+            "ctc_loss": pool.submit(build, "ctc_loss"),
             "ctc_cuda": pool.submit(load_cuda_extension, "ctc_cuda")}
     ext = {k: f.result() for k, f in jobs.items()}
+ext.update({k: load_extension(k) for k in ("gru", "ctc_loss")})  # built above (the set-up's step on a CPU machine)
 built = ", ".join(f"{k} {'ok' if v else 'FAILED'}" for k, v in ext.items())
 print(f"built in {time.perf_counter() - t0:.0f} s: {built}")
 if ext["gru_cuda"] is None:

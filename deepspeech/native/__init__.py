@@ -6,9 +6,10 @@
   streaming step (``native/gru.cpp``; forward and step on a GPU: ``native/gru_cuda.cu``); reference: ``nn.GRU``'s
   ``torch.gru`` and the step-by-step :func:`gru_layer_reference`.
 
-Each kernel compiles on first use (``torch.utils.cpp_extension``, cached by torch; the CUDA ones only where torch
-has CUDA, a GPU is visible and nvcc is found); if it cannot be built or loaded, a warning is logged once and the
-reference path runs. ``tests/test_native_cuda_build.py`` compiles the CUDA sources wherever nvcc is on the PATH;
+The CPU kernels are compiled by the set-up into the checkout's ``.venv/native/`` (:mod:`deepspeech.native.build`),
+never at run time; the CUDA ones build only where torch has CUDA, a GPU is visible and nvcc is found. If a kernel is
+not built or cannot be loaded, a warning is logged once and the reference path runs.
+``tests/test_native_cuda_build.py`` compiles the CUDA sources wherever nvcc is on the PATH;
 ``scripts/device_check.sh`` checks and times them on a GPU. ``DEEPSPEECH_NATIVE=0`` forces the reference.
 """
 
