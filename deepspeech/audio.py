@@ -2,12 +2,20 @@
 
 Every failure (unreadable, empty, non-finite, over-long, wrong sample format) raises :class:`AudioError`, so a
 caller that processes many files can catch one exception type, report the file and go on.
+
+Admission happens before decoding: the header's sample rate, channel count and length are checked against
+MIN_SAMPLE_RATE..MAX_SAMPLE_RATE, MAX_CHANNELS and the duration limit. The file is then decoded block by block
+(BLOCK_S seconds), each block mixed to mono as it comes, so peak memory is the mono signal at the file's rate plus
+one multi-channel block, however much the header claims. The samples are bit-identical to decoding the whole file
+at once and mixing it with ``mean(axis=1)`` (the row mean of a block is the row mean of the whole array).
 """
 
 from __future__ import annotations
 
 import io
 import os
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import numpy as np
@@ -16,52 +24,141 @@ import soxr
 
 SAMPLE_RATE = 16_000  # every model in this project runs at 16 kHz
 MAX_DURATION_S = 4 * 3600.0  # longer input is refused; long recordings are chunked by the caller
+MIN_SAMPLE_RATE = 8_000  # below this a header is broken or hostile (a 1 Hz header means a 16,000x upsampling)
+MAX_SAMPLE_RATE = 192_000  # the highest rate of real recording equipment
+MAX_CHANNELS = 8  # 7.1 surround
+BLOCK_S = 2.0  # decoded per read: at most 192 kHz x 8 channels x 2 s x 4 bytes = 12 MB
+FIRST_CAPACITY_S = 60.0  # the mono buffer starts this long (or at the header's length) and doubles as data comes
 AUDIO_SUFFIXES = (".wav", ".flac", ".ogg", ".oga", ".opus", ".mp3", ".aiff", ".aif")  # what folder scans pick up
+_UNKNOWN_FRAMES = 2**63 - 1  # libsndfile's SF_COUNT_MAX: the header has no length (e.g. a streamed FLAC)
 
 
 class AudioError(ValueError):
     """Raised for audio that cannot be turned into a usable 16 kHz mono waveform."""
 
 
-def _finish(samples: np.ndarray, sr: int, source: str, max_duration_s: float) -> np.ndarray:
-    """Mix to mono, check, resample to 16 kHz. ``samples`` is (n,) or (n, channels)."""
-    if samples.ndim == 2:
-        samples = samples.mean(axis=1)
-    samples = np.asarray(samples, dtype=np.float32)
-    if samples.size == 0:
-        raise AudioError(f"{source}: audio is empty")
-    if not np.all(np.isfinite(samples)):
-        raise AudioError(f"{source}: audio contains NaN or infinite samples")
-    if sr <= 0:
-        raise AudioError(f"{source}: invalid sample rate {sr}")
-    duration = samples.size / sr
-    if duration > max_duration_s:
-        raise AudioError(f"{source}: {duration:.0f} s is longer than the limit of {max_duration_s:.0f} s")
-    if sr != SAMPLE_RATE:
-        samples = soxr.resample(samples, sr, SAMPLE_RATE, quality="HQ").astype(np.float32, copy=False)
-    return np.ascontiguousarray(samples)
+def _too_long(name: str, seconds: float | None, max_duration_s: float) -> AudioError:
+    """``seconds`` is None for a file without a length in its header, stopped once past the limit."""
+    what = "audio without a length in its header" if seconds is None else f"{seconds:.0f} s"
+    return AudioError(f"{name}: {what} is longer than the limit of {max_duration_s:.0f} s")
 
 
-def load_audio(
-    source: str | os.PathLike[str] | bytes, max_duration_s: float = MAX_DURATION_S
-) -> np.ndarray:
-    """Read a file (path or encoded bytes: wav, flac, ogg, mp3, ...) -> (n,) float32 mono at 16 kHz in [-1, 1]."""
-    name = "<bytes>" if isinstance(source, bytes | bytearray) else str(source)
+def _check_format(name: str, sample_rate: int, channels: int) -> None:
+    """Refuse a sample rate or channel count outside the accepted bounds."""
+    if not MIN_SAMPLE_RATE <= sample_rate <= MAX_SAMPLE_RATE:
+        raise AudioError(f"{name}: sample rate {sample_rate} Hz is outside the accepted "
+                         f"{MIN_SAMPLE_RATE}-{MAX_SAMPLE_RATE} Hz")
+    if channels > MAX_CHANNELS:
+        raise AudioError(f"{name}: {channels} channels is more than the limit of {MAX_CHANNELS}")
+
+
+@contextmanager
+def _open(source: str | os.PathLike[str] | bytes, name: str) -> Iterator[sf.SoundFile]:
+    """Open for reading (header only); libsndfile failures, at opening or while reading, become AudioError."""
     try:
         handle = io.BytesIO(source) if isinstance(source, bytes | bytearray) else source
         with sf.SoundFile(handle) as f:
-            sr = f.samplerate
-            if f.frames > 0 and f.frames / sr > max_duration_s:
-                raise AudioError(
-                    f"{name}: {f.frames / sr:.0f} s is longer than the limit of {max_duration_s:.0f} s"
-                )
-            samples = f.read(dtype="float32", always_2d=True)
+            yield f
     except AudioError:
         raise
     except (sf.LibsndfileError, RuntimeError, TypeError, OSError, ValueError) as e:
         why = str(e).rsplit(": ", 1)[-1] if isinstance(source, bytes | bytearray) else str(e)  # no object repr
         raise AudioError(f"{name}: cannot read audio ({why})") from e
-    return _finish(samples, sr, name, max_duration_s)
+
+
+def _admit(f: sf.SoundFile, name: str, max_duration_s: float) -> int | None:
+    """Check the header against the bounds, before anything is decoded -> its frame count, None if it has none."""
+    _check_format(name, f.samplerate, f.channels)
+    known = f.frames if 0 < f.frames < _UNKNOWN_FRAMES else None
+    if known is not None and known / f.samplerate > max_duration_s:
+        raise _too_long(name, known / f.samplerate, max_duration_s)
+    return known
+
+
+def _read_into(f: sf.SoundFile, out: np.ndarray) -> int:
+    """Decode the next ``len(out)`` frames into ``out`` ((frames, channels) float32, C order) -> frames decoded.
+
+    Calls libsndfile directly: ``SoundFile.read`` seeks after every read to track its position, and that seek
+    re-primes the mp3 and opus decoders (the next samples differ by an ulp from a whole-file read) and fails on a
+    FLAC without a length. Consecutive reads give the same samples as one read of the whole file.
+    """
+    n = sf._snd.sf_readf_float(f._file, sf._ffi.cast("float *", out.ctypes.data), len(out))
+    err = sf._snd.sf_error(f._file)
+    if err:
+        raise sf.LibsndfileError(err)
+    return int(n)
+
+
+def _blocks(f: sf.SoundFile, name: str, known: int | None, max_duration_s: float) -> Iterator[np.ndarray]:
+    """(n, channels) float32 blocks of the whole file (views of one reused buffer: use each before the next).
+
+    Reads ``known`` frames (as a whole-file read does), or, without a length, until the end; stops with
+    AudioError as soon as more than ``max_duration_s`` has been decoded (one frame past it).
+    """
+    sr = f.samplerate
+    size = max(1, int(BLOCK_S * sr)) if known is None else min(max(1, int(BLOCK_S * sr)), known)
+    block = np.empty((size, f.channels), np.float32)
+    total = 0
+    while known is None or total < known:
+        if known is None:  # decode no more than one frame past the limit
+            room = max_duration_s * sr - total
+            want = size if room >= size else max(1, int(room) + 1)
+        else:
+            want = min(size, known - total)
+        n = _read_into(f, block[:want])
+        if n <= 0:
+            return
+        total += n
+        if total / sr > max_duration_s:
+            raise _too_long(name, None, max_duration_s)
+        yield block[:n]
+
+
+def _decode_mono(f: sf.SoundFile, name: str, known: int | None, max_duration_s: float) -> np.ndarray:
+    """The whole file mixed to mono, (n,) float32 at the file's rate; the buffer grows with what is decoded."""
+    sr = f.samplerate
+    first = max(1, int(min(FIRST_CAPACITY_S, max_duration_s) * sr) + 1)
+    buf = np.empty(first if known is None else min(first, known), np.float32)
+    pos = 0
+    for block in _blocks(f, name, known, max_duration_s):
+        with np.errstate(invalid="ignore", over="ignore"):  # inf - inf or an overflow: refused just below
+            mono = block.mean(axis=1)  # float32, the same row means as the whole (frames, channels) array gives
+        if not np.all(np.isfinite(mono)):
+            raise AudioError(f"{name}: audio contains NaN or infinite samples")
+        if pos + mono.size > buf.size:  # realloc in place: no second copy of the buffer at any time
+            grow = min(2 * buf.size, known if known is not None else max_duration_s * sr)
+            buf.resize(int(max(grow, pos + mono.size)), refcheck=False)  # no view of buf exists here
+        buf[pos: pos + mono.size] = mono
+        pos += mono.size
+    if pos == 0:
+        raise AudioError(f"{name}: audio is empty")
+    if pos < buf.size:
+        buf.resize(pos, refcheck=False)
+    return buf
+
+
+def _to_16k(mono: np.ndarray, sr: int, name: str) -> np.ndarray:
+    """Resample the whole mono signal once (soxr HQ), as every trained model's data was."""
+    if sr != SAMPLE_RATE:
+        mono = soxr.resample(mono, sr, SAMPLE_RATE, quality="HQ").astype(np.float32, copy=False)
+        if not np.all(np.isfinite(mono)):  # finite float samples near 3e38 overflow in the filter
+            raise AudioError(f"{name}: audio samples too large to resample (beyond float32 range)")
+    return np.ascontiguousarray(mono)
+
+
+def load_audio(
+    source: str | os.PathLike[str] | bytes, max_duration_s: float = MAX_DURATION_S
+) -> np.ndarray:
+    """Read a file (path or encoded bytes: wav, flac, ogg, mp3, ...) -> (n,) float32 mono at 16 kHz in [-1, 1].
+
+    Refuses, before decoding, a sample rate outside MIN_SAMPLE_RATE..MAX_SAMPLE_RATE, more than MAX_CHANNELS
+    channels or a header length over ``max_duration_s``; a file without a length stops once past the limit.
+    """
+    name = "<bytes>" if isinstance(source, bytes | bytearray) else str(source)
+    with _open(source, name) as f:
+        sr = f.samplerate
+        mono = _decode_mono(f, name, _admit(f, name, max_duration_s), max_duration_s)
+    return _to_16k(mono, sr, name)
 
 
 def load_pcm16(data: bytes, sample_rate: int = SAMPLE_RATE, channels: int = 1,
@@ -69,21 +166,30 @@ def load_pcm16(data: bytes, sample_rate: int = SAMPLE_RATE, channels: int = 1,
     """Raw little-endian 16-bit PCM bytes (interleaved if ``channels`` > 1) -> (n,) float32 mono at 16 kHz."""
     if channels < 1:
         raise AudioError(f"<pcm>: invalid channel count {channels}")
+    _check_format("<pcm>", sample_rate, channels)
     if len(data) % (2 * channels) != 0:
         raise AudioError(f"<pcm>: {len(data)} bytes is not a whole number of 16-bit frames of {channels} channels")
+    frames = len(data) // (2 * channels)
+    if frames == 0:
+        raise AudioError("<pcm>: audio is empty")
+    if frames / sample_rate > max_duration_s:
+        raise _too_long("<pcm>", frames / sample_rate, max_duration_s)
     samples = np.frombuffer(data, dtype="<i2").astype(np.float32) / 32768.0
-    return _finish(samples.reshape(-1, channels), sample_rate, "<pcm>", max_duration_s)
+    return _to_16k(samples.reshape(-1, channels).mean(axis=1), sample_rate, "<pcm>")
 
 
-def audio_duration(path: str | os.PathLike[str]) -> float:
-    """Duration in seconds from the file header (decodes the file when the header has no frame count)."""
-    try:
-        info = sf.info(str(path))
-        if info.frames > 0:
-            return info.frames / info.samplerate
-    except (sf.LibsndfileError, RuntimeError, OSError) as e:
-        raise AudioError(f"{path}: cannot read audio ({e})") from e
-    return load_audio(path).size / SAMPLE_RATE
+def audio_duration(path: str | os.PathLike[str], max_duration_s: float = MAX_DURATION_S) -> float:
+    """Duration in seconds from the file header, under the same admission as :func:`load_audio`; a file whose
+    header has no length is decoded block by block (not kept) and counted, up to ``max_duration_s``."""
+    name = str(path)
+    with _open(path, name) as f:
+        known = _admit(f, name, max_duration_s)
+        if known is not None:
+            return known / f.samplerate
+        frames = sum(len(block) for block in _blocks(f, name, None, max_duration_s))
+        if frames == 0:
+            raise AudioError(f"{name}: audio is empty")
+        return frames / f.samplerate
 
 
 def save_audio(path: str | Path, samples: np.ndarray, sample_rate: int = SAMPLE_RATE) -> None:

@@ -4,13 +4,30 @@ AudioError that names its source."""
 from __future__ import annotations
 
 import io
+import struct
+import time
+import tracemalloc
 from pathlib import Path
 
 import numpy as np
 import pytest
 import soundfile as sf
+import soxr
 
-from deepspeech.audio import SAMPLE_RATE, AudioError, audio_duration, load_audio, load_pcm16, save_audio
+from deepspeech import audio
+from deepspeech.audio import (
+    MAX_CHANNELS,
+    MAX_SAMPLE_RATE,
+    MIN_SAMPLE_RATE,
+    SAMPLE_RATE,
+    AudioError,
+    audio_duration,
+    load_audio,
+    load_pcm16,
+    save_audio,
+)
+
+REPO = Path(__file__).resolve().parents[1]
 
 RATES = [8000, 22050, 44100, 48000]
 FORMATS = {"wav": ("WAV", "PCM_16"), "flac": ("FLAC", "PCM_16"), "ogg": ("OGG", "VORBIS"),
@@ -187,3 +204,193 @@ def test_too_long(tmp_path: Path) -> None:
 
 def test_audio_error_is_value_error() -> None:
     assert issubclass(AudioError, ValueError)
+
+
+# --- admission before decoding (issue 29) ----------------------------------------------------------------------
+
+
+def old_load_audio(data: bytes) -> np.ndarray:
+    """The loader every published model was trained with: decode all channels at once, mean, resample once."""
+    with sf.SoundFile(io.BytesIO(data)) as f:
+        sr = f.samplerate
+        samples = f.read(dtype="float32", always_2d=True)
+    mono = np.asarray(samples.mean(axis=1), dtype=np.float32)
+    if sr != SAMPLE_RATE:
+        mono = soxr.resample(mono, sr, SAMPLE_RATE, quality="HQ").astype(np.float32, copy=False)
+    return np.ascontiguousarray(mono)
+
+
+def without_length(flac: bytes) -> bytes:
+    """The same FLAC with STREAMINFO's total-samples field set to 0 ("unknown", as a streaming encoder writes)."""
+    assert flac[:4] == b"fLaC"
+    d = bytearray(flac)
+    fields = int.from_bytes(d[18:26], "big")  # 20 bits rate, 3 channels, 5 bits per sample, 36 total samples
+    d[18:26] = (fields & ~((1 << 36) - 1)).to_bytes(8, "big")
+    return bytes(d)
+
+
+def wav_header(rate: int, channels: int, frames: int) -> bytes:
+    """A 16-bit PCM WAV header claiming anything, followed by ``frames`` frames of silence."""
+    data = frames * channels * 2
+    return (b"RIFF" + struct.pack("<I", 36 + data) + b"WAVEfmt " + struct.pack("<IHHIIHH", 16, 1, channels, rate,
+            rate * channels * 2, channels * 2, 16) + b"data" + struct.pack("<I", data) + b"\x00" * data)
+
+
+def no_decoding(monkeypatch: pytest.MonkeyPatch) -> None:
+    def refuse(*_: object) -> int:
+        raise AssertionError("decoding started")
+    monkeypatch.setattr(audio, "_read_into", refuse)
+
+
+def equality_cases() -> list[tuple[str, bytes]]:
+    rng = np.random.default_rng(29)
+    cases = []
+    for ext, subtype in [("wav", "FLOAT"), ("wav", "PCM_24"), ("flac", "PCM_16"), ("ogg", "VORBIS"),
+                         ("opus", "OPUS"), ("mp3", "MPEG_LAYER_III")]:
+        fmt = {"opus": "OGG", "mp3": "MP3"}.get(ext, ext.upper())
+        for sr in [8000, 16000, 44100] if ext != "opus" else [8000, 48000]:
+            for channels in [1, 2, 8] if ext != "mp3" else [1, 2]:
+                x = (rng.standard_normal((int(0.61 * sr) + 1, channels)) * rng.uniform(0.01, 0.3, channels))
+                buf = io.BytesIO()
+                sf.write(buf, x.clip(-1, 1), sr, format=fmt, subtype=subtype)
+                cases.append((f"{ext}-{subtype}-{sr}Hz-{channels}ch", buf.getvalue()))
+    whole = dict(cases)
+    cases += [("flac-truncated", whole["flac-PCM_16-44100Hz-8ch"][:30_000]),
+              ("wav-truncated", whole["wav-FLOAT-44100Hz-2ch"][:50_001])]
+    shipped = sorted((REPO / "data" / "fsdd" / "audio").glob("*.flac"))[:3]
+    return cases + [(p.name, p.read_bytes()) for p in shipped]
+
+
+@pytest.mark.parametrize("block_s,capacity_s", [(audio.BLOCK_S, audio.FIRST_CAPACITY_S), (0.0371, 0.1)])
+def test_same_samples_as_whole_file_decoding(monkeypatch: pytest.MonkeyPatch, block_s: float,
+                                             capacity_s: float) -> None:
+    """Block-wise decoding and mixing gives the old loader's bits exactly (models were trained on them): with the
+    default blocks, and with tiny ones that leave short tails and make the mono buffer grow."""
+    monkeypatch.setattr(audio, "BLOCK_S", block_s)
+    monkeypatch.setattr(audio, "FIRST_CAPACITY_S", capacity_s)
+    for name, data in equality_cases():
+        try:
+            old = old_load_audio(data)
+        except (RuntimeError, ValueError):  # the truncated FLAC may fail to decode: then so must the new loader
+            with pytest.raises(AudioError):
+                load_audio(data)
+            continue
+        new = load_audio(data)
+        assert new.dtype == old.dtype and new.shape == old.shape, name
+        assert new.tobytes() == old.tobytes(), name  # bit for bit, -0.0 included
+
+
+def test_decompression_bomb_refused_before_decoding(tmp_path: Path) -> None:
+    """A few KB of FLAC declaring 655,350 Hz x 8 channels: refused from its header, no memory spent."""
+    path = tmp_path / "bomb.flac"
+    sf.write(path, np.zeros((655_350, 8), np.int16), 655_350, subtype="PCM_16")  # 1 s, 42 MB as float32
+    assert path.stat().st_size < 10_000
+    tracemalloc.start()
+    try:
+        with pytest.raises(AudioError, match=r"bomb.flac: sample rate 655350 Hz is outside .*8000-192000 Hz"):
+            load_audio(path)
+        with pytest.raises(AudioError, match=r"<bytes>: sample rate 655350 Hz"):
+            load_audio(path.read_bytes())
+        _, peak = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+    assert peak < 200_000, peak
+    with pytest.raises(AudioError, match="655350 Hz"):
+        audio_duration(path)
+
+
+def test_too_many_channels_refused(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    sf.write(tmp_path / "nine.wav", np.zeros((800, MAX_CHANNELS + 1), np.int16), SAMPLE_RATE)
+    sf.write(tmp_path / "eight.wav", np.full((800, MAX_CHANNELS), 0.25), SAMPLE_RATE, subtype="FLOAT")
+    np.testing.assert_array_equal(load_audio(tmp_path / "eight.wav"), 0.25)
+    no_decoding(monkeypatch)
+    with pytest.raises(AudioError, match="nine.wav: 9 channels is more than the limit of 8"):
+        load_audio(tmp_path / "nine.wav")
+    with pytest.raises(AudioError, match="nine.wav: 9 channels"):
+        audio_duration(tmp_path / "nine.wav")
+
+
+@pytest.mark.parametrize("rate", [1, MIN_SAMPLE_RATE - 1, MAX_SAMPLE_RATE + 1])
+def test_sample_rate_out_of_bounds_refused_fast(monkeypatch: pytest.MonkeyPatch, rate: int) -> None:
+    """A header claiming 1 Hz made the old loader upsample 16,000x (minutes for a long file)."""
+    data = wav_header(rate, 1, 50)
+    assert sf.info(io.BytesIO(data)).samplerate == rate
+    no_decoding(monkeypatch)
+    start = time.perf_counter()
+    with pytest.raises(AudioError, match=rf"<bytes>: sample rate {rate} Hz is outside the accepted 8000-192000 Hz"):
+        load_audio(data)
+    assert time.perf_counter() - start < 1.0
+
+
+@pytest.mark.parametrize("rate", [MIN_SAMPLE_RATE, MAX_SAMPLE_RATE])
+def test_bounds_are_inclusive(rate: int) -> None:
+    y = load_audio(wav_header(rate, MAX_CHANNELS, rate // 10))
+    assert y.size == SAMPLE_RATE // 10 and not y.any()
+
+
+def test_long_file_peak_memory(tmp_path: Path) -> None:
+    """Peak memory: the mono signal at the file's rate, the 16 kHz output and one block, never all channels."""
+    sr, channels, seconds = 48_000, 6, 10
+    x = np.random.default_rng(3).integers(-3000, 3000, (sr * seconds, channels)).astype(np.int16)
+    sf.write(tmp_path / "long.wav", x, sr, subtype="PCM_16")
+    tracemalloc.start()
+    try:
+        y = load_audio(tmp_path / "long.wav")
+        _, peak = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+    block = int(audio.BLOCK_S * sr)
+    # the block (all channels), its row sums and means; 64 KB for small objects
+    bound = 4 * sr * seconds + y.nbytes + 4 * block * (channels + 2) + 65_536
+    assert peak < bound, (peak, bound)  # the old loader: 4 * sr * seconds * (channels + 1) = 13.4 MB
+    assert peak < 4 * sr * seconds * channels
+
+
+def test_file_without_length(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A FLAC whose header gives no length is decoded block by block: within the limit it gives what the same
+    file with a length gives; past the limit it stops one frame past it."""
+    x = np.random.default_rng(4).standard_normal((3 * 22_050, 2)) * 0.1
+    buf = io.BytesIO()
+    sf.write(buf, x, 22_050, format="FLAC", subtype="PCM_16")
+    data = without_length(buf.getvalue())
+    (tmp_path / "stream.flac").write_bytes(data)
+    np.testing.assert_array_equal(load_audio(data), load_audio(buf.getvalue()))
+    assert audio_duration(tmp_path / "stream.flac") == pytest.approx(3.0)
+    decoded = []
+    read_into = audio._read_into
+    monkeypatch.setattr(audio, "_read_into", lambda f, out: decoded.append(read_into(f, out)) or decoded[-1])
+    monkeypatch.setattr(audio, "BLOCK_S", 0.25)
+    with pytest.raises(AudioError, match="<bytes>: audio without a length in its header is longer than the limit"):
+        load_audio(data, max_duration_s=1.0)
+    assert sum(decoded) == 22_050 + 1  # one frame past the limit, of 66,150
+    decoded.clear()
+    with pytest.raises(AudioError, match="stream.flac: audio without a length"):
+        audio_duration(tmp_path / "stream.flac", max_duration_s=1.0)
+    assert sum(decoded) == 22_050 + 1
+
+
+def test_audio_duration_reads_only_the_header(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    sf.write(tmp_path / "a.flac", np.zeros(12_000, np.int16), 8000)
+    no_decoding(monkeypatch)
+    assert audio_duration(tmp_path / "a.flac") == 1.5
+    with pytest.raises(AudioError, match="a.flac: 2 s is longer than the limit of 1 s"):
+        audio_duration(tmp_path / "a.flac", max_duration_s=1.0)
+
+
+@pytest.mark.parametrize("rate,channels", [(1, 1), (MIN_SAMPLE_RATE - 1, 1), (MAX_SAMPLE_RATE + 1, 1),
+                                           (SAMPLE_RATE, MAX_CHANNELS + 1)])
+def test_pcm16_bounds(rate: int, channels: int) -> None:
+    with pytest.raises(AudioError, match=r"<pcm>: (sample rate|9 channels)"):
+        load_pcm16(b"\x00\x00" * channels * 100, sample_rate=rate, channels=channels)
+    assert load_pcm16(b"\x00\x00" * MAX_CHANNELS * 100, sample_rate=MIN_SAMPLE_RATE, channels=MAX_CHANNELS).size == 200
+
+
+def test_samples_too_large_to_resample(tmp_path: Path) -> None:
+    """Finite float samples near the float32 maximum overflow in the resampling filter: refused, not NaN."""
+    x = np.zeros(800, np.float32)
+    x[400:403] = [3e38, -3e38, 3e38]
+    sf.write(tmp_path / "huge.wav", x, 8000, subtype="FLOAT")
+    with pytest.raises(AudioError, match="huge.wav: audio samples too large to resample"):
+        load_audio(tmp_path / "huge.wav")
+    sf.write(tmp_path / "huge16k.wav", x, SAMPLE_RATE, subtype="FLOAT")
+    assert load_audio(tmp_path / "huge16k.wav")[401] == np.float32(-3e38)  # no resampling: kept as it is

@@ -12,7 +12,16 @@ import numpy as np
 import pytest
 import soundfile as sf
 
-from deepspeech.data.manifest import ManifestError, Utterance, parse_line, read_manifest, write_manifest
+from deepspeech.data import manifest as manifest_module
+from deepspeech.data.manifest import (
+    MAX_LINE_BYTES,
+    ManifestError,
+    Utterance,
+    parse_line,
+    read_manifest,
+    read_manifest_report,
+    write_manifest,
+)
 
 LOGGER = "deepspeech.data.manifest"
 
@@ -151,3 +160,91 @@ def test_write_read_round_trip(tmp_path: Path) -> None:
 def test_to_json_rounds_duration() -> None:
     d = Utterance("/data/a.wav", "x", 1.234567, None).to_json()
     assert d == {"audio": "/data/a.wav", "text": "x", "duration_s": 1.2346, "speaker": None, "lang": "en"}
+
+
+# --- hostile lines (issue 29): each is skipped with one log line naming file:line, the rest of the file is read ----
+
+
+def skipped(caplog: pytest.LogCaptureFixture) -> list[str]:
+    msgs = [r.getMessage() for r in caplog.records if ": skipped: " in r.getMessage()]
+    assert all("\n" not in m and len(m) < 500 for m in msgs), msgs  # one short line each
+    return msgs
+
+
+def read_bytes_manifest(tmp_path: Path, lines: list[bytes], caplog: pytest.LogCaptureFixture,
+                        sep: bytes = b"\n") -> tuple[Path, list[Utterance], int]:
+    tone(tmp_path / "a.wav")
+    path = tmp_path / "m.jsonl"
+    path.write_bytes(sep.join(lines) + sep)
+    with caplog.at_level(logging.WARNING, logger=LOGGER):
+        report = read_manifest_report(path)
+    return path, report.utts, report.skipped
+
+
+GOOD = line(audio="a.wav", text="héllo", duration_s=0.1).encode()
+
+
+def test_non_utf8_line_is_skipped(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    latin1 = line(audio="a.wav", text="héllo", duration_s=0.1).encode("latin-1")
+    path, utts, bad = read_bytes_manifest(tmp_path, [GOOD, b"\xff\xfe\x00garbage", latin1, GOOD], caplog)
+    assert [u.text for u in utts] == ["héllo", "héllo"] and bad == 2
+    assert skipped(caplog) == [f"{path}:2: skipped: not UTF-8 (byte 0xff at column 1)",
+                               f"{path}:3: skipped: not UTF-8 (byte 0xe9 at column 30)"]
+
+
+@pytest.mark.parametrize("nested", [b"[" * 100_000, b"[" * 100_000 + b"]" * 100_000,
+                                    b'{"audio": "a.wav", "text": "x", "duration_s": 1, "x": ' + b"{\"a\": " * 50_000])
+def test_deeply_nested_line_is_skipped(tmp_path: Path, caplog: pytest.LogCaptureFixture, nested: bytes) -> None:
+    path, utts, bad = read_bytes_manifest(tmp_path, [GOOD, nested, GOOD], caplog)
+    assert len(utts) == 2 and bad == 1
+    [msg] = skipped(caplog)
+    assert msg.startswith(f"{path}:2: skipped: not JSON"), msg
+
+
+def test_overlong_line_is_skipped(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    overlong = line(audio="a.wav", text="x" * MAX_LINE_BYTES, duration_s=0.1).encode()  # valid JSON, 1 MB + 50
+    path, utts, bad = read_bytes_manifest(tmp_path, [GOOD, overlong, GOOD, overlong], caplog)
+    assert len(utts) == 2 and bad == 2
+    assert skipped(caplog) == [f"{path}:{n}: skipped: line longer than {MAX_LINE_BYTES} bytes" for n in (2, 4)]
+
+
+def test_line_length_limit_is_exact(tmp_path: Path, caplog: pytest.LogCaptureFixture,
+                                    monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(manifest_module, "MAX_LINE_BYTES", len(GOOD))
+    for sep in (b"\n", b"\r\n"):
+        caplog.clear()
+        longer = GOOD[:-1] + b" }"
+        _, utts, bad = read_bytes_manifest(tmp_path, [GOOD, longer, GOOD], caplog, sep)
+        assert len(utts) == 2 and bad == 1
+
+
+def test_invalid_fields_are_skipped(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    lines = [b'{"audio": "a.wav", "text": "\\ud800", "duration_s": 1}',  # a lone surrogate no writer can encode
+             b'{"audio": "a\\u0000.wav", "text": "x", "duration_s": 1}',
+             line(audio="a.wav", text="x", duration_s="9" * 10_000).encode(),
+             line(audio="a.wav", text="x", duration_s=[[[[1]]]]).encode(),
+             line(audio="a.wav", text="x", duration_s=1, lang="x" * 10_000).encode(), GOOD]
+    path, utts, bad = read_bytes_manifest(tmp_path, lines, caplog)
+    assert len(utts) == 1 and bad == 5
+    msgs = skipped(caplog)
+    assert msgs[0] == f"{path}:1: skipped: 'text' is not valid Unicode"
+    assert msgs[1] == f"{path}:2: skipped: 'audio' contains a NUL character"
+    assert msgs[2].endswith("got '" + "9" * 39 + "...")
+    assert msgs[3].endswith("got a JSON array")
+    assert msgs[4].endswith("got '" + "x" * 39 + "...")
+
+
+def test_line_endings_and_bom_as_in_text_mode(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    for sep in (b"\n", b"\r\n", b"\r"):
+        caplog.clear()
+        path, utts, bad = read_bytes_manifest(tmp_path, [b"\xef\xbb\xbf" + GOOD, b"nope", b"", GOOD], caplog, sep)
+        assert len(utts) == 2 and bad == 1
+        assert skipped(caplog) == [f"{path}:2: skipped: not JSON (Expecting value)"]
+
+
+def test_report_counts_what_was_skipped(tmp_path: Path) -> None:
+    tone(tmp_path / "a.wav")
+    (tmp_path / "m.jsonl").write_bytes(b"\n".join([GOOD, b"\xff", b"", b"[]", GOOD]))
+    report = read_manifest_report(tmp_path / "m.jsonl")
+    assert len(report.utts) == 2 and report.skipped == 2
+    assert read_manifest(tmp_path / "m.jsonl") == report.utts
