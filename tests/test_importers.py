@@ -1,7 +1,10 @@
-"""Dataset importers on tiny fake layouts with real audio files (plus bad entries that must be skipped)."""
+"""Dataset importers and corpus readers on tiny fake layouts with real audio files (plus bad entries that must be
+skipped); the data kit's split manifests when ../shared/data is present."""
 
 from __future__ import annotations
 
+import functools
+import json
 import logging
 import os
 from pathlib import Path
@@ -10,6 +13,8 @@ import numpy as np
 import pytest
 import soundfile as sf
 
+from deepspeech.audio import load_audio
+from deepspeech.data.corpora import AN4_DEV_SPEAKERS, import_an4, import_kit, import_speech_commands
 from deepspeech.data.importers import (
     FSDD_SPLITS,
     IMPORTERS,
@@ -18,14 +23,19 @@ from deepspeech.data.importers import (
     import_folder,
     import_fsdd,
     import_librispeech,
+    importer_kinds,
+    normalize_transcript,
+    normalize_utterances,
     run_import,
     split_by_speaker,
 )
 from deepspeech.data.manifest import ManifestError, Utterance, read_manifest
 
 SR = 16_000
-SHARED_DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data"
-LOGGER = "deepspeech.data.importers"
+REPO = Path(__file__).resolve().parents[1]
+SHARED_DATA = REPO.parent / "shared" / "data"
+FSDD_AUDIO = REPO / "data" / "fsdd" / "audio"
+LOGGERS = ("deepspeech.data.importers", "deepspeech.data.corpora")
 
 
 def tone(path: Path, seconds: float = 0.3, fmt: str | None = None) -> Path:
@@ -60,7 +70,7 @@ def durations(utts: list[Utterance]) -> dict[str, float]:
 
 def warned(caplog: pytest.LogCaptureFixture) -> str:
     return "\n".join(r.getMessage() for r in caplog.records
-                     if r.name == LOGGER and r.levelno == logging.WARNING)
+                     if r.name in LOGGERS and r.levelno == logging.WARNING)
 
 
 @pytest.fixture
@@ -263,11 +273,13 @@ def test_run_import_round_trip(kind: str, librispeech: Path, fsdd: Path, tmp_pat
     root = {"librispeech": librispeech, "fsdd": fsdd}[kind]
     for out in (root / "manifest.jsonl", tmp_path / "manifests" / f"{kind}.jsonl"):
         n = run_import(kind, root, out, progress=False)
-        utts = IMPORTERS[kind](root, progress=False)
+        utts = normalize_utterances(IMPORTERS[kind](root, progress=False))
         assert n == len(utts) > 0
         assert str(tmp_path) not in out.read_text(encoding="utf-8")  # paths are relative to the manifest
         back = read_manifest(out)
         assert norm(back) == norm(sorted(utts, key=lambda u: u.audio))
+    run_import(kind, root, out, normalize=False, progress=False)
+    assert {u.text for u in read_manifest(out)} == {u.text for u in IMPORTERS[kind](root, progress=False)}
 
 
 def test_run_import_errors(tmp_path: Path) -> None:
@@ -280,6 +292,7 @@ def test_run_import_errors(tmp_path: Path) -> None:
         run_import("folder", tmp_path / "empty", tmp_path / "m.jsonl", progress=False)
     assert not (tmp_path / "m.jsonl").exists()
     assert set(IMPORTERS) == {"librispeech", "aishell", "commonvoice", "fsdd", "folder"}
+    assert set(importer_kinds()) == set(IMPORTERS) | {"an4", "speechcommands", "kit"}
 
 
 @pytest.mark.shared_data
@@ -293,3 +306,276 @@ def test_shared_fsdd() -> None:
     assert {k: len(v) for k, v in parts.items()} == {"train": 1500, "dev": 500, "test": 1000}
     assert all(u.text in {"zero", "one", "two", "three", "four", "five", "six", "seven", "eight", "nine"}
                for u in utts)
+
+
+# --- normalisation and the readers of deepspeech.data.corpora -------------------------------------------------
+
+
+def test_normalize_transcript(caplog: pytest.LogCaptureFixture) -> None:
+    assert normalize_transcript("  Hello, World! It's 3 o'clock.", "en") == "hello world it's three o'clock"
+    assert normalize_transcript("汉元鼎六年，武帝平定 南越国。", "zh") == "汉元鼎六年武帝平定南越国"
+    assert normalize_transcript("「北京」（上海）", "zh") == "北京上海"
+    for text, lang in (("μ子是一种粒子", "zh"), ("我有2个", "zh"), ("ＡＢＣ好", "zh"), ("?!", "en"), ("。", "zh")):
+        with pytest.raises(ValueError):
+            normalize_transcript(text, lang)
+    with pytest.raises(ValueError):
+        normalize_transcript("bonjour", "fr")
+    caplog.set_level(logging.WARNING)
+    utts = [Utterance("/a.wav", "YES!", 1.0, "s", "en"), Utterance("/b.wav", "...", 1.0, None, "en"),
+            Utterance("/c.wav", "アドベンチャー好", 1.0, None, "zh")]
+    assert normalize_utterances(utts) == [Utterance("/a.wav", "yes", 1.0, "s", "en")]
+    assert "/b.wav" in warned(caplog) and "/c.wav" in warned(caplog)
+
+
+@functools.cache
+def _fsdd_files() -> list[Path]:
+    return sorted(FSDD_AUDIO.glob("*.flac"))
+
+
+def speech(path: Path, i: int, fmt: str | None = None) -> float:
+    """Write the i-th FSDD recording of the repository (real speech, at 16 kHz) to ``path``; its duration."""
+    x = load_audio(_fsdd_files()[i])
+    path.parent.mkdir(parents=True, exist_ok=True)
+    sf.write(str(path), x, SR, format=fmt, subtype={"OGG": "OPUS", "MP3": None}.get(fmt or "", "PCM_16"))
+    return len(x) / SR
+
+
+def lines(manifest: Path) -> list[dict[str, object]]:
+    return [json.loads(line) for line in manifest.read_text(encoding="utf-8").splitlines()]
+
+
+@pytest.fixture
+def an4(tmp_path: Path) -> tuple[Path, dict[str, float]]:
+    """AN4's original layout (NIST SPHERE), with a .wav copy, an id written speaker first and bad entries."""
+    root, wav = tmp_path / "an4", tmp_path / "an4" / "wav"
+    write(root / "etc" / "an4_train.transcription",
+          "<s> YES </s> (an251-fash-b)\n<s> H I N I C H </s> (cen1-fash-b)\n<s> GO </s> (fash-an253-b)\n"
+          "<s> ENTER SIX TWO FOUR </s> (an87-fbbh-b)\n<s> S Z K W W TWO THIRTY SEVEN </s> (an21-flrp-b)\n"
+          "<s> REPEAT </s> (an24-flrp-b)\nline without an id\n")
+    write(root / "etc" / "an4_test.transcription", "\nNO (an416-fjlp-b)\nP I T T S B U R G H (cen5-fjlp-b)\n")
+    d = {name: speech(wav / sub / spk / f"{name}.sph", i, "NIST") for i, (sub, spk, name) in enumerate([
+        ("an4_clstk", "fash", "an251-fash-b"), ("an4_clstk", "fash", "cen1-fash-b"),
+        ("an4_clstk", "fash", "an253-fash-b"), ("an4_clstk", "fash", "an254-fash-b"),
+        ("an4_clstk", "flrp", "an21-flrp-b"), ("an4test_clstk", "fjlp", "an416-fjlp-b"),
+        ("an4test_clstk", "fjlp", "cen5-fjlp-b")])}
+    speech(wav / "an4_clstk" / "fash" / "an253-fash-b.wav", 20)  # a copy: the .sph is read
+    garbage(wav / "an4_clstk" / "flrp" / "an24-flrp-b.sph")
+    return root, d
+
+
+def test_an4(an4: tuple[Path, dict[str, float]], tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    root, dur = an4
+    caplog.set_level(logging.WARNING)
+    train = {"an251-fash-b.sph": ("YES", "fash", "en"), "cen1-fash-b.sph": ("H I N I C H", "fash", "en"),
+             "an253-fash-b.sph": ("GO", "fash", "en")}
+    dev = {"an21-flrp-b.sph": ("S Z K W W TWO THIRTY SEVEN", "flrp", "en")}
+    for r in (root, root.parent):  # the an4 folder or the one holding it
+        assert summary(import_an4(r, progress=False)) == train
+    assert summary(import_an4(root, "dev", progress=False)) == dev
+    assert summary(import_an4(root, "test", progress=False)) == {
+        "an416-fjlp-b.sph": ("NO", "fjlp", "en"), "cen5-fjlp-b.sph": ("P I T T S B U R G H", "fjlp", "en")}
+    utts = import_an4(root, dev_speakers=(), progress=False)  # AN4's whole training set
+    assert summary(utts) == {**train, **dev}
+    assert durations(utts) == pytest.approx({f"{k}.sph": v for k, v in dur.items() if "fjlp" not in k
+                                             and k != "an254-fash-b"})
+    log = warned(caplog)
+    for bad in ("an87-fbbh-b", "an254-fash-b.sph", "an24-flrp-b.sph", "line without an id"):
+        assert bad in log
+    assert "flrp" in AN4_DEV_SPEAKERS
+    with pytest.raises(ValueError):
+        import_an4(root, "valid")
+    with pytest.raises(ValueError):
+        import_an4(root, "dev", dev_speakers=())
+    (tmp_path / "elsewhere").mkdir()
+    with pytest.raises(FileNotFoundError, match="an4_train.transcription"):
+        import_an4(tmp_path / "elsewhere")
+
+    out = tmp_path / "manifests" / "an4_train.jsonl"
+    assert run_import("an4", root.parent, out, split="train", progress=False) == 3
+    sph = "../an4/wav/an4_clstk/fash/"
+    assert lines(out) == [
+        {"audio": f"{sph}an251-fash-b.sph", "text": "yes", "duration_s": round(dur["an251-fash-b"], 4),
+         "speaker": "fash", "lang": "en"},
+        {"audio": f"{sph}an253-fash-b.sph", "text": "go", "duration_s": round(dur["an253-fash-b"], 4),
+         "speaker": "fash", "lang": "en"},
+        {"audio": f"{sph}cen1-fash-b.sph", "text": "h i n i c h", "duration_s": round(dur["cen1-fash-b"], 4),
+         "speaker": "fash", "lang": "en"}]
+
+
+def test_an4_raw(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    """The .raw distribution (headerless big-endian 16-bit, 16 kHz) is converted to FLAC losslessly, once."""
+    caplog.set_level(logging.WARNING)
+    root = tmp_path / "an4"
+    write(root / "etc" / "an4_train.transcription", "<s> YES </s> (an251-fash-b)\n<s> NO </s> (an252-fash-b)\n")
+    pcm = (load_audio(_fsdd_files()[5]) * 32767).astype(np.int16)
+    raw = root / "wav" / "an4_clstk" / "fash" / "an251-fash-b.raw"
+    raw.parent.mkdir(parents=True)
+    raw.write_bytes(pcm.astype(">i2").tobytes())
+    (raw.parent / "an252-fash-b.raw").write_bytes(b"\x00\x01\x02")  # not whole 16-bit samples
+    conv = tmp_path / "converted"
+    utts = import_an4(root, raw_dir=conv, progress=False)
+    flac = conv / "an4_clstk" / "fash" / "an251-fash-b.flac"
+    assert [(u.audio, u.text, u.speaker) for u in utts] == [(str(flac), "YES", "fash")]
+    assert utts[0].duration_s == pytest.approx(len(pcm) / SR)
+    back, rate = sf.read(str(flac), dtype="int16")
+    assert rate == SR and np.array_equal(back, pcm)
+    stamp = flac.stat().st_mtime_ns
+    import_an4(root, raw_dir=conv, progress=False)
+    assert flac.stat().st_mtime_ns == stamp  # up to date: not converted again
+    assert "an252-fash-b.raw" in warned(caplog)
+    beside = import_an4(root, progress=False)  # without raw_dir: beside the .raw file
+    assert [u.audio for u in beside] == [str(raw.with_suffix(".flac"))]
+
+
+def test_librispeech_speaker_split(librispeech: Path) -> None:
+    from deepspeech.data.importers import MINI_LIBRISPEECH_SPLITS
+
+    names = {s: set(summary(import_librispeech(librispeech, split=s, progress=False))) for s in ("train", "test")}
+    assert names == {"test": {"19-198-0000.flac", "19-198-0001.flac"}, "train": {"26-495-0000.flac"}}
+    assert import_librispeech(librispeech, split="dev", progress=False) == []
+    with pytest.raises(ValueError):
+        import_librispeech(librispeech, split="valid")
+    parts = split_by_speaker(import_librispeech(librispeech, progress=False), MINI_LIBRISPEECH_SPLITS, rest="train")
+    assert {k: len(v) for k, v in parts.items()} == {"dev": 0, "test": 2, "train": 1}
+
+
+def test_common_voice_v1(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    caplog.set_level(logging.WARNING)
+    root = tmp_path / "cv_corpus_v1"
+    clips = root / "cv-valid-dev"
+    d0 = speech(clips / "sample-000000.mp3", 0, "MP3")
+    d1 = speech(clips / "sample-000001.mp3", 1, "MP3")
+    speech(clips / "sample-000004.mp3", 4, "MP3")
+    garbage(clips / "sample-000003.mp3")
+    speech(root / "cv-valid-train" / "sample-000000.mp3", 2, "MP3")
+    header = "filename,text,up_votes,down_votes,age,gender,accent,duration\n"
+    write(root / "cv-valid-dev.csv", header
+          + "cv-valid-dev/sample-000000.mp3,be careful with your prognostications said the stranger,1,0,,,,\n"
+          + 'cv-valid-dev/sample-000001.mp3,"then why, should they",2,0,twenties,male,us,\n'
+          + "cv-valid-dev/sample-000002.mp3,no clip here,1,0,,,,\n"
+          + "cv-valid-dev/sample-000003.mp3,corrupt clip,1,0,,,,\n"
+          + "cv-valid-dev/sample-000004.mp3,,1,0,,,,\n")
+    write(root / "cv-valid-train.csv", header + "cv-valid-train/sample-000000.mp3,a train sentence,1,0,,,,\n")
+    utts = import_common_voice(root, split="dev", progress=False)
+    assert summary(utts) == {"sample-000000.mp3": ("be careful with your prognostications said the stranger", None,
+                                                   "en"),
+                             "sample-000001.mp3": ("then why, should they", None, "en")}
+    assert durations(utts) == pytest.approx({"sample-000000.mp3": d0, "sample-000001.mp3": d1}, abs=0.06)
+    log = warned(caplog)
+    for bad in ("sample-000002.mp3", "sample-000003.mp3", "sample-000004.mp3"):
+        assert bad in log
+    assert summary(import_common_voice(root, split="train", progress=False)) == {
+        "sample-000000.mp3": ("a train sentence", None, "en")}
+    with pytest.raises(FileNotFoundError, match="cv-valid-test.csv"):
+        import_common_voice(root, split="test")
+    write(root / "cv-valid-other.csv", "filename,sentence\n")
+    with pytest.raises(ManifestError, match="text"):
+        import_common_voice(root, split="other")
+    out = tmp_path / "cv_dev.jsonl"
+    assert run_import("commonvoice", root, out, split="dev", progress=False) == 2
+    assert [(r["audio"], r["text"], r["speaker"]) for r in lines(out)] == [
+        ("cv_corpus_v1/cv-valid-dev/sample-000000.mp3", "be careful with your prognostications said the stranger",
+         None), ("cv_corpus_v1/cv-valid-dev/sample-000001.mp3", "then why should they", None)]
+
+
+@pytest.fixture
+def speech_commands(tmp_path: Path) -> Path:
+    root = tmp_path / "speech_commands_v0.02"
+    for i, rel in enumerate(("yes/0a7c2a8d_nohash_0.wav", "yes/0a7c2a8d_nohash_1.wav", "no/bb05582b_nohash_3.wav",
+                             "zero/0a7c2a8d_nohash_0.wav", "_unknown_/backward_9a7c1f83_nohash_0.wav.wav",
+                             "yes/hello.wav", "_background_noise_/white_noise.wav", "_silence_/clip_0.wav")):
+        speech(root / rel, i)
+    garbage(root / "no" / "c1d39ce8_nohash_0.wav")
+    write(root / "LICENSE", "CC BY 4.0")
+    write(root / "validation_list.txt", "no/bb05582b_nohash_3.wav\n")
+    write(root / "testing_list.txt", "zero/0a7c2a8d_nohash_0.wav\n_unknown_/backward_9a7c1f83_nohash_0.wav.wav\n")
+    return root
+
+
+def test_speech_commands(speech_commands: Path, tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    caplog.set_level(logging.WARNING)
+    full = {s: {f"{Path(u.audio).parent.name}/{Path(u.audio).name}": (u.text, u.speaker, u.lang)
+                for u in import_speech_commands(speech_commands, s, progress=False)}
+            for s in ("train", "dev", "test", None)}
+    assert full["train"] == {"yes/0a7c2a8d_nohash_0.wav": ("yes", "0a7c2a8d", "en"),
+                             "yes/0a7c2a8d_nohash_1.wav": ("yes", "0a7c2a8d", "en")}
+    assert full["dev"] == {"no/bb05582b_nohash_3.wav": ("no", "bb05582b", "en")}
+    assert full["test"] == {"zero/0a7c2a8d_nohash_0.wav": ("zero", "0a7c2a8d", "en"),
+                            "_unknown_/backward_9a7c1f83_nohash_0.wav.wav": ("backward", "9a7c1f83", "en")}
+    assert full[None] == {**full["train"], **full["dev"], **full["test"]}
+    log = warned(caplog)
+    assert "hello.wav" in log and "c1d39ce8_nohash_0.wav" in log
+    assert "_silence_" not in log and "_background_noise_" not in log  # no speech: skipped without a warning
+    (speech_commands / "testing_list.txt").unlink()
+    with pytest.raises(FileNotFoundError, match="testing_list"):
+        import_speech_commands(speech_commands, "train")
+    assert len(import_speech_commands(speech_commands, progress=False)) == 5
+    with pytest.raises(ValueError):
+        import_speech_commands(speech_commands, "validation")
+
+
+@pytest.fixture
+def kit(tmp_path: Path) -> tuple[Path, dict[str, float]]:
+    """A data kit set: Opus audio and a manifest with split keys, a text_lossy line and bad lines."""
+    root = tmp_path / "shared" / "data" / "en_x"
+    dur = {n: speech(root / "audio" / f"{n}.opus", i, "OGG") for i, n in enumerate(("s1/u1", "s1/u2", "s2/u3",
+                                                                                    "s3/u4"))}
+    garbage(root / "audio" / "s3" / "bad.opus")
+    rows = [("s1/u1", "yes", "s1", "train", {"text_raw": "YES"}), ("s1/u2", "team will meet", "s1", "train",
+                                                                   {"text_lossy": True}),
+            ("s2/u3", "go", "s2", "dev", {}), ("s3/u4", "stop it", "s3", "test", {}),
+            ("s3/missing", "gone", "s3", "test", {}), ("s3/bad", "bad", "s3", "test", {})]
+    text = "".join(json.dumps({"audio": f"audio/{a}.opus", "text": t, "speaker": s, "lang": "en",
+                               "duration_s": round(dur.get(a, 1.0), 3), "sample_rate": SR, "split": sp, **extra})
+                   + "\n" for a, t, s, sp, extra in rows)
+    write(root / "manifest.jsonl", text + "not json\n")
+    return root, dur
+
+
+def test_kit(kit: tuple[Path, dict[str, float]], tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    root, dur = kit
+    caplog.set_level(logging.WARNING)
+    names = {s: summary(import_kit(root, s, check_audio=False, progress=False)) for s in ("train", "dev", "test")}
+    assert names == {"train": {"u1.opus": ("yes", "s1", "en")}, "dev": {"u3.opus": ("go", "s2", "en")},
+                     "test": {"u4.opus": ("stop it", "s3", "en"), "bad.opus": ("bad", "s3", "en")}}
+    log = warned(caplog)
+    assert "missing.opus" in log and "not JSON" in log
+    checked = import_kit(root / "manifest.jsonl", "test", progress=False)  # the manifest itself as root
+    assert summary(checked) == {"u4.opus": ("stop it", "s3", "en")}
+    assert durations(checked) == pytest.approx({"u4.opus": dur["s3/u4"]}, abs=1e-3)
+    assert "bad.opus" in warned(caplog)
+    assert set(summary(import_kit(root, progress=False))) == {"u1.opus", "u3.opus", "u4.opus"}
+    with pytest.raises(ValueError):
+        import_kit(root, "valid")
+
+    out = tmp_path / "work" / "data" / "train.jsonl"  # paths relative to where the manifest is written
+    assert run_import("kit", root, out, split="train", progress=False) == 1
+    assert lines(out) == [{"audio": "../../shared/data/en_x/audio/s1/u1.opus", "text": "yes",
+                           "duration_s": round(dur["s1/u1"], 4), "speaker": "s1", "lang": "en"}]
+    assert read_manifest(out)[0].audio == str(root / "audio" / "s1" / "u1.opus")
+    write(tmp_path / "old" / "manifest.jsonl", json.dumps({"audio": "a.wav", "text": "x", "duration_s": 1.0}))
+    with pytest.raises(ManifestError, match="split"):
+        import_kit(tmp_path / "old", "train", check_audio=False)
+
+
+# split counts of ../shared/data/README.md's protocol table, less the text_lossy lines (SOURCES.md of each set:
+# en_commonvoice 2 in train, zh_commonvoice 4 in train and 1 in test)
+KIT_COUNTS = {"en_an4": (869, 79, 130), "en_minilibrispeech": (1265, 118, 136),
+              "en_commonvoice": (3318 - 2, 387, 370), "en_speech_commands": (3353, 344, 601),
+              "zh_commonvoice": (1953 - 4, 250, 564 - 1)}
+
+
+@pytest.mark.shared_data
+def test_shared_kit_splits(shared_data: Path) -> None:
+    for name, counts in KIT_COUNTS.items():
+        parts = {s: import_kit(shared_data / name, s, check_audio=name == "en_an4", progress=False)
+                 for s in ("train", "dev", "test")}
+        assert tuple(len(normalize_utterances(p)) for p in parts.values()) == counts, name
+        for utts in parts.values():
+            assert {u.lang for u in utts} == {"zh" if name.startswith("zh") else "en"}
+        if name in ("en_an4", "en_minilibrispeech", "en_speech_commands"):  # speaker-disjoint splits
+            spk = [{u.speaker for u in p} for p in parts.values()]
+            assert not (spk[0] & spk[1] or spk[0] & spk[2] or spk[1] & spk[2]), name
+    test = {u.speaker for u in import_kit(shared_data / "en_an4", "test", check_audio=False, progress=False)}
+    dev = {u.speaker for u in import_kit(shared_data / "en_an4", "dev", check_audio=False, progress=False)}
+    assert dev == set(AN4_DEV_SPEAKERS) and len(test) == 10

@@ -4,7 +4,8 @@ Every importer returns utterances with absolute audio paths, the source's transc
 whitespace stripped, ``duration_s`` from :func:`deepspeech.audio.audio_duration`, a speaker id and a language.
 Bad entries (unreadable audio, a transcript line without audio, audio without transcript, empty text) are
 reported with a warning on this module's logger and skipped; they never abort the import. ``run_import``
-writes a manifest.
+normalises the transcripts (:func:`normalize_transcript`) and writes a manifest. More corpora (CMU AN4, Speech
+Commands, the data kit's manifests) are read by :mod:`deepspeech.data.corpora`.
 """
 
 from __future__ import annotations
@@ -13,6 +14,7 @@ import csv
 import logging
 import os
 import re
+import unicodedata
 from collections.abc import Callable, Iterable
 from pathlib import Path
 
@@ -20,15 +22,19 @@ from tqdm import tqdm
 
 from deepspeech.audio import AUDIO_SUFFIXES, AudioError, audio_duration
 from deepspeech.data.manifest import LANGS, ManifestError, Utterance, write_manifest
+from deepspeech.text import _CJK, normalize_en
 
 log = logging.getLogger(__name__)
 
 PathLike = str | os.PathLike[str]
-AISHELL_SPLITS = ("train", "dev", "test")
+SPLITS = ("train", "dev", "test")
+AISHELL_SPLITS = SPLITS
 AISHELL_TRANSCRIPT = Path("transcript") / "aishell_transcript_v0.8.txt"
 DIGIT_WORDS = ("zero", "one", "two", "three", "four", "five", "six", "seven", "eight", "nine")
 FSDD_SPLITS: dict[str, tuple[str, ...]] = {
     "train": ("jackson", "lucas", "nicolas"), "dev": ("george",), "test": ("theo", "yweweler")}
+# The data kit's Mini LibriSpeech protocol (../shared/data/en_minilibrispeech): held-out speakers; train = the rest
+MINI_LIBRISPEECH_SPLITS: dict[str, tuple[str, ...]] = {"dev": ("226", "2136", "6272"), "test": ("19", "1867", "3947")}
 _FSDD_NAME = re.compile(r"^(\d)_([A-Za-z0-9]+)_(\d+)\.(wav|flac)$", re.IGNORECASE)
 
 # (audio path, raw text, speaker) found by a layout scan, before the audio is opened
@@ -78,12 +84,19 @@ def _read_text(path: Path) -> str | None:
         return None
 
 
-def import_librispeech(root: PathLike, lang: str = "en", *, progress: bool = True) -> list[Utterance]:
+def import_librispeech(root: PathLike, lang: str = "en", *, split: str | None = None,
+                       progress: bool = True) -> list[Utterance]:
     """LibriSpeech: ``root/<speaker>/<chapter>/<speaker>-<chapter>.trans.txt`` with lines ``UTTID TEXT...``
-    and the audio ``UTTID.flac`` beside it. ``root`` may be the corpus folder or one split
-    (``train-clean-100``); transcripts are searched recursively. Speaker = the speaker folder name.
+    and the audio ``UTTID.flac`` beside it. ``root`` may be the corpus folder or one subset
+    (``train-clean-100``, ``dev-clean``: LibriSpeech's own splits); transcripts are searched recursively.
+    Speaker = the speaker folder name.
+
+    ``split`` (train | dev | test) selects by speaker as the data kit's Mini LibriSpeech protocol does
+    (:data:`MINI_LIBRISPEECH_SPLITS`; train = every other speaker); None keeps every speaker.
     """
     _check_lang(lang)
+    if split is not None and split not in SPLITS:
+        raise ValueError(f"split must be one of {SPLITS} or None, got {split!r}")
     base = _root(root)
     cands: list[_Candidate] = []
     for trans in sorted(base.rglob("*.trans.txt")):
@@ -91,6 +104,8 @@ def import_librispeech(root: PathLike, lang: str = "en", *, progress: bool = Tru
         if content is None:
             continue
         speaker, listed = trans.parent.parent.name, set()
+        if split is not None and _librispeech_split(speaker) != split:
+            continue
         for lineno, line in enumerate(content.splitlines(), 1):
             if not line.strip():
                 continue
@@ -105,6 +120,10 @@ def import_librispeech(root: PathLike, lang: str = "en", *, progress: bool = Tru
             if flac.stem not in listed:
                 log.warning("%s: skipped: no transcript line in %s", flac, trans.name)
     return _finish(cands, lang, progress, "librispeech")
+
+
+def _librispeech_split(speaker: str) -> str:
+    return next((name for name, spk in MINI_LIBRISPEECH_SPLITS.items() if speaker in spk), "train")
 
 
 def import_aishell(root: PathLike, split: str | None = None, *, progress: bool = True) -> list[Utterance]:
@@ -147,31 +166,51 @@ def import_aishell(root: PathLike, split: str | None = None, *, progress: bool =
 
 def import_common_voice(root: PathLike, split: str = "train", lang: str = "en", *,
                         progress: bool = True) -> list[Utterance]:
-    """Common Voice: ``root/<split>.tsv`` (tab-separated, header with at least ``client_id``, ``path``,
-    ``sentence``; no quoting) and audio ``root/clips/<path>`` (mp3). Speaker = ``client_id``.
+    """Common Voice, either layout. Releases since 2018: ``root/<split>.tsv`` (tab-separated, header with at
+    least ``client_id``, ``path``, ``sentence``; no quoting) and audio ``root/clips/<path>`` (mp3); speaker =
+    ``client_id``. Version 1 (2017): ``root/cv-valid-<split>.csv`` (or ``<split>.csv``; comma-separated, header
+    with at least ``filename``, ``text``) and audio ``root/<filename>`` (``cv-valid-dev/sample-000000.mp3``);
+    v1 published no speaker ids, so speaker = None. A ``.tsv`` is used when both exist.
     """
     _check_lang(lang)
     base = _root(root)
     tsv = base / f"{split}.tsv"
-    if not tsv.is_file():
-        raise FileNotFoundError(f"Common Voice split file not found: {tsv}")
-    cands: list[_Candidate] = []
-    with open(tsv, encoding="utf-8-sig", newline="") as f:
-        reader = csv.DictReader(f, delimiter="\t", quoting=csv.QUOTE_NONE)
-        missing = {"client_id", "path", "sentence"} - set(reader.fieldnames or ())
-        if missing:
-            raise ManifestError(f"{tsv}: header lacks column(s) {sorted(missing)}")
-        for row in reader:
-            name, lineno = (row.get("path") or "").strip(), reader.line_num
-            if not name:
-                log.warning("%s:%d: skipped: empty 'path'", tsv, lineno)
-                continue
-            audio = base / "clips" / name
-            if not audio.is_file():
-                log.warning("%s:%d: skipped: audio file not found: %s", tsv, lineno, name)
-                continue
-            cands.append((audio, row.get("sentence") or "", (row.get("client_id") or "").strip() or None))
+    if tsv.is_file():
+        cands = _cv_rows(tsv, base, "client_id", "path", "sentence")
+    else:
+        tried = [tsv] + [base / f"{pre}{split}.csv" for pre in ("cv-valid-", "cv-", "")]
+        table = next((p for p in tried[1:] if p.is_file()), None)
+        if table is None:
+            raise FileNotFoundError(f"Common Voice split file not found: {' or '.join(map(str, tried))}")
+        cands = _cv_rows(table, base, None, "filename", "text")
     return _finish(cands, lang, progress, f"commonvoice {split}")
+
+
+def _cv_rows(table: Path, base: Path, speaker_col: str | None, path_col: str, text_col: str) -> list[_Candidate]:
+    """Candidates of one Common Voice table: a .tsv (with ``speaker_col``) or a v1 .csv (without)."""
+    cands: list[_Candidate] = []
+    columns = {c for c in (speaker_col, path_col, text_col) if c}
+    with open(table, encoding="utf-8-sig", newline="") as f:
+        if table.suffix == ".tsv":
+            reader = csv.DictReader(f, delimiter="\t", quoting=csv.QUOTE_NONE)
+        else:
+            reader = csv.DictReader(f)
+        missing = columns - set(reader.fieldnames or ())
+        if missing:
+            raise ManifestError(f"{table}: header lacks column(s) {sorted(missing)}")
+        for row in reader:
+            name, lineno = (row.get(path_col) or "").strip(), reader.line_num
+            if not name:
+                log.warning("%s:%d: skipped: empty %r", table, lineno, path_col)
+                continue
+            # releases since 2018: clips/<path>; v1: <filename> relative to the csv's folder
+            audio = base / "clips" / name if table.suffix == ".tsv" else base / name
+            if not audio.is_file():
+                log.warning("%s:%d: skipped: audio file not found: %s", table, lineno, name)
+                continue
+            speaker = ((row.get(speaker_col) or "").strip() or None) if speaker_col else None
+            cands.append((audio, row.get(text_col) or "", speaker))
+    return cands
 
 
 def import_fsdd(root: PathLike, *, progress: bool = True) -> list[Utterance]:
@@ -192,11 +231,12 @@ def import_fsdd(root: PathLike, *, progress: bool = True) -> list[Utterance]:
     return _finish(cands, "en", progress, "fsdd")
 
 
-def split_by_speaker(utts: Iterable[Utterance],
-                     splits: dict[str, tuple[str, ...]]) -> dict[str, list[Utterance]]:
+def split_by_speaker(utts: Iterable[Utterance], splits: dict[str, tuple[str, ...]],
+                     rest: str | None = None) -> dict[str, list[Utterance]]:
     """Partition utterances by speaker: ``{split: [utterances of that split's speakers]}``.
 
-    A speaker listed in two splits raises ValueError; utterances of unlisted speakers are dropped (logged).
+    A speaker listed in two splits raises ValueError; utterances of unlisted speakers go to split ``rest``
+    (e.g. ``"train"`` with ``splits`` naming only the held-out speakers), or are dropped (logged) without one.
     """
     owner: dict[str, str] = {}
     for name, speakers in splits.items():
@@ -205,10 +245,14 @@ def split_by_speaker(utts: Iterable[Utterance],
                 raise ValueError(f"speaker {spk!r} is in both {owner[spk]!r} and {name!r}")
             owner[spk] = name
     out: dict[str, list[Utterance]] = {name: [] for name in splits}
+    if rest is not None:
+        out.setdefault(rest, [])
     dropped: dict[str | None, int] = {}
     for u in utts:
         if u.speaker in owner:
             out[owner[u.speaker]].append(u)
+        elif rest is not None:
+            out[rest].append(u)
         else:
             dropped[u.speaker] = dropped.get(u.speaker, 0) + 1
     for spk, n in sorted(dropped.items(), key=lambda kv: str(kv[0])):
@@ -243,18 +287,65 @@ IMPORTERS: dict[str, Callable[..., list[Utterance]]] = {
 }
 
 
-def run_import(kind: str, root: PathLike, out_manifest: PathLike, **kwargs: object) -> int:
-    """Import a dataset with ``IMPORTERS[kind]`` (``kwargs`` go to the importer) and write the utterances,
-    sorted by audio path, to ``out_manifest`` (paths relative to it). Returns the number written.
+def importer_kinds() -> dict[str, Callable[..., list[Utterance]]]:
+    """Every corpus kind ``run_import`` knows: :data:`IMPORTERS` and :data:`deepspeech.data.corpora.CORPORA`."""
+    from deepspeech.data.corpora import CORPORA  # corpora builds on this module's helpers: imported when used
+
+    return {**IMPORTERS, **CORPORA}
+
+
+def normalize_transcript(text: str, lang: str) -> str:
+    """The manifest form of a transcript. English: lower-case letters, apostrophes inside words and single
+    spaces, numbers spelt out (:func:`deepspeech.text.normalize_en`). Mandarin: Chinese characters only (after
+    NFKC), punctuation and spaces removed.
+
+    Raises ValueError when nothing is left, or when Mandarin text holds other letters or digits (Latin, Greek,
+    kana, 0-9): their reading is unknown, so dropping them would lose spoken content (the data kit marks such
+    lines ``text_lossy``).
+    """
+    _check_lang(lang)
+    if lang == "en":
+        out = normalize_en(text)
+    else:
+        text = unicodedata.normalize("NFKC", text)
+        lost = sorted({c for c in text if c.isalnum() and not _CJK.match(c)})
+        if lost:
+            raise ValueError(f"letters or digits other than Chinese characters in Mandarin text: {''.join(lost)}")
+        out = "".join(_CJK.findall(text))
+    if not out:
+        raise ValueError("transcript empty once normalised")
+    return out
+
+
+def normalize_utterances(utts: Iterable[Utterance]) -> list[Utterance]:
+    """Each utterance with its transcript normalised (:func:`normalize_transcript`); those whose transcript
+    cannot be are reported with a warning and left out."""
+    out = []
+    for u in utts:
+        try:
+            out.append(Utterance(u.audio, normalize_transcript(u.text, u.lang), u.duration_s, u.speaker, u.lang))
+        except ValueError as e:
+            log.warning("%s: skipped: %s (%r)", u.audio, e, u.text)
+    return out
+
+
+def run_import(kind: str, root: PathLike, out_manifest: PathLike, *, normalize: bool = True,
+               **kwargs: object) -> int:
+    """Import a corpus with the importer of ``kind`` (:func:`importer_kinds`; ``kwargs`` go to it), normalise
+    the transcripts (unless ``normalize`` is False; see :func:`normalize_utterances`) and write the
+    utterances, sorted by audio path, to ``out_manifest`` (paths relative to it). Returns the number written.
 
     Raises ValueError for an unknown kind, FileNotFoundError for a missing root and ManifestError when no
     usable utterance was found.
     """
-    if kind not in IMPORTERS:
-        raise ValueError(f"unknown dataset kind {kind!r}; known: {sorted(IMPORTERS)}")
-    if not Path(root).is_dir():
+    kinds = importer_kinds()
+    if kind not in kinds:
+        raise ValueError(f"unknown dataset kind {kind!r}; known: {sorted(kinds)}")
+    if not Path(root).exists():
         raise FileNotFoundError(f"dataset folder not found: {root}")
-    utts = IMPORTERS[kind](root, **kwargs)
+    utts = kinds[kind](root, **kwargs)
+    if normalize:
+        utts = normalize_utterances(utts)
     if not utts:
         raise ManifestError(f"{root}: no usable utterances found for kind {kind!r}")
     return write_manifest(out_manifest, sorted(utts, key=lambda u: u.audio))
