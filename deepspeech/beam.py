@@ -30,7 +30,7 @@ import numpy as np
 
 from deepspeech.decoding import greedy_decode_logp
 from deepspeech.text import BLANK, UNK, CharTokenizer
-from lm.ngram import NgramLM
+from lm.ngram import NgramLM, load_kenlm
 
 log = logging.getLogger(__name__)
 
@@ -169,10 +169,10 @@ class BeamSearchDecoder:
         self._scorer = None
         if lm is not None:
             try:
-                import kenlm
+                import kenlm  # noqa: F401  (load_kenlm imports it)
             except ImportError as e:
                 raise DecoderError("beam search with an LM needs kenlm: pip install 'deepspeech[decode]'") from e
-            self._scorer = kenlm.Model(str(lm.binary))
+            self._scorer = load_kenlm(lm.binary)
         self._impl = _PyCtcDecode(self) if cfg.backend == "pyctcdecode" else _Flashlight(self)
 
     def lm_logprob(self, text: str) -> float:
@@ -320,9 +320,13 @@ def model_decoder_settings(model_dir: str | Path) -> dict[str, Any]:
     p = Path(model_dir) / DECODER_JSON
     if not p.is_file():
         return {}
-    raw = json.loads(p.read_text(encoding="utf-8"))
-    known = {f.name for f in dataclasses.fields(BeamConfig)}
-    return {k: (tuple(v) if isinstance(v, list) else v) for k, v in raw.get("config", raw).items() if k in known}
+    try:
+        raw = json.loads(p.read_text(encoding="utf-8"))
+        settings = raw.get("config", raw)
+        known = {f.name for f in dataclasses.fields(BeamConfig)}
+        return {k: (tuple(v) if isinstance(v, list) else v) for k, v in settings.items() if k in known}
+    except (ValueError, AttributeError) as e:  # bad JSON or UTF-8, not an object
+        raise DecoderError(f"{p}: malformed ({e})") from None
 
 
 def build_decoder(model_dir: str | Path, tokenizer: CharTokenizer, lm_dir: str | Path | None = None,

@@ -108,7 +108,12 @@ class PinyinToHanzi:
                 import kenlm
             except ImportError as e:
                 raise HanziError("pinyin-to-character conversion with an LM needs the kenlm module") from e
-            self.lm = kenlm.Model(str(lm_binary))
+            from lm.ngram import KenLMError, load_kenlm
+
+            try:
+                self.lm = load_kenlm(lm_binary)
+            except KenLMError as e:
+                raise HanziError(str(e)) from None
             if self.lm.order > 5:
                 raise HanziError(f"{lm_binary}: order {self.lm.order}; the search recombines on 4 characters (<= 5)")
             self._state = kenlm.State
@@ -122,14 +127,17 @@ class PinyinToHanzi:
         d = Path(lm_dir)
         if not (d / LEXICON).is_file():
             raise HanziError(f"{d}: no {LEXICON} (build it with `deepspeech lm ngram --lang zh --pinyin-lexicon`)")
-        if cfg is None:
-            tuned = json.loads((d / SETTINGS).read_text(encoding="utf-8"))["config"] if (d / SETTINGS).is_file() \
-                else {}
-            cfg = HanziConfig(**tuned)
-        lexicon = json.loads((d / LEXICON).read_text(encoding="utf-8"))
+        try:
+            if cfg is None:
+                tuned = json.loads((d / SETTINGS).read_text(encoding="utf-8"))["config"] \
+                    if (d / SETTINGS).is_file() else {}
+                cfg = HanziConfig(**tuned)
+            raw = json.loads((d / LEXICON).read_text(encoding="utf-8"))
+            lexicon = {str(s): [(str(c), int(n)) for c, n in v] for s, v in raw.items()}
+        except (ValueError, TypeError, KeyError, AttributeError) as e:  # bad JSON, wrong shapes or types
+            raise HanziError(f"{d}: malformed {LEXICON} or {SETTINGS} ({e})") from None
         binary = d / LM_BINARY
-        return cls({s: [(c, int(n)) for c, n in v] for s, v in lexicon.items()},
-                   binary if binary.is_file() else None, cfg)
+        return cls(lexicon, binary if binary.is_file() else None, cfg)
 
     def candidates(self, syl: str) -> list[tuple[str, float]]:
         """(character, log P(syllable | character) - penalty) for one recognised syllable: its own characters,

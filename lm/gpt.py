@@ -23,7 +23,7 @@ import torch
 from torch import nn
 from torch.utils.checkpoint import checkpoint
 
-from deepspeech.parallel.mappings import divide, group_size, scatter_to_sp
+from deepspeech.parallel.mappings import group_size, scatter_to_sp
 from deepspeech.parallel.tensor_parallel import (
     ColumnParallelLinear,
     Group,
@@ -65,7 +65,8 @@ class GPTConfig:
         for name in ("vocab_size", "layers", "hidden", "heads", "seq_len"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be >= 1")
-        divide(self.hidden, self.heads, "hidden size")
+        if self.hidden % self.heads:
+            raise ValueError(f"hidden {self.hidden} is not divisible by heads = {self.heads}")
         if self.positions == "rotary" and self.head_dim % 2:
             raise ValueError(f"rotary positions need an even head size, got {self.head_dim}")
 
@@ -127,7 +128,9 @@ class ParallelAttention(nn.Module):
     def __init__(self, cfg: GPTConfig, group: Group, seed: int, prefix: str) -> None:
         super().__init__()
         self.cfg, self.group = cfg, group
-        self.heads_local = divide(cfg.heads, group_size(group), "attention heads")
+        if cfg.heads % group_size(group):
+            raise ValueError(f"heads {cfg.heads} is not divisible by the tensor-parallel size tp = {group_size(group)}")
+        self.heads_local = cfg.heads // group_size(group)
         sp, std = cfg.sequence_parallel, cfg.init_std
         # Output rows ordered (head, q|k|v, d): a contiguous slice of rows is a set of whole heads.
         self.qkv = ColumnParallelLinear(cfg.hidden, 3 * cfg.hidden, group, seed=seed, name=f"{prefix}.qkv", std=std,

@@ -62,7 +62,10 @@ class CommCounter:
 
 def chunk_layers(layers: int, pp: int, vpp: int, pp_rank: int, v: int) -> range:
     """Global layer indices of local chunk ``v`` on pipeline rank ``pp_rank`` (global chunk v * pp + pp_rank)."""
-    per = divide(layers, pp * vpp, "layers over pipeline chunks (pp * vpp)")
+    if layers % (pp * vpp):
+        raise ValueError(f"model layers {layers} is not divisible by pp * vpp = {pp * vpp} (pp {pp}, vpp {vpp}): "
+                         "every pipeline chunk holds the same number of layers")
+    per = layers // (pp * vpp)
     c = v * pp + pp_rank
     return range(c * per, (c + 1) * per)
 

@@ -142,7 +142,7 @@ def train(cfg: LMTrainConfig, state: ParallelState, text: str,
     batches = TextBatches(ids, mcfg.seq_len, cfg.batch_size, cfg.seed, state.dp_rank, state.dims.dp)
     start = 0
     if cfg.load_dir:
-        start = load_checkpoint(cfg.load_dir, named, optimizer, state)
+        start = load_checkpoint(cfg.load_dir, named, optimizer, state, mcfg)
         for _ in range(start):  # the batch stream resumes where the checkpointed run stood
             batches.next()
     torch.manual_seed(cfg.seed + 7919 * (state.dp_rank + 1) + start)  # dropout: shared by TP peers, per DP rank
@@ -176,5 +176,5 @@ def train(cfg: LMTrainConfig, state: ParallelState, text: str,
         if emit is not None and state.is_main:
             emit(record)
         if cfg.save_dir and (step == cfg.steps or (cfg.save_every and step % cfg.save_every == 0)):
-            save_checkpoint(cfg.save_dir, named, optimizer, state, step, cfg)
+            save_checkpoint(cfg.save_dir, named, optimizer, state, step, replace(cfg, model=mcfg))
     return model, tokenizer, records

@@ -253,3 +253,31 @@ def test_lm_ngram_cli_errors(tmp_path: Path) -> None:
     assert r.returncode == 2 and ("no text" in r.stderr or "not found" in r.stderr)
     r = run_cli("lm", "ngram", "--text", str(empty), "--out", str(tmp_path / "lm"), "--test-lines", "5")
     assert r.returncode == 2 and "cannot hold out" in r.stderr
+
+
+@pytest.mark.parametrize("damage", ["truncated", "garbage", "text", "empty", "body"])
+def test_a_damaged_lm_binary_is_a_one_line_error(tmp_path: Path, damage: str) -> None:
+    """A model directory's lm/lm.binary cut short, overwritten or emptied: one KenLMError line (the CLI prints it
+    and exits 2), not KenLM's OSError or UnicodeDecodeError traceback. "body" keeps the header, scrambles the rest."""
+    pytest.importorskip("kenlm")
+    model = Path(shutil.copytree(REPO / "models" / "digits-en", tmp_path / "m"))
+    binary = model / "lm" / "lm.binary"
+    data = binary.read_bytes()
+    binary.write_bytes({"truncated": data[: len(data) // 2], "garbage": os.urandom(2000),
+                        "text": b"the cat sat\n", "empty": b"",
+                        "body": data[:64] + bytes(reversed(data[64:]))}[damage])
+    with pytest.raises(KenLMError, match="lm.binary: (damaged KenLM model|not a KenLM model)") as e:
+        build_decoder(model, english_tokenizer())
+    assert "\n" not in str(e.value)
+    (model / "lm" / "lm.json").write_text("{not json")
+    with pytest.raises(KenLMError, match="malformed lm.json"):
+        build_decoder(model, english_tokenizer())
+    (model / "decoder.json").write_text("[1, 2]")
+    with pytest.raises(DecoderError, match="decoder.json: malformed"):
+        build_decoder(model, english_tokenizer())
+    audio = REPO / "data" / "fsdd" / "audio" / "0_theo_0.flac"
+    if damage == "garbage":
+        (model / "decoder.json").unlink()
+        shutil.copy(REPO / "models" / "digits-en" / "lm" / "lm.json", model / "lm" / "lm.json")
+        r = run_cli("transcribe", "--model", str(model), "--decoder", "beam", str(audio))
+        assert r.returncode == 2 and "Traceback" not in r.stderr and "not a KenLM model" in r.stderr, r.stderr

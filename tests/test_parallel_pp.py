@@ -142,3 +142,13 @@ def test_cli_rejects_interleaving_without_pipeline() -> None:
     from deepspeech.cli import main
 
     assert main(["lm", "train", "--preset", "gpt-tiny", "--vpp", "2", "--steps", "1"]) == 2
+
+
+def test_a_layer_count_that_does_not_split_over_the_pipeline_says_so() -> None:
+    """The README's --tp 2 --pp 2 --vpp 2 with gpt-tiny's 2 layers: the message read "layers over pipeline chunks
+    (pp * vpp) 2 is not divisible by 4"."""
+    from lm.pipeline import chunk_layers
+
+    with pytest.raises(ValueError, match=r"^model layers 2 is not divisible by pp \* vpp = 4 \(pp 2, vpp 2\)"):
+        chunk_layers(2, 2, 2, 0, 0)
+    assert chunk_layers(4, 2, 2, 1, 1) == range(3, 4)

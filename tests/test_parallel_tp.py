@@ -261,3 +261,39 @@ def test_cli_rejects_a_layout_that_does_not_divide_the_world() -> None:
     from deepspeech.cli import main
 
     assert main(["lm", "train", "--preset", "gpt-tiny", "--pp", "2", "--steps", "1"]) == 2  # world 1
+
+
+def _job_resume(cfgs: list[LMTrainConfig]) -> list[Any]:
+    """Each config resumed at TP=2 on this rank: its losses, or the error it was refused with."""
+    state = init_parallel(ParallelDims(tp=2))
+    out: list[Any] = []
+    for cfg in cfgs:
+        try:
+            out.append([r["loss"] for r in train(cfg, state, TEXT)[2]])
+        except ValueError as e:
+            out.append(f"{type(e).__name__}: {e}")
+    return out
+
+
+def test_one_rank_checkpoint_resumes_at_tp2_and_a_mismatch_is_refused_on_every_rank(gloo2: GlooWorkers,
+                                                                                    tmp_path: Path) -> None:
+    """A checkpoint written at TP=1 after step 2 loads at TP=2 through the safe metadata reader, and steps 3-4
+    have the uninterrupted one-rank run's losses (1e-5 relative: tensor-parallel summation order, see
+    test_training_steps_equal_one_rank). A checkpoint of another model is refused with the same error on both
+    ranks, before any collective read (no rank is left waiting)."""
+    model = replace(SMALL, dropout=0.0)
+    one = ParallelState(ParallelDims())
+    _, _, ref = train(LMTrainConfig(model=model, steps=4, batch_size=4, save_dir=str(tmp_path), save_every=2), one,
+                      TEXT)
+    src = str(tmp_path / "step-000002")
+    cases = [LMTrainConfig(model=model, steps=4, batch_size=4, load_dir=src),
+             LMTrainConfig(model=replace(model, layers=4), steps=4, batch_size=4, load_dir=src)]
+    for rank in gloo2.run(_job_resume, cases):
+        assert rank[0] == pytest.approx([r["loss"] for r in ref[2:]], rel=1e-5)
+        assert rank[1].startswith("LMCheckpointError"), rank[1]
+        assert "checkpoint has layers=2, this model has layers=4" in rank[1]
+
+
+def test_gpt_shape_errors_name_what_does_not_divide() -> None:
+    with pytest.raises(ValueError, match="hidden 64 is not divisible by heads = 3"):
+        GPTConfig(hidden=64, heads=3)

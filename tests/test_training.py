@@ -122,6 +122,11 @@ def test_sigkill_and_resume_equals_uninterrupted(tmp_path: Path, fsdd_small: tup
     ref_state = json.loads((tmp_path / "ref" / "last" / "train_state" / "trainer.json").read_text())
     res_state = json.loads(state_file.read_text())
     assert ref_state == res_state
+    # metrics.jsonl: the records written after the checkpoint, before the kill, are not repeated by the resumed run
+    def records(r: Path) -> list[tuple[int, int, bool]]:
+        lines = (r / "metrics.jsonl").read_text().splitlines()
+        return [(d["step"], d["epoch"], "loss" in d) for d in map(json.loads, lines)]
+    assert records(run) == records(tmp_path / "ref")
 
 
 def test_checkpoint_directory_is_complete_and_loads_safely(tmp_path: Path, fsdd_small: tuple[Path, Path]) -> None:

@@ -8,9 +8,11 @@ point (SIGKILL included) restarts from its last checkpoint and ends with the sam
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import logging
 import math
+import os
 import time
 from collections.abc import Sequence
 from contextlib import nullcontext
@@ -20,7 +22,6 @@ from typing import Any
 
 import torch
 import torch.distributed as dist
-from safetensors.torch import load_file
 from tqdm import tqdm
 
 from deepspeech.checkpoint import (
@@ -29,8 +30,11 @@ from deepspeech.checkpoint import (
     CheckpointError,
     assemble_ensemble,
     find_checkpoint,
+    load_config,
     load_model_dir,
     load_train_state,
+    read_weights,
+    recover_checkpoint,
     save_model_dir,
     with_vocab,
 )
@@ -114,6 +118,30 @@ class _MetricsLog:
             except ImportError:
                 pass
 
+    def keep_until(self, step: int) -> None:
+        """Drop the records of steps after ``step`` (written before a crash, after the checkpoint resumed from) and
+        any partly written line, so that a resumed run's file has each record once; rewritten atomically."""
+        if not self.enabled or not self.path.is_file():
+            return
+        lines = self.path.read_text(encoding="utf-8").splitlines()
+        kept = []
+        for line in lines:
+            try:
+                rec = json.loads(line)
+            except ValueError:
+                continue
+            if isinstance(rec, dict) and isinstance(rec.get("step"), int) and rec["step"] <= step:
+                kept.append(line)
+        if len(kept) == len(lines):
+            return
+        tmp = self.path.with_name(self.path.name + ".tmp")
+        with open(tmp, "w", encoding="utf-8") as f:
+            f.write("".join(line + "\n" for line in kept))
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, self.path)
+        log.info("metrics.jsonl: dropped %d records after step %d", len(lines) - len(kept), step)
+
     def write(self, record: dict[str, Any]) -> None:
         if not self.enabled:
             return
@@ -146,6 +174,28 @@ def _rng_state() -> dict[str, torch.Tensor]:
     return {"torch": torch.get_rng_state()}
 
 
+def _resume_point(last: Path, ps: ParallelState) -> Path | None:
+    """The checkpoint to resume from (``last``), after every rank agreed there is one and rank 0 made the newest
+    complete copy ``last`` itself; None for a fresh run. Interrupted saves without a complete copy are an error."""
+    found = find_checkpoint(last)  # every rank: the same verdict, or the same error
+    if ps.distributed:
+        dist.barrier()
+    if ps.is_main:
+        recover_checkpoint(last)
+    if ps.distributed:
+        dist.barrier()
+    return last if found is not None else None
+
+
+def _check_same_model(ckpt: Path, cfg: TrainConfig) -> None:
+    saved = load_config(ckpt).model
+    if saved != cfg.model:
+        diff = [f"{f.name}={getattr(saved, f.name)!r} in the checkpoint, {getattr(cfg.model, f.name)!r} now"
+                for f in dataclasses.fields(saved) if getattr(saved, f.name) != getattr(cfg.model, f.name)]
+        raise CheckpointError(f"{ckpt}: the checkpoint's model differs from this run's ({'; '.join(diff)}); "
+                              "resume with its config or train into another directory")
+
+
 def train(cfg: TrainConfig, out_dir: str | Path, resume: bool = True, progress: bool = True,
           parallel: ParallelState | None = None) -> TrainResult:
     """Train ``cfg`` into ``out_dir`` (``last/`` resumable checkpoint, ``best/`` the model ``cfg.select`` keeps: the
@@ -161,7 +211,7 @@ def train(cfg: TrainConfig, out_dir: str | Path, resume: bool = True, progress: 
     device = ps.device
     dp, dp_rank = group_size(ps.dp_group), ps.dp_rank
 
-    ckpt = find_checkpoint(out / "last") if resume else None
+    ckpt = _resume_point(out / "last", ps) if resume else None
     train_utts = read_manifests(cfg.data.train)
     dev_utts = read_manifests(cfg.data.dev) if cfg.data.dev else []
     init = load_model_dir(cfg.init_from) if ckpt is None and cfg.init_from else None
@@ -187,7 +237,8 @@ def train(cfg: TrainConfig, out_dir: str | Path, resume: bool = True, progress: 
         log.info("fine-tuning from %s", cfg.init_from)
     ema = WeightEMA(model, cfg.optim.ema_decay) if cfg.optim.ema_decay else None
     if ckpt is not None:
-        model.load_state_dict(load_file(str(ckpt / "model.safetensors"), device=str(device)))
+        _check_same_model(ckpt, cfg)
+        model.load_state_dict(read_weights(ckpt / "model.safetensors", model.state_dict(), device))
         ts = load_train_state(ckpt)
         optimizer.load_state_dict(ts["optimizer"])
         torch.set_rng_state(ts["rng"]["torch"])
@@ -210,6 +261,7 @@ def train(cfg: TrainConfig, out_dir: str | Path, resume: bool = True, progress: 
         per_epoch = [len(epoch_batches(train_ds.durations, plan, e)) for e in range(cfg.epochs)]
         cycle_ends = [sum(per_epoch[: (c + 1) * span]) for c in range(cfg.optim.cycles)]
     metrics = _MetricsLog(out, ps.is_main)
+    metrics.keep_until(state["step"])
     autocast = device.type == "cuda" and cfg.amp
     fallback = next(i for i in range(len(train_ds)) if train_ds.get(i) is not None)
 
