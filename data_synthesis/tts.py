@@ -177,10 +177,17 @@ def respell(text: str, lang: str) -> str:
     return " ".join(spelled[w] for w in words)
 
 
+def espeak_command(text: str, voice: str, pitch: int, rate: int) -> list[str]:
+    """The espeak-ng command line that speaks ``text`` to standard output; the text follows "--", so whatever it
+    starts with, espeak-ng never reads it as an option."""
+    return [_espeak(), "-v", voice, "-p", str(pitch), "-s", str(rate), "--stdout", "--", text]
+
+
 def voice_command(text: str, voice: str, pitch: int, rate: int, wav: str) -> list[str]:
     """The flite / Festival command line that speaks ``text`` into ``wav``: F0 target = the voice's own
     x 2^((pitch - 50) / 60) (pitch 20-80 spans 0.71-1.41x), duration stretch = 165 / rate. Festival's voices
-    take the stretch only (Festival reads the text from standard input)."""
+    take the stretch only (Festival reads the text from standard input). flite takes the text as the value of
+    ``-t``, which consumes the next argument whatever it starts with, so a text never becomes an option."""
     if voice not in FLITE_VOICES and voice not in FESTIVAL_VOICES:
         raise SynthesisError(f"unknown voice {voice!r}; the flite, Festival and pico voices are "
                              f"{', '.join(sorted([*FLITE_VOICES, *FESTIVAL_VOICES, *PICO_VOICES]))}")
@@ -224,8 +231,9 @@ def speak(text: str, voice: str, pitch: int, rate: int) -> tuple[np.ndarray, int
     if voice.startswith("pico:"):
         return pico_speak(text, voice, pitch, rate)
     if is_espeak_voice(voice):
-        res = subprocess.run([_espeak(), "-v", voice, "-p", str(pitch), "-s", str(rate), "--stdout", text],
-                             capture_output=True, timeout=60)
+        # "--" ends the options: a text such as "-f/etc/hostname" is spoken, never read as an option (-f would
+        # speak that file). Same audio as the text without it.
+        res = subprocess.run(espeak_command(text, voice, pitch, rate), capture_output=True, timeout=60)
         if res.returncode != 0 or not res.stdout:
             raise SynthesisError(f"espeak-ng failed for voice {voice!r}: {res.stderr.decode(errors='replace')[:200]}")
         x, sr = sf.read(io.BytesIO(res.stdout), dtype="float32")

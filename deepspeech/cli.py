@@ -7,6 +7,7 @@ import glob
 import json
 import logging
 import os
+import select
 import sys
 from pathlib import Path
 
@@ -20,6 +21,12 @@ log = logging.getLogger("deepspeech")
 def _add_common(p: argparse.ArgumentParser) -> None:
     p.add_argument("-v", "--verbose", action="store_true", help="debug logging")
     p.add_argument("--no-progress", action="store_true", help="no progress bars")
+
+
+def _add_segment_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--segment-min-s", type=float, default=8.0,
+                   help="files longer than this are segmented in pauses (bounded memory)")
+    p.add_argument("--segment-max-s", type=float, default=20.0, help="longest segment")
 
 
 def _cmd_train(args: argparse.Namespace) -> int:
@@ -61,17 +68,22 @@ def _cmd_eval(args: argparse.Namespace) -> int:
     from deepspeech.cli_lm import decoder_from_args
     from deepspeech.data.manifest import read_manifest
     from deepspeech.inference import evaluate_manifest
+    from deepspeech.longform import ChunkConfig
 
+    chunk = ChunkConfig(min_segment_s=args.segment_min_s, max_segment_s=args.segment_max_s)
     am = load_model_dir(args.model, device=args.device)
     decoder = decoder_from_args(args, args.model, am.tokenizer)
     utts = read_manifest(args.manifest)
-    counts, records = evaluate_manifest(am, utts, args.device, progress=not args.no_progress, decoder=decoder)
+    with open(args.manifest, encoding="utf-8") as f:
+        skipped = sum(1 for line in f if line.strip()) - len(utts)  # bad lines, missing audio: reported by the reader
+    counts, records = evaluate_manifest(am, utts, args.device, progress=not args.no_progress, decoder=decoder,
+                                        chunk=chunk)
     if args.hypotheses:
         with open(args.hypotheses, "w", encoding="utf-8") as f:
             for r in records:
                 f.write(json.dumps(r, ensure_ascii=False) + "\n")
     summary = {"manifest": args.manifest, "model": args.model, **counts.summary(),
-               "failed": sum(1 for r in records if r["hyp"] is None)}
+               "failed": sum(1 for r in records if r["hyp"] is None), "skipped": skipped}
     if am.hanzi is not None:  # pinyin model: also its syllable (WER) and letter (CER) error rates
         from deepspeech.metrics import error_rates
 
@@ -83,20 +95,26 @@ def _cmd_eval(args: argparse.Namespace) -> int:
     else:
         print(f"WER {100 * counts.wer:.2f}%  CER {100 * counts.cer:.2f}%  on {counts.n} utterances"
               + (f"  (pinyin: syllables {100 * summary['pinyin_wer']:.2f}%, letters {100 * summary['pinyin_cer']:.2f}%)"
-                 if "pinyin_wer" in summary else ""))
+                 if "pinyin_wer" in summary else "")
+              + f"; not scored: {summary['failed']} unreadable, {skipped} manifest lines skipped")
     return 0
 
 
 def expand_inputs(items: list[str]) -> list[str]:
-    """Files, folders (searched recursively for audio) and glob patterns -> a sorted, de-duplicated file list."""
+    """Files, folders (searched recursively for audio) and glob patterns -> a sorted, de-duplicated file list.
+    A pattern that matches nothing is reported; a file that is missing or not a regular file is kept for
+    :func:`deepspeech.transcribe.transcribe_files` to report in its place in the output."""
     from deepspeech.audio import AUDIO_SUFFIXES
 
     paths: list[str] = []
     for item in items:
         if os.path.isdir(item):
             paths += sorted(str(p) for p in Path(item).rglob("*") if p.suffix.lower() in AUDIO_SUFFIXES)
-        elif any(c in item for c in "*?["):
-            paths += sorted(glob.glob(item, recursive=True))
+        elif any(c in item for c in "*?[") and not os.path.lexists(item):
+            found = sorted(glob.glob(item, recursive=True))
+            if not found:
+                log.error("no files match %s", item)
+            paths += found
         else:
             paths.append(item)
     seen: set[str] = set()
@@ -314,6 +332,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--manifest", required=True)
     p.add_argument("--format", choices=["text", "json"], default="text")
     p.add_argument("--hypotheses", help="write per-utterance references and hypotheses (JSON Lines) here")
+    _add_segment_args(p)
     p.add_argument("--device", default="cpu")
     add_decoder_args(p)
     _add_common(p)
@@ -328,9 +347,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--output", help="one output file (txt or jsonl), appended to; files already in it are skipped")
     p.add_argument("--output-dir", help="one output file per audio file; existing ones are skipped")
     p.add_argument("--batch-size", type=int, default=16, help="short files per forward pass")
-    p.add_argument("--segment-min-s", type=float, default=8.0,
-                   help="files longer than this are segmented in pauses (bounded memory)")
-    p.add_argument("--segment-max-s", type=float, default=20.0, help="longest segment")
+    _add_segment_args(p)
     p.add_argument("--device", default="cpu")
     add_decoder_args(p)
     _add_common(p)
@@ -448,19 +465,46 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _stdout_closed() -> bool:
+    """True when standard output is a pipe whose reader has gone (``deepspeech ... | head``): the write end then
+    polls as an error (or hang-up). Where poll is unavailable, a broken pipe is taken to be standard output."""
+    try:
+        poller = select.poll()
+        poller.register(sys.stdout.fileno(), select.POLLOUT)
+        return any(ev & (select.POLLERR | select.POLLHUP) for _, ev in poller.poll(0))
+    except (AttributeError, OSError, ValueError):
+        return True
+
+
 def main(argv: list[str] | None = None) -> int:
+    """Run one subcommand. The project's errors (and OS errors such as a missing or unwritable file) end it with
+    one line on stderr and exit status 2 (the traceback at -v); a closed output pipe ends it quietly with 141,
+    the status of a process killed by SIGPIPE. SIGPIPE itself stays ignored, as Python sets it, so that a
+    server's or trainer's broken socket stays an exception and never kills the process."""
     args = build_parser().parse_args(argv)
     setup_logging(args.verbose)
+    from data_synthesis.tts import SynthesisError
+    from data_synthesis.voice import VoiceError
     from deepspeech.audio import AudioError
     from deepspeech.beam import DecoderError
     from deepspeech.checkpoint import CheckpointError
     from deepspeech.data.manifest import ManifestError
+    from deepspeech.hanzi import HanziError
     from lm.ngram import KenLMError
 
     try:
-        return int(args.func(args) or 0)
-    except (AudioError, CheckpointError, ManifestError, DecoderError, KenLMError, FileNotFoundError,
-            ValueError) as e:
+        status = int(args.func(args) or 0)
+        sys.stdout.flush()  # here, not at exit, so that a reader gone by now is handled below
+        return status
+    except BrokenPipeError as e:
+        if not _stdout_closed():
+            log.error("%s", e)
+            return 2
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())  # so the exit's own flush stays quiet
+        return 141
+    except (AudioError, CheckpointError, ManifestError, DecoderError, KenLMError, HanziError, SynthesisError,
+            VoiceError, ValueError, OSError) as e:  # AudioError, CheckpointError, ManifestError are ValueErrors
+        log.debug("traceback", exc_info=True)
         log.error("%s", e)
         return 2
 

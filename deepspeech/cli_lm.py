@@ -165,7 +165,9 @@ def _cmd_lm_train(args: argparse.Namespace) -> int:
         cfg = replace(cfg, model=replace(cfg.model, layers=args.layers))
     path = Path(args.text) if args.text else default_text_path()
     if not path.is_file():
-        raise FileNotFoundError(f"no such text file: {path}")
+        raise FileNotFoundError(f"no such text file: {path}" + ("" if args.text else (
+            " (the default training text: the data kit's sentences, else recipes/sentences_en.sh's corpus; "
+            "give --text FILE, e.g. --text data/fsdd/train.jsonl, the shipped digit transcripts)")))
     log.info("training text: %s", path)
     state = init_parallel(ParallelDims(dp=world // (args.tp * args.pp), tp=args.tp, pp=args.pp))
 

@@ -1,4 +1,8 @@
-"""Batched inference: evaluation on a manifest and transcription of audio files (greedy or beam decoding)."""
+"""Batched inference: evaluation on a manifest and transcription of audio files (greedy or beam decoding).
+
+``eval`` reads every utterance as ``transcribe`` reads the same file: one longer than the segmenting threshold goes
+through the long-recording path (:func:`deepspeech.transcribe.transcribe_long_file`, bounded memory), and audio
+without speech-level energy (:mod:`deepspeech.silence`) reads as empty text without running the network."""
 
 from __future__ import annotations
 
@@ -9,15 +13,19 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
+from deepspeech.audio import AudioError
 from deepspeech.beam import BeamSearchDecoder, best_hypothesis
 from deepspeech.checkpoint import AcousticModel
 from deepspeech.data.dataset import SpeechDataset
 from deepspeech.data.manifest import Utterance
 from deepspeech.data.sampler import FRAMES_PER_SECOND
 from deepspeech.decoding import greedy_decode
+from deepspeech.longform import GATE, ChunkConfig
 from deepspeech.metrics import ErrorCounts
 from deepspeech.model import DeepSpeech2
+from deepspeech.silence import SilenceGate, speech_present
 from deepspeech.text import CharTokenizer, normalize_zh
+from deepspeech.transcribe import file_duration, transcribe_long_file
 
 log = logging.getLogger(__name__)
 
@@ -78,25 +86,78 @@ def evaluate_dataset(model: DeepSpeech2, dataset: SpeechDataset, indices: Sequen
     return counts
 
 
+class _GatedDataset(SpeechDataset):
+    """A :class:`SpeechDataset` that sets aside audio without speech: :meth:`get` returns None for it and adds its
+    index to ``silent`` (read as empty text by the caller, not as a failure)."""
+
+    def __init__(self, *args: object, gate: SilenceGate | None, **kwargs: object) -> None:
+        super().__init__(*args, **kwargs)  # type: ignore[arg-type]
+        self.gate = gate
+        self.silent: set[int] = set()
+
+    def get(self, i: int) -> tuple[torch.Tensor, torch.Tensor, str] | None:
+        if i in self.silent:
+            return None
+        if self.gate is None or i in self._cache or i in self._bad:
+            return super().get(i)
+        try:
+            wav = self._waveform(i)
+        except AudioError:
+            return super().get(i)  # reports it and remembers it as unreadable
+        if not speech_present(wav, self.gate):
+            self.silent.add(i)
+            return None
+        self._wav_cache[i] = wav  # the parent reads it from here instead of loading the file again
+        try:
+            return super().get(i)
+        finally:
+            self._wav_cache.pop(i, None)
+
+
 def evaluate_manifest(am: AcousticModel, utts: Sequence[Utterance], device: torch.device | str = "cpu",
-                      progress: bool = True, decoder: BeamSearchDecoder | None = None
+                      progress: bool = True, decoder: BeamSearchDecoder | None = None,
+                      chunk: ChunkConfig | None = None, gate: SilenceGate | None = GATE
                       ) -> tuple[ErrorCounts, list[dict[str, object]]]:
-    """WER/CER of a loaded model on utterances; also returns per-utterance records (audio, ref, hyp). A pinyin
-    model with a lexicon is scored on the characters it writes; its records keep ``ref_pinyin``/``hyp_pinyin``."""
-    ds = SpeechDataset(utts, am.tokenizer, am.config.features, am.stats, cache=False)
-    hyps: dict[int, str] = {}
-    counts = evaluate_dataset(am.model, ds, list(range(len(ds))), torch.device(device), progress=progress,
-                              hypotheses=hyps, decoder=decoder, forward=am.forward)
-    records: list[dict[str, object]] = [{"audio": u.audio, "ref": am.tokenizer.normalize(u.text), "hyp": hyps.get(i)}
-                                        for i, u in enumerate(utts)]
-    if am.hanzi is not None:  # a pinyin model: score the characters it finally writes
-        counts = ErrorCounts()
-        for u, r in zip(utts, records, strict=True):
-            r["ref_pinyin"], r["hyp_pinyin"] = r["ref"], r["hyp"]
-            r["ref"] = normalize_zh(u.text)
-            if r["hyp_pinyin"] is not None:
-                r["hyp"] = am.hanzi.convert(str(r["hyp_pinyin"]))
-                counts.add(str(r["ref"]), str(r["hyp"]), "zh")
+    """WER/CER of a loaded model on utterances; also returns per-utterance records (audio, ref, hyp; hyp None for
+    unreadable audio). Utterances up to ``chunk.min_segment_s`` are batched; longer ones are read as ``transcribe``
+    reads a long file (segmented in pauses, bounded memory). Audio that ``gate`` finds without speech reads as "".
+    A pinyin model with a lexicon is scored on the characters it writes; its records keep ``ref_pinyin`` and
+    ``hyp_pinyin``."""
+    chunk = chunk or ChunkConfig()
+    short, long = [], []
+    for i, u in enumerate(utts):
+        try:
+            seconds = file_duration(u.audio) or u.duration_s
+        except AudioError:
+            seconds = 0.0  # the dataset reports it
+        (long if seconds > chunk.min_segment_s else short).append(i)
+    ds = _GatedDataset(utts, am.tokenizer, am.config.features, am.stats, cache=False, gate=gate)
+    hyps: dict[int, str | None] = {}
+    evaluate_dataset(am.model, ds, short, torch.device(device), progress=progress, hypotheses=hyps,  # type: ignore[arg-type]
+                     decoder=decoder, forward=am.forward)
+    pinyin: dict[int, str | None] = dict(hyps) if am.hanzi is not None else {}
+    if am.hanzi is not None:  # the short ones were decoded to pinyin: convert them as transcribe does
+        hyps = {i: am.hanzi.convert(str(h)) for i, h in hyps.items()}
+    for i in ds.silent:
+        hyps[i] = pinyin[i] = ""
+    for i in tqdm(long, desc="eval long", disable=not progress or not long, leave=False):
+        try:
+            t = transcribe_long_file(utts[i].audio, am, chunk, decoder, device, gate=gate)
+        except AudioError as e:
+            log.warning("skipping utterance: %s", e)
+            continue
+        hyps[i], pinyin[i] = t.text, t.pinyin
+    lang = am.text_lang
+    counts = ErrorCounts()
+    records: list[dict[str, object]] = []
+    for i, u in enumerate(utts):
+        ref = normalize_zh(u.text) if am.hanzi is not None else am.tokenizer.normalize(u.text)
+        r: dict[str, object] = {"audio": u.audio, "ref": ref, "hyp": hyps.get(i)}
+        if am.hanzi is not None:
+            r["ref_pinyin"], r["hyp_pinyin"] = am.tokenizer.normalize(u.text), pinyin.get(i)
+        if r["hyp"] is not None:
+            counts.add(ref, str(r["hyp"]), lang)
+        records.append(r)
     return counts, records
 
 

@@ -10,7 +10,8 @@
    a training utterance, so memory holds at most ``max_segment_s`` of features, activations and log-probabilities.
    A file no longer than ``min_segment_s`` is one segment: the same computation as whole-file decoding.
 4. Each segment is decoded (greedy or beam search; the LM context restarts at a cut) and word frames are offset to
-   the recording's time line.
+   the recording's time line. A segment without speech-level energy (:mod:`deepspeech.silence`) skips the network
+   and reads as certain blanks: empty text, however long the silence.
 
 Why segments and not overlapping windows: a bidirectional recurrent model's outputs depend on context many seconds
 away (measured on ``sentences-en``: 0.1-0.3 nats 8 s from a cut), so windows with overlap change the text anywhere
@@ -34,8 +35,11 @@ from deepspeech.beam import BeamSearchDecoder, Hypothesis, Word, best_hypothesis
 from deepspeech.checkpoint import AcousticModel
 from deepspeech.features import StreamState, prepare_utterance, stream_log_spectrogram
 from deepspeech.hanzi import hypothesis_to_characters
+from deepspeech.silence import SilenceGate, speech_present
 
 log = logging.getLogger(__name__)
+
+GATE = SilenceGate()  # the default silence gate of every route from a file to text
 
 
 @dataclass(frozen=True)
@@ -83,12 +87,16 @@ def stream_audio(path: str | Path, block_s: float = 10.0) -> Iterator[np.ndarray
                 yield tail
 
 
-def stream_features(path: str | Path, am: AcousticModel, block_s: float) -> Iterator[torch.Tensor]:
-    """Raw log-spectrogram frames of a file, block by block (no normalisation)."""
+def stream_features(path: str | Path, am: AcousticModel, block_s: float,
+                    on_audio: Callable[[np.ndarray], None] | None = None) -> Iterator[torch.Tensor]:
+    """Raw log-spectrogram frames of a file, block by block (no normalisation). ``on_audio`` sees each 16 kHz
+    block before the frames it completes are yielded."""
     cfg = am.config.features
     state: StreamState | None = None
     pending: np.ndarray | None = None
     for block in stream_audio(path, block_s):  # one block of look-behind so the last one is sent with final=True
+        if on_audio is not None:
+            on_audio(block)
         if pending is not None:
             feats, state = stream_log_spectrogram(pending, state, cfg)
             if feats.shape[0]:
@@ -111,34 +119,55 @@ def quietest_cut(raw: torch.Tensor, lo: int, hi: int, width: int, multiple: int 
     return max(multiple, cut - cut % multiple)
 
 
-def segment_features(path: str | Path, am: AcousticModel, cc: ChunkConfig) -> Iterator[torch.Tensor]:
-    """Raw (unnormalised) feature segments of a recording, cut in pauses; memory: one segment plus a block."""
+def segments(path: str | Path, am: AcousticModel, cc: ChunkConfig) -> Iterator[tuple[torch.Tensor, np.ndarray]]:
+    """Each segment of a recording, cut in pauses: (raw unnormalised features (t, bins), the 16 kHz samples from
+    its first frame's start to the next segment's, (n,) float32). Memory: one segment plus a block."""
     frames_per_s = 1000.0 / am.config.features.hop_ms
     lo, hi = int(cc.min_segment_s * frames_per_s), int(cc.max_segment_s * frames_per_s)
     width = max(1, int(round(cc.pause_s * frames_per_s)))
-    stride = am.config.model.time_stride
+    stride, hop = am.config.model.time_stride, am.config.features.hop_length
     buf = torch.zeros(0, am.config.features.n_bins)
-    for raw in stream_features(path, am, cc.block_s):
+    audio: list[np.ndarray] = []  # samples from the start of ``buf``'s first frame on
+
+    def take(frames: int | None) -> np.ndarray:  # the samples of the first ``frames`` frames (None: all)
+        wav = np.concatenate(audio) if audio else np.zeros(0, np.float32)
+        cut = wav.size if frames is None else frames * hop
+        audio[:] = [wav[cut:]]
+        return wav[:cut]
+
+    for raw in stream_features(path, am, cc.block_s, audio.append):
         buf = torch.cat([buf, raw])
         while buf.shape[0] >= hi:
             cut = quietest_cut(buf, lo, hi, width, stride)
-            yield buf[:cut]
+            yield buf[:cut], take(cut)
             buf = buf[cut:]
     if buf.shape[0] > lo:  # what is left is decided with the same rule as inside the file
         cut = quietest_cut(buf, lo, buf.shape[0], width, stride)
         if buf.shape[0] - cut >= width:
-            yield buf[:cut]
+            yield buf[:cut], take(cut)
             buf = buf[cut:]
     if buf.shape[0]:
-        yield buf
+        yield buf, take(None)
+
+
+def segment_features(path: str | Path, am: AcousticModel, cc: ChunkConfig) -> Iterator[torch.Tensor]:
+    """Raw (unnormalised) feature segments of a recording, cut in pauses; memory: one segment plus a block."""
+    for feats, _ in segments(path, am, cc):
+        yield feats
 
 
 @torch.no_grad()
-def segment_log_probs(path: str | Path, am: AcousticModel, cc: ChunkConfig, device: torch.device | str = "cpu"
-                      ) -> Iterator[np.ndarray]:
-    """(t, V) float32 log-probabilities (an ensemble's (t, M, V)) of each segment of a recording, in order."""
+def segment_log_probs(path: str | Path, am: AcousticModel, cc: ChunkConfig, device: torch.device | str = "cpu",
+                      gate: SilenceGate | None = GATE) -> Iterator[np.ndarray]:
+    """(t, V) float32 log-probabilities (an ensemble's (t, M, V)) of each segment of a recording, in order. A
+    segment that ``gate`` finds without speech gets certain blanks instead of the network's output."""
     cfg = am.config.features
-    for raw in segment_features(path, am, cc):
+    for raw, samples in segments(path, am, cc):
+        if gate is not None and not speech_present(samples, gate):
+            empty = np.zeros((0, am.n_members, len(am.tokenizer)) if am.members else (0, len(am.tokenizer)),
+                             np.float32)
+            yield _pad_blank(empty, am, raw.shape[0], 0)
+            continue
         x, start = prepare_utterance(raw, cfg)  # endpointed and normalised on its own, like a training utterance
         x = am.stats.normalize(x).unsqueeze(0).to(device)
         logits, lengths = am.forward(x, torch.tensor([x.shape[1]], device=device))

@@ -5,6 +5,9 @@ Word times come from the CTC alignment of the chosen path: a word starts at the 
 character and ends after its last (output frame = feature hop x the model's time stride, 20 ms for DS2 models).
 A word's confidence is the geometric mean, over its frames, of the most probable symbol's posterior (the greedy
 path's own probability); the utterance confidence is the mean over words.
+
+Audio without speech-level energy (:mod:`deepspeech.silence`) reads as empty text: a short file as a whole, a long
+one segment by segment (a streaming model's long file, decoded in one pass, as a whole).
 """
 
 from __future__ import annotations
@@ -12,6 +15,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+import stat
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -29,7 +33,8 @@ from deepspeech.data.dataset import collate
 from deepspeech.ensemble import member_log_probs
 from deepspeech.features import log_spectrogram, prepare_utterance
 from deepspeech.hanzi import hypothesis_to_characters
-from deepspeech.longform import ChunkConfig, decode_segments, segment_log_probs, stream_audio
+from deepspeech.longform import GATE, ChunkConfig, decode_segments, segment_log_probs, stream_audio
+from deepspeech.silence import SilenceGate, SpeechDetector, speech_present
 
 log = logging.getLogger(__name__)
 
@@ -56,6 +61,7 @@ class Transcript:
     duration_s: float = 0.0
     words: list[TimedWord] = field(default_factory=list)
     confidence: float | None = None
+    pinyin: str | None = None  # a pinyin model's syllables before conversion to characters (not written out)
 
     def to_json(self) -> dict[str, Any]:
         return {"path": self.path, "text": self.text, "duration_s": round(self.duration_s, 3),
@@ -86,13 +92,52 @@ def _finish(t: Transcript) -> Transcript:
     return t
 
 
+def input_error(path: str | Path) -> str | None:
+    """Why ``path`` cannot be an audio input (missing, or not a regular file: a FIFO, device or socket would block
+    or never end), else None. Checked with stat, never by opening it."""
+    try:
+        mode = os.stat(path).st_mode
+    except FileNotFoundError:
+        return f"no such file: {path}"
+    except OSError as e:
+        return f"{path}: {e.strerror or e}"
+    if stat.S_ISDIR(mode):
+        return f"{path}: is a directory"
+    if not stat.S_ISREG(mode):
+        return f"{path}: not a regular file (FIFO, device or socket): skipped"
+    return None
+
+
+def file_duration(path: str | Path) -> float:
+    """Seconds of audio from the file header (0 when the header has no frame count); AudioError if unreadable."""
+    why = input_error(path)
+    if why is not None:
+        raise AudioError(why)
+    try:
+        info = sf.info(str(path))
+    except (sf.LibsndfileError, RuntimeError, OSError) as e:
+        raise AudioError(f"{path}: cannot read audio ({e})") from e
+    return info.frames / info.samplerate if info.frames > 0 else 0.0
+
+
+def transcribe_long_file(path: str | Path, am: AcousticModel, chunk: ChunkConfig,
+                         decoder: BeamSearchDecoder | None = None, device: torch.device | str = "cpu",
+                         duration: float = 0.0, gate: SilenceGate | None = GATE) -> Transcript:
+    """A recording longer than ``chunk.min_segment_s`` in bounded memory: segmented in pauses, or, for a streaming
+    model, in one pass with carried state. What ``transcribe`` and ``eval`` do with every long file."""
+    long = _transcribe_streaming if _streamable(am) else _transcribe_segments
+    return long(path, am, chunk, decoder, torch.device(device), duration, gate)
+
+
 @torch.no_grad()
 def transcribe_files(am: AcousticModel, paths: Sequence[str | Path], device: torch.device | str = "cpu",
                      max_batch: int = 16, progress: bool = True, decoder: BeamSearchDecoder | None = None,
                      chunk: ChunkConfig | None = None,
-                     on_result: Callable[[Transcript], None] | None = None) -> list[Transcript]:
+                     on_result: Callable[[Transcript], None] | None = None,
+                     gate: SilenceGate | None = GATE) -> list[Transcript]:
     """Transcribe audio files in order. Files up to ``chunk.min_segment_s`` long are batched; longer ones are
-    segmented in bounded memory. Unreadable files get ``error`` set and the run goes on. ``on_result`` sees each
+    segmented in bounded memory (:func:`transcribe_long_file`). Missing, non-regular and unreadable files get
+    ``error`` set and the run goes on; audio that ``gate`` finds without speech gets empty text. ``on_result`` sees each
     transcript as soon as it and every earlier one are done (for writing output incrementally)."""
     dev = torch.device(device)
     chunk = chunk or ChunkConfig()
@@ -122,6 +167,7 @@ def transcribe_files(am: AcousticModel, paths: Sequence[str | Path], device: tor
                 hyp = hypothesis_to_characters(hyp, am.hanzi)
             t = out_pending[k]
             t.text, t.words = hyp.text, timed_words(hyp.words, member_log_probs(logp, hyp), frame_s)
+            t.pinyin = hyp.extra.get("pinyin")
             for w in t.words:  # back on the file's time line when endpointing cut its start
                 w.start, w.end = w.start + cut_s, w.end + cut_s
             out[k] = _finish(t)
@@ -134,23 +180,19 @@ def transcribe_files(am: AcousticModel, paths: Sequence[str | Path], device: tor
         k = len(out)
         out.append(None)
         try:
-            info = sf.info(str(p))
-            duration = info.frames / info.samplerate if info.frames > 0 else 0.0
-        except (sf.LibsndfileError, RuntimeError, OSError) as e:
-            out[k] = Transcript(str(p), None, f"{p}: cannot read audio ({e})")
-            log.error("%s", out[k].error)  # type: ignore[union-attr]
-            emit()
-            continue
-        try:
+            duration = file_duration(p)
             if duration > chunk.min_segment_s:
-                long = _transcribe_streaming if _streamable(am) else _transcribe_long
-                out[k] = long(p, am, chunk, decoder, dev, duration)
+                out[k] = transcribe_long_file(p, am, chunk, decoder, dev, duration, gate)
                 emit()
                 continue
             wav = load_audio(p)
         except AudioError as e:
             log.error("%s", e)
             out[k] = Transcript(str(p), None, str(e))
+            emit()
+            continue
+        if gate is not None and not speech_present(wav, gate):
+            out[k] = _finish(Transcript(str(p), "", None, wav.size / SAMPLE_RATE))
             emit()
             continue
         out_pending[k] = Transcript(str(p), None, None, wav.size / SAMPLE_RATE)
@@ -162,17 +204,22 @@ def transcribe_files(am: AcousticModel, paths: Sequence[str | Path], device: tor
     return [t for t in out if t is not None]
 
 
-def _transcribe_long(path: str | Path, am: AcousticModel, chunk: ChunkConfig, decoder: BeamSearchDecoder | None,
-                     device: torch.device, duration: float) -> Transcript:
+def _transcribe_segments(path: str | Path, am: AcousticModel, chunk: ChunkConfig,
+                         decoder: BeamSearchDecoder | None, device: torch.device, duration: float,
+                         gate: SilenceGate | None) -> Transcript:
     frame_s = frame_seconds(am)
     words: list[TimedWord] = []
+    pinyin: list[str] = []
 
     def keep(offset: int, hyp: Hypothesis, logp: np.ndarray) -> None:
         words.extend(timed_words((Word(w.text, w.start + offset, w.end + offset) for w in hyp.words),
                                  member_log_probs(logp, hyp), frame_s, offset))
+        if hyp.extra.get("pinyin"):
+            pinyin.append(hyp.extra["pinyin"])
 
-    hyp = decode_segments(segment_log_probs(path, am, chunk, device), am, decoder, on_segment=keep)
-    return _finish(Transcript(str(path), hyp.text, None, duration, words))
+    hyp = decode_segments(segment_log_probs(path, am, chunk, device, gate), am, decoder, on_segment=keep)
+    return _finish(Transcript(str(path), hyp.text, None, duration, words,
+                              pinyin=" ".join(pinyin) if am.hanzi is not None else None))
 
 
 def _streamable(am: AcousticModel) -> bool:
@@ -186,16 +233,27 @@ def _streamable(am: AcousticModel) -> bool:
 
 
 def _transcribe_streaming(path: str | Path, am: AcousticModel, chunk: ChunkConfig,
-                          decoder: BeamSearchDecoder | None, device: torch.device, duration: float) -> Transcript:
+                          decoder: BeamSearchDecoder | None, device: torch.device, duration: float,
+                          gate: SilenceGate | None) -> Transcript:
     """A long file through a streaming (unidirectional) model: block by block with carried state, so the result is
-    that of the whole file in one pass (no segmentation) in bounded memory, and equals the streaming server's."""
+    that of the whole file in one pass (no segmentation) in bounded memory, and equals the streaming server's.
+    The silence gate judges the whole file, as a detector over the server's stream does."""
     from deepspeech.streaming import StreamingModel
 
+    if gate is not None:  # read ahead to the first speech (a silent file: to its end, without the network)
+        detector = SpeechDetector(gate)
+        for block in stream_audio(path, chunk.block_s):
+            detector.update(block)
+            if detector.speech:
+                break
+        if not detector.speech:
+            return _finish(Transcript(str(path), "", None, duration))
     engine = StreamingModel(am, device)
     s = engine.run(stream_audio(path, chunk.block_s))
     logp = s.all_log_probs(engine.vocab)
     hyp = engine.final_hypothesis(s, decoder)
-    return _finish(Transcript(str(path), hyp.text, None, duration, timed_words(hyp.words, logp, frame_seconds(am))))
+    return _finish(Transcript(str(path), hyp.text, None, duration, timed_words(hyp.words, logp, frame_seconds(am)),
+                              pinyin=hyp.extra.get("pinyin")))
 
 
 # ---------------------------------------------------------------------------------------------------- output

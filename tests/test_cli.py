@@ -4,11 +4,13 @@ clear errors, the core importing without optional extras."""
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 from pathlib import Path
 
 import numpy as np
+import pytest
 import soundfile as sf
 import torch
 
@@ -112,3 +114,108 @@ def test_export_in_half_precision_keeps_the_recognition(tmp_path: Path) -> None:
     # float16 keeps ~3 significant digits; 40 utterances may differ by at most one word
     assert abs(outs["fp16"]["wer"] - outs["fp32"]["wer"]) <= 1 / 40 + 1e-9
     assert "float16" in (tmp_path / "fp16" / "README.md").read_text()
+
+
+def test_transcribe_reports_missing_non_regular_and_unmatched_inputs_and_goes_on(tmp_path: Path) -> None:
+    """A FIFO in an input folder hung transcribe (libsndfile waits for a writer), a missing file read "System
+    error." and a glob that matched nothing vanished: each is now one clear line and the run goes on."""
+    folder = tmp_path / "in"
+    folder.mkdir()
+    (folder / "2_theo_0.flac").write_bytes((FSDD / "audio" / "2_theo_0.flac").read_bytes())
+    os.mkfifo(folder / "pipe.wav")
+    missing, pattern = tmp_path / "missing.wav", str(tmp_path / "nothing" / "*.flac")
+    res = run_cli("transcribe", str(folder), str(missing), pattern, str(FSDD / "audio" / "4_theo_0.flac"),
+                  "--model", str(MODEL), "--format", "jsonl", "--no-progress", timeout=120)
+    assert res.returncode == 0, res.stderr
+    rows = {Path(r["path"]).name: r for r in map(json.loads, res.stdout.splitlines())}
+    assert rows["2_theo_0.flac"]["text"] == "two" and rows["4_theo_0.flac"]["text"] == "four"
+    assert rows["pipe.wav"]["text"] is None and "not a regular file" in rows["pipe.wav"]["error"]
+    assert rows["missing.wav"]["error"] == f"no such file: {missing}"
+    assert f"no files match {pattern}" in res.stderr and "System error" not in res.stderr
+    assert "Traceback" not in res.stderr and "2 of 4 files could not be read" in res.stderr
+
+
+@pytest.mark.parametrize("argv", [["train", "--preset", "ds2-en", "--print-config"],
+                                  ["transcribe", str(FSDD / "audio" / "7_theo_3.flac"), "--model", str(MODEL)]],
+                         ids=["train", "transcribe"])
+def test_closed_output_pipe_ends_quietly(argv: list[str]) -> None:
+    """``deepspeech ... | head`` used to end in a BrokenPipeError traceback. Here the reader is gone before the
+    command writes anything: it ends with no message and 141, the status of a process killed by SIGPIPE."""
+    proc = subprocess.Popen([sys.executable, "-m", "deepspeech.cli", *argv, "--no-progress"], cwd=REPO,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    assert proc.stdout is not None and proc.stderr is not None
+    proc.stdout.close()
+    err = proc.stderr.read().decode()
+    assert proc.wait(timeout=120) == 141, err
+    assert "Traceback" not in err and "Exception ignored" not in err and "Broken pipe" not in err, err
+
+
+def test_eval_text_output_counts_what_was_not_scored(tmp_path: Path) -> None:
+    """The text summary hid that utterances were not scored; it now says how many (unreadable audio, manifest
+    lines skipped), as the JSON does ("failed", "skipped")."""
+    man = cut_manifest(FSDD / "test.jsonl", tmp_path / "m.jsonl", 4)
+    corrupt = tmp_path / "corrupt.wav"
+    corrupt.write_bytes(b"RIFF\x00\x00\x00\x00WAVEjunkjunkjunk")
+    lines = man.read_text().splitlines() + [
+        "{not json", json.dumps({"audio": "missing.wav", "text": "one", "duration_s": 0.5}),
+        json.dumps({"audio": str(corrupt), "text": "two", "duration_s": 0.5})]
+    man.write_text("\n".join(lines) + "\n")
+    res = run_cli("eval", "--model", str(MODEL), "--manifest", str(man), "--no-progress")
+    assert res.returncode == 0, res.stderr
+    assert "on 4 utterances" in res.stdout and "1 unreadable, 2 manifest lines skipped" in res.stdout, res.stdout
+    res = run_cli("eval", "--model", str(MODEL), "--manifest", str(man), "--no-progress", "--format", "json")
+    out = json.loads(res.stdout)
+    assert (out["n"], out["failed"], out["skipped"]) == (4, 1, 2)
+
+
+HARNESS = """
+import contextlib, io, json, sys, traceback
+from deepspeech.cli import main
+for argv in json.loads(sys.argv[1]):
+    err = io.StringIO()
+    with contextlib.redirect_stderr(err):
+        try:
+            rc = main(argv)
+        except SystemExit as e:
+            rc = e.code if isinstance(e.code, int) else 1
+        except BaseException:
+            rc = "traceback"
+            traceback.print_exc(file=err)
+    print(json.dumps({"argv": argv, "rc": rc, "stderr": err.getvalue()}))
+"""
+
+
+def test_model_and_audio_errors_are_one_line_in_every_subcommand(tmp_path: Path) -> None:
+    """Every subcommand that takes a model directory, given a missing, empty, corrupt-config or truncated-weights
+    one, and every one that reads audio, given an unreadable file, ends with one error line and status != 0."""
+    bad = {"missing": tmp_path / "nope", "empty": tmp_path / "empty", "config": tmp_path / "config",
+           "weights": tmp_path / "weights"}
+    bad["empty"].mkdir()
+    bad["config"].mkdir()
+    (bad["config"] / "config.json").write_text("{not json")
+    bad["weights"].mkdir()
+    for f in MODEL.glob("*.json"):
+        (bad["weights"] / f.name).write_bytes(f.read_bytes())
+    (bad["weights"] / "model.safetensors").write_bytes((MODEL / "model.safetensors").read_bytes()[:1000])
+    corrupt = tmp_path / "corrupt.wav"
+    corrupt.write_bytes(b"RIFF\x00\x00\x00\x00WAVEjunkjunkjunk")
+    dev, audio = str(FSDD / "dev.jsonl"), str(FSDD / "audio" / "7_theo_3.flac")
+    runs = []
+    for model in map(str, bad.values()):
+        runs += [["eval", "--model", model, "--manifest", dev], ["transcribe", audio, "--model", model],
+                 ["export", "--model", model, "--to", str(tmp_path / "out"), "--command-line", "x"],
+                 ["lm", "tune", "--model", model, "--manifest", dev],
+                 ["lm", "hanzi-tune", "--model", model, "--manifest", dev],
+                 ["serve", "--model", model, "--port", "1"],
+                 ["train", "--preset", "tiny", "--set", f"init_from={model}", "--set", f"data.train={dev}",
+                  "--out", str(tmp_path / "run")]]
+    runs += [["stream", str(corrupt), "--url", "ws://127.0.0.1:1/v1/stream"],
+             ["stream", str(tmp_path / "missing.wav"), "--url", "ws://127.0.0.1:1/v1/stream"]]
+    res = subprocess.run([sys.executable, "-c", HARNESS, json.dumps([r + ["--no-progress"] for r in runs])],
+                         capture_output=True, text=True, cwd=REPO, timeout=300)
+    assert res.returncode == 0, res.stderr
+    for row in map(json.loads, res.stdout.splitlines()):
+        lines = [ln for ln in row["stderr"].splitlines() if ln.strip()]
+        errors = [ln for ln in lines if " ERROR " in ln]
+        assert isinstance(row["rc"], int) and row["rc"] != 0 and len(errors) == 1, row
+        assert "Traceback" not in row["stderr"], row

@@ -15,6 +15,7 @@ from deepspeech.checkpoint import load_model_dir
 from deepspeech.decoding import greedy_decode_logp
 from deepspeech.features import log_spectrogram, prepare_utterance
 from deepspeech.longform import ChunkConfig, quietest_cut, segment_features, transcribe_long
+from deepspeech.silence import speech_present
 from deepspeech.transcribe import TimedWord, cues, frame_seconds, render, transcribe_files
 from tests.conftest import FSDD, REPO, run_cli
 
@@ -64,9 +65,16 @@ def test_streamed_segmentation_equals_in_memory_reference(am, tmp_path: Path) ->
     assert sum(s.shape[0] for s in got) == feats.shape[0]
     torch.testing.assert_close(torch.cat(got), feats, rtol=0, atol=0)
     # Whole-file-in-memory decoding of the same segments (each endpointed and normalised on its own, as the model
-    # was trained) gives the same text as the streamed run.
+    # was trained; a segment whose samples hold no speech-level energy reads as nothing) gives the same text as the
+    # streamed run.
+    wav, hop, start = load_audio(wav_path), am.config.features.hop_length, 0
     texts = []
-    for seg in got:
+    for k, seg in enumerate(got):
+        samples = wav[start * hop:(start + seg.shape[0]) * hop if k < len(got) - 1 else None]
+        start += seg.shape[0]
+        if not speech_present(samples):
+            texts.append("")
+            continue
         with torch.no_grad():
             x = am.stats.normalize(prepare_utterance(seg, am.config.features)[0])
             logits, lengths = am.forward(x[None], torch.tensor([x.shape[0]]))  # with the model's warp search
@@ -189,3 +197,45 @@ def test_endpointing_keeps_word_times_on_the_recording_time_line(am, tmp_path: P
     assert len(times[0]) >= 4
     for a, b in times[0]:
         assert any(a < e + 0.1 and b > s - 0.1 for s, e in times[1]), (a, b, times[1])
+
+
+def test_eval_reads_a_long_utterance_as_transcribe_does(am, tmp_path: Path,  # type: ignore[no-untyped-def]
+                                                        monkeypatch: pytest.MonkeyPatch) -> None:
+    """eval used to put a long utterance through the network whole (a 2-hour file: 8.4 GB, then a traceback); it
+    now takes transcribe's long-recording path past the segmenting threshold: the same text (CLI and library), the
+    network never sees more than one segment, and the file is never loaded whole. Here the threshold is 2 s and
+    segments at most 4 s, so a 20 s recording padded with 10 s of silence stands for hours."""
+    import deepspeech.data.dataset as dataset
+    from deepspeech.data.manifest import Utterance
+    from deepspeech.inference import evaluate_manifest
+
+    long = tmp_path / "long.wav"
+    concat_digits(long, DIGITS * 2)
+    sf.write(long, np.concatenate([sf.read(long, dtype="float32")[0], np.zeros(10 * 16_000, np.float32)]), 16_000)
+    short = FSDD / "audio" / "4_theo_0.flac"
+    ref = " ".join(n.split("_")[0] for n in DIGITS * 2)
+    manifest = tmp_path / "m.jsonl"
+    manifest.write_text("".join(json.dumps({"audio": str(a), "text": t, "duration_s": d}) + "\n" for a, t, d in
+                                [(short, "four", 0.5), (long, ref, sf.info(str(long)).duration)]))
+    seg = ["--segment-min-s", "2", "--segment-max-s", "4", "--no-progress"]
+    res = run_cli("eval", "--model", str(MODEL), "--manifest", str(manifest), "--hypotheses",
+                  str(tmp_path / "hyp.jsonl"), "--format", "json", *seg)
+    assert res.returncode == 0, res.stderr
+    hyps = [json.loads(x)["hyp"] for x in (tmp_path / "hyp.jsonl").read_text().splitlines()]
+    res = run_cli("transcribe", str(short), str(long), "--model", str(MODEL), *seg)
+    assert res.returncode == 0, res.stderr
+    assert hyps == [line.split("\t", 1)[1] for line in res.stdout.splitlines()]
+    assert hyps[0] == "four" and len(hyps[1].split()) >= 5  # the digits model reads run-on digits poorly
+
+    frames: list[int] = []
+    loaded: list[str] = []
+    forward, load = am.forward, dataset.load_audio
+    monkeypatch.setattr(am, "forward", lambda x, n: (frames.append(int(x.shape[1])), forward(x, n))[1])
+    monkeypatch.setattr(dataset, "load_audio", lambda p: (loaded.append(str(p)), load(p))[1])
+    cc = ChunkConfig(min_segment_s=2.0, max_segment_s=4.0)
+    utts = [Utterance(str(short), "four", 0.5), Utterance(str(long), ref, 30.0)]
+    _, records = evaluate_manifest(am, utts, progress=False, chunk=cc)
+    assert [r["hyp"] for r in records] == hyps
+    assert loaded == [str(short)] and max(frames) <= 400  # 4 s of 10 ms frames
+    (t,) = transcribe_files(am, [long], chunk=cc, progress=False)
+    assert t.text == hyps[1]

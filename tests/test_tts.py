@@ -4,12 +4,15 @@ synthesiser is not installed; CI installs them all)."""
 from __future__ import annotations
 
 import importlib.util
+import io
 import shutil
+import subprocess
 import sys
 from pathlib import Path
 
 import numpy as np
 import pytest
+import soundfile as sf
 
 import data_synthesis.tts as tts
 from data_synthesis.tts import (
@@ -165,3 +168,38 @@ def test_pico_errors_are_clear(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setitem(sys.modules, "ttspico", None)  # import fails as if it were not installed
     with pytest.raises(SynthesisError, match="pip install"):
         pico_speak("four", "pico:en-US", pitch=50, rate=165)
+
+
+SENTENCE = "the quick brown fox jumps over the lazy dog."
+
+
+@needs_espeak
+def test_text_starting_with_a_dash_is_spoken_never_read_as_an_option(tmp_path: Path) -> None:
+    """espeak-ng took a sentence "-f<path>" as its option -f and read that file aloud (here 60 sentences, about
+    two minutes); after "--" it speaks the short text itself (the path spelled out: seconds). flite's -t and
+    Festival's standard input take any text as text (checked on the command lines they get)."""
+    long_text = tmp_path / "long.txt"
+    long_text.write_text(" ".join([SENTENCE] * 60) + "\n")
+    x, sr = tts.speak(f"-f{long_text}", "en-us", 50, 165)
+    one_sentence, sr1 = tts.speak(SENTENCE, "en-us", 50, 165)
+    assert x.size / sr < 10 * one_sentence.size / sr1, f"{x.size / sr:.1f} s: espeak-ng read the file"
+    assert tts.espeak_command("-f/etc/hostname", "en-us", 50, 165)[-2:] == ["--", "-f/etc/hostname"]
+    one, _ = tts.speak("one two", "en-us", 50, 165)  # "--" does not change ordinary text's audio
+    plain = subprocess.run(["espeak-ng", "-v", "en-us", "-p", "50", "-s", "165", "--stdout", "one two"],
+                           capture_output=True, check=True).stdout
+    assert np.array_equal(one, sf.read(io.BytesIO(plain), dtype="float32")[0])
+    if shutil.which("flite") is not None:
+        cmd = voice_command("-voice", "flite:kal16", pitch=50, rate=165, wav="x.wav")
+        assert cmd[cmd.index("-t") + 1] == "-voice"  # -t consumes the next argument as the text
+    if shutil.which("text2wave") is not None:  # Festival gets the text on standard input only
+        assert not any("hostname" in a for a in voice_command("-f/etc/hostname", "festival:ked", 50, 165, "x.wav"))
+
+
+@needs_cmu
+def test_flite_speaks_a_dash_text_as_text(tmp_path: Path) -> None:
+    long_text = tmp_path / "long.txt"
+    long_text.write_text(" ".join([SENTENCE] * 60) + "\n")
+    one_sentence, sr1 = tts.speak(SENTENCE, "flite:kal16", 50, 165)
+    for text in (f"-f{long_text}", "-f", "--help"):
+        x, sr = tts.speak(text, "flite:kal16", 50, 165)
+        assert 0.1 < x.size / sr < 10 * one_sentence.size / sr1, text
