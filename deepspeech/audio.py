@@ -55,6 +55,12 @@ def _check_format(name: str, sample_rate: int, channels: int) -> None:
 @contextmanager
 def _open(source: str | os.PathLike[str] | bytes, name: str) -> Iterator[sf.SoundFile]:
     """Open for reading (header only); libsndfile failures, at opening or while reading, become AudioError."""
+    if not isinstance(source, bytes | bytearray):  # say what is wrong (libsndfile says "System error.")
+        path = Path(source)
+        if not path.exists():
+            raise AudioError(f"{name}: no such file")
+        if not path.is_file():
+            raise AudioError(f"{name}: not a regular file")
     try:
         handle = io.BytesIO(source) if isinstance(source, bytes | bytearray) else source
         with sf.SoundFile(handle) as f:
@@ -89,14 +95,15 @@ def _read_into(f: sf.SoundFile, out: np.ndarray) -> int:
     return int(n)
 
 
-def _blocks(f: sf.SoundFile, name: str, known: int | None, max_duration_s: float) -> Iterator[np.ndarray]:
+def _blocks(f: sf.SoundFile, name: str, known: int | None, max_duration_s: float,
+            block_s: float = BLOCK_S) -> Iterator[np.ndarray]:
     """(n, channels) float32 blocks of the whole file (views of one reused buffer: use each before the next).
 
     Reads ``known`` frames (as a whole-file read does), or, without a length, until the end; stops with
     AudioError as soon as more than ``max_duration_s`` has been decoded (one frame past it).
     """
     sr = f.samplerate
-    size = max(1, int(BLOCK_S * sr)) if known is None else min(max(1, int(BLOCK_S * sr)), known)
+    size = max(1, int(block_s * sr)) if known is None else min(max(1, int(block_s * sr)), known)
     block = np.empty((size, f.channels), np.float32)
     total = 0
     while known is None or total < known:
@@ -190,6 +197,33 @@ def audio_duration(path: str | os.PathLike[str], max_duration_s: float = MAX_DUR
         if frames == 0:
             raise AudioError(f"{name}: audio is empty")
         return frames / f.samplerate
+
+
+def stream_audio(path: str | os.PathLike[str], block_s: float = 10.0,
+                 max_duration_s: float = MAX_DURATION_S) -> Iterator[np.ndarray]:
+    """A long file as (n,) float32 mono 16 kHz blocks of about ``block_s`` seconds, decoded and resampled
+    incrementally (soxr's stream resampler), under the same admission as :func:`load_audio`."""
+    name = str(path)
+    with _open(path, name) as f:
+        sr = f.samplerate
+        known = _admit(f, name, max_duration_s)
+        rs = soxr.ResampleStream(sr, SAMPLE_RATE, 1, dtype="float32", quality="HQ") if sr != SAMPLE_RATE else None
+        total = 0
+        for block in _blocks(f, name, known, max_duration_s, block_s):
+            with np.errstate(invalid="ignore", over="ignore"):
+                mono = np.ascontiguousarray(block.mean(axis=1), dtype=np.float32)
+            if not np.all(np.isfinite(mono)):
+                raise AudioError(f"{name}: audio contains NaN or infinite samples")
+            total += mono.size
+            out = rs.resample_chunk(mono) if rs else mono.copy()  # a copy: the block buffer is reused
+            if out.size:
+                yield out
+        if total == 0:
+            raise AudioError(f"{name}: audio is empty")
+        if rs:
+            tail = rs.resample_chunk(np.zeros(0, np.float32), last=True)
+            if tail.size:
+                yield tail
 
 
 def save_audio(path: str | Path, samples: np.ndarray, sample_rate: int = SAMPLE_RATE) -> None:

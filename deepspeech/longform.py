@@ -26,11 +26,9 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
-import soundfile as sf
-import soxr
 import torch
 
-from deepspeech.audio import SAMPLE_RATE, AudioError
+from deepspeech.audio import stream_audio
 from deepspeech.beam import BeamSearchDecoder, Hypothesis, Word, best_hypothesis
 from deepspeech.checkpoint import AcousticModel
 from deepspeech.features import StreamState, prepare_utterance, stream_log_spectrogram
@@ -56,35 +54,6 @@ class ChunkConfig:
             raise ValueError("need 0 < min_segment_s <= max_segment_s")
         if self.pause_s >= self.min_segment_s:
             raise ValueError("pause_s must be shorter than min_segment_s")
-
-
-def stream_audio(path: str | Path, block_s: float = 10.0) -> Iterator[np.ndarray]:
-    """16 kHz mono float32 blocks of an audio file, read and resampled incrementally."""
-    try:
-        f = sf.SoundFile(str(path))
-    except (sf.LibsndfileError, RuntimeError, OSError, TypeError, ValueError) as e:
-        raise AudioError(f"{path}: cannot read audio ({e})") from e
-    with f:
-        sr = f.samplerate
-        rs = soxr.ResampleStream(sr, SAMPLE_RATE, 1, dtype="float32", quality="HQ") if sr != SAMPLE_RATE else None
-        total = 0
-        try:
-            for block in f.blocks(blocksize=max(1, int(block_s * sr)), dtype="float32", always_2d=True):
-                mono = np.ascontiguousarray(block.mean(axis=1), dtype=np.float32)
-                if not np.all(np.isfinite(mono)):
-                    raise AudioError(f"{path}: audio contains NaN or infinite samples")
-                total += mono.size
-                out = rs.resample_chunk(mono) if rs else mono
-                if out.size:
-                    yield out
-        except (sf.LibsndfileError, RuntimeError) as e:
-            raise AudioError(f"{path}: cannot read audio ({e})") from e
-        if total == 0:
-            raise AudioError(f"{path}: audio is empty")
-        if rs:
-            tail = rs.resample_chunk(np.zeros(0, np.float32), last=True)
-            if tail.size:
-                yield tail
 
 
 def stream_features(path: str | Path, am: AcousticModel, block_s: float,

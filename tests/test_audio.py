@@ -394,3 +394,30 @@ def test_samples_too_large_to_resample(tmp_path: Path) -> None:
         load_audio(tmp_path / "huge.wav")
     sf.write(tmp_path / "huge16k.wav", x, SAMPLE_RATE, subtype="FLOAT")
     assert load_audio(tmp_path / "huge16k.wav")[401] == np.float32(-3e38)  # no resampling: kept as it is
+
+
+def test_missing_and_non_regular_files_say_so(tmp_path: Path) -> None:
+    """libsndfile reports both as "System error.": the loader names the real cause."""
+    with pytest.raises(AudioError, match="no such file"):
+        audio.load_audio(tmp_path / "missing.wav")
+    with pytest.raises(AudioError, match="not a regular file"):
+        audio.load_audio(tmp_path)
+    with pytest.raises(AudioError, match="no such file"):
+        next(audio.stream_audio(tmp_path / "missing.wav"))
+
+
+def test_stream_audio_admits_like_load_audio(tmp_path: Path) -> None:
+    """The long-recording reader refuses what load_audio refuses (before decoding) and, at 16 kHz, yields the
+    same samples block by block."""
+    many = tmp_path / "nine.wav"
+    sf.write(many, np.zeros((1600, 9), np.float32), 16_000, subtype="PCM_16")
+    with pytest.raises(AudioError, match="channels"):
+        next(audio.stream_audio(many))
+    rng = np.random.default_rng(0)
+    ok = tmp_path / "ok.wav"
+    sf.write(ok, rng.uniform(-0.5, 0.5, (40_000, 2)).astype(np.float32), 16_000, subtype="PCM_16")
+    blocks = list(audio.stream_audio(ok, block_s=0.5))
+    assert len(blocks) == 5
+    np.testing.assert_array_equal(np.concatenate(blocks), audio.load_audio(ok))
+    with pytest.raises(AudioError, match="longer than the limit"):
+        next(audio.stream_audio(ok, max_duration_s=1.0))
