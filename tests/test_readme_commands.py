@@ -104,6 +104,13 @@ def json_lines(text: str) -> list[dict]:
     return [json.loads(x) for x in text.splitlines() if x.startswith("{")]
 
 
+def test_readme_is_a_manual_of_at_most_300_lines() -> None:
+    """House rule 8: the README is a user's manual of at most 300 lines; experiment narratives, cross-validation
+    tables and design discussions live in the model cards and docs/, linked from it."""
+    lines = (REPO / "README.md").read_text(encoding="utf-8").splitlines()
+    assert len(lines) <= 300, f"README.md has {len(lines)} lines (at most 300): move detail to docs/ or a model card"
+
+
 def test_every_readme_command_is_run_or_skipped_for_a_reason() -> None:
     cmds = readme_commands()
     assert len(cmds) >= 30
