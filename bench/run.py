@@ -2,10 +2,13 @@
 
     .venv/bin/python bench/run.py [--steps 16] [--quick]
 
-Rows (../shared/BENCHMARKS.md, B6; and the synthesis rows S1-S3 of ``bench/synth.py``):
+Rows (../shared/BENCHMARKS.md, B6; the synthesis rows S1-S3 of ``bench/synth.py``; the soak B12 of
+``bench/soak.py``):
 - training throughput (audio seconds per wall second) of the ``tiny`` and ``small`` presets, one process;
 - data parallel: ``tiny`` with 2 gloo processes x 1 thread against 1 process x 2 threads on the same global
-  batches (same machine, same run, same total threads); ratio = 2-process throughput / 1-process throughput.
+  batches (same machine, same run, same total threads); ratio = 2-process throughput / 1-process throughput;
+- soak: 32 real-time streams with abusive clients mixed in for ``--soak-minutes`` (10; 0.5 with ``--quick``)
+  against a quiet run: p98 partial-latency ratio, server memory growth, correct finals, errors, streams left open.
 
 Each figure is the median over the timed steps (the first steps are warm-up), with the spread (min..max).
 Throughput comes from the trainer's own per-step log (``metrics.jsonl``), so it times exactly what training does.
@@ -87,7 +90,8 @@ def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--steps", type=int, default=16, help="optimiser steps per measurement (first 3 are warm-up)")
     ap.add_argument("--quick", action="store_true", help="tiny preset only, fewer steps")
-    ap.add_argument("--only", choices=["all", "train", "synth"], default="all", help="which rows to run")
+    ap.add_argument("--only", choices=["all", "train", "synth", "soak"], default="all", help="which rows to run")
+    ap.add_argument("--soak-minutes", type=float, default=None, help="the soak's abusive run (10; --quick 0.5)")
     args = ap.parse_args()
     steps = 8 if args.quick else args.steps
     cores = os.cpu_count() or 2
@@ -98,6 +102,13 @@ def main() -> int:
         rows += synthesis_rows(reps=3 if args.quick else 5)
     if args.only in ("all", "train"):
         rows += _training_rows(steps, cores, args.quick)
+    if args.only in ("all", "soak"):
+        sys.path.insert(0, str(REPO))
+        from bench.soak import print_table, soak_rows
+        minutes = args.soak_minutes if args.soak_minutes is not None else (0.5 if args.quick else 10.0)
+        soak_part, soak_result = soak_rows(minutes)
+        print_table(soak_result)
+        rows += soak_part
     print(f"\n{'id':4} {'benchmark':52} {'median':>10} {'spread':>21} {'unit':>10}")
     for r in rows:
         spread = f"{r['min']:.2f}..{r['max']:.2f}"

@@ -7,36 +7,46 @@
 - ``WS /v1/stream?sample_rate=16000``: binary frames of 16-bit little-endian mono PCM, then the text frame
   ``{"type": "end"}``; the server sends ``{"type": "partial", "text", "audio_ms"}`` as audio is processed and one
   ``{"type": "final", "text", "words", "audio_ms"}``, then closes (1000). Errors: ``{"type": "error", "message"}``
-  and a close code (1003 unsupported data, 1007 invalid payload, 1008 policy: key or limits, 1009 too big,
-  1013 try again later: too many streams or shutting down).
+  and a close code (1003 unsupported data, 1007 invalid payload, 1008 policy: key or limits (idle, slower than
+  ``min_audio_rate`` x real time, longer than ``max_stream_s`` or ``max_audio_s``), 1009 too big, 1011 a failure of
+  the server's own, 1013 try again later: too many streams or shutting down). See :mod:`serving.stream`.
 - ``GET /healthz``, ``GET /metrics`` (Prometheus text), ``GET /`` (a browser page that streams the microphone).
+
+An upload's body must arrive within ``body_timeout_s`` (plus one second per ``min_body_rate`` bytes), else 408;
+audio the loader refuses is a 400 with a one-line message; a client that disconnects mid-upload is one info line.
+The lifespan warms the engine up before uvicorn opens its socket, so ``/healthz`` answering means ready.
 """
 
 from __future__ import annotations
 
 import asyncio
 import hmac
-import json
+import io
 import logging
+import time
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from importlib import resources
 from typing import Any
 
 import numpy as np
-import soxr
+import soundfile as sf
 from fastapi import FastAPI, Request, WebSocket
 from fastapi.responses import HTMLResponse, JSONResponse, Response
-from starlette.websockets import WebSocketDisconnect, WebSocketState
+from starlette.exceptions import HTTPException
+from starlette.formparsers import MultiPartException
+from starlette.requests import ClientDisconnect
 
 from deepspeech.audio import SAMPLE_RATE, AudioError, load_audio
 from serving.config import ServerConfig
-from serving.dispatch import BatchDispatcher, Overloaded, Stream
+from serving.dispatch import BatchDispatcher, Overloaded
 from serving.metrics import Metrics
+from serving.stream import MAX_RATE, serve_stream
 
 log = logging.getLogger(__name__)
 
-MIN_RATE, MAX_RATE = 8_000, 96_000
+class _BodyTimeout(Exception):
+    pass
 
 
 def _error(status: int, message: str, headers: dict[str, str] | None = None) -> JSONResponse:
@@ -54,6 +64,9 @@ def _key_ok(cfg: ServerConfig, headers: Any, query: Any) -> bool:
 def create_app(dispatcher: BatchDispatcher, cfg: ServerConfig, metrics: Metrics) -> FastAPI:
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        took = await asyncio.to_thread(dispatcher.warm_up)
+        metrics.warm_up_seconds.set(took)
+        log.info("engine warmed up in %.2f s", took)
         dispatcher.start()
         yield
         dispatcher.draining = True
@@ -63,6 +76,9 @@ def create_app(dispatcher: BatchDispatcher, cfg: ServerConfig, metrics: Metrics)
     app = FastAPI(title="deepspeech", lifespan=lifespan, docs_url=None, redoc_url=None)
     app.state.dispatcher, app.state.metrics = dispatcher, metrics
     pending_requests = 0
+    # Uploads decode one at a time: decoding is CPU-bound anyway, and a file within every limit can still take a
+    # few hundred MB to decode (the loader holds the mono signal at the file's rate: 10 min at 96 kHz is 230 MB).
+    decoding = asyncio.Semaphore(1)
 
     @app.get("/healthz")
     async def healthz() -> dict[str, Any]:
@@ -95,20 +111,29 @@ def create_app(dispatcher: BatchDispatcher, cfg: ServerConfig, metrics: Metrics)
             return fail(503, "queue_full", "too many transcription requests; retry shortly", {"Retry-After": "1"})
         pending_requests += 1
         try:
-            body = bytearray()
-            async for part in request.stream():
-                body += part
-                if len(body) > cfg.max_request_bytes:
-                    return fail(413, "too_large", f"request larger than {cfg.max_request_bytes} bytes")
-            data = bytes(body)
+            try:
+                data = await _read_body(request, cfg)
+            except _BodyTimeout as e:
+                return fail(408, "body_timeout", str(e), {"Connection": "close"})
+            except ClientDisconnect:
+                metrics.rejections.labels("disconnect").inc()
+                log.info("upload: the client went away before its body was complete")
+                return Response(status_code=400)  # nobody is listening
+            if data is None:
+                return fail(413, "too_large", f"request larger than {cfg.max_request_bytes} bytes",
+                            {"Connection": "close"})
             if request.headers.get("content-type", "").startswith("multipart/form-data"):
-                data = await _multipart_file(request, data)
+                try:
+                    data = await _multipart_file(request, data)
+                except (MultiPartException, HTTPException, ValueError) as e:
+                    return fail(400, "bad_request", f"malformed multipart body: {getattr(e, 'detail', e)}")
                 if data is None:
                     return fail(400, "bad_request", "multipart request without a 'file' field")
             try:
-                wav = await asyncio.to_thread(load_audio, data, cfg.max_audio_s)
+                async with decoding:
+                    wav = await asyncio.to_thread(_decode, data, cfg.max_audio_s)
             except AudioError as e:
-                return fail(400, "bad_audio", str(e))
+                return fail(400, "bad_audio", " ".join(str(e).split()))
             try:
                 result = await _run_stream(dispatcher, wav)
             except Overloaded as e:
@@ -123,9 +148,43 @@ def create_app(dispatcher: BatchDispatcher, cfg: ServerConfig, metrics: Metrics)
 
     @app.websocket("/v1/stream")
     async def stream(ws: WebSocket) -> None:
-        await _serve_stream(ws, dispatcher, cfg, metrics)
+        await serve_stream(ws, dispatcher, cfg, metrics, _key_ok(cfg, ws.headers, ws.query_params))
 
     return app
+
+
+async def _read_body(request: Request, cfg: ServerConfig) -> bytes | None:
+    """The request body; None when it is larger than ``max_request_bytes``. Raises :class:`_BodyTimeout` when it
+    does not arrive within ``body_timeout_s`` plus one second per ``min_body_rate`` bytes received (a trickle
+    cannot hold an upload slot), :class:`ClientDisconnect` when the client goes away."""
+    start = time.monotonic()
+    body = bytearray()
+    chunks = request.stream().__aiter__()
+    while True:
+        left = start + cfg.body_timeout_s + len(body) / cfg.min_body_rate - time.monotonic()
+        try:
+            part = await asyncio.wait_for(chunks.__anext__(), max(left, 0.0))
+        except StopAsyncIteration:
+            return bytes(body)
+        except TimeoutError:
+            raise _BodyTimeout(f"request body not received in time ({len(body)} bytes after "
+                               f"{time.monotonic() - start:.0f} s)") from None
+        body += part
+        if len(body) > cfg.max_request_bytes:
+            return None
+
+
+def _decode(data: bytes, max_audio_s: float) -> np.ndarray:
+    """:func:`load_audio` of an upload, after a look at its header: a sample rate above what streams may use is
+    refused before anything is decoded (the loader's own bounds are wider; what it decodes is held at the file's
+    rate, and a few kB of FLAC can declare minutes of it)."""
+    try:
+        info = sf.info(io.BytesIO(data))
+    except (sf.LibsndfileError, RuntimeError, TypeError, ValueError):
+        info = None  # not a format libsndfile knows: load_audio says why
+    if info is not None and info.samplerate > MAX_RATE:
+        raise AudioError(f"<bytes>: sample rate {info.samplerate} Hz is above this server's limit of {MAX_RATE} Hz")
+    return load_audio(data, max_audio_s)
 
 
 async def _multipart_file(request: Request, body: bytes) -> bytes | None:
@@ -158,106 +217,3 @@ async def _run_stream(dispatcher: BatchDispatcher, wav: np.ndarray) -> dict[str,
     finally:
         if not done.done():
             dispatcher.abandon(s)
-
-
-class _Closing(Exception):
-    def __init__(self, code: int, message: str, reason: str) -> None:
-        super().__init__(message)
-        self.code, self.message, self.reason = code, message, reason
-
-
-async def _serve_stream(ws: WebSocket, dispatcher: BatchDispatcher, cfg: ServerConfig, metrics: Metrics) -> None:
-    await ws.accept()
-
-    async def close_with(code: int, message: str, reason: str) -> None:
-        metrics.rejections.labels(reason).inc()
-        metrics.requests.labels("stream", str(code)).inc()
-        try:
-            await ws.send_text(json.dumps({"type": "error", "message": message}))
-            await ws.close(code)
-        except (WebSocketDisconnect, RuntimeError, OSError):
-            pass
-
-    if not _key_ok(cfg, ws.headers, ws.query_params):
-        return await close_with(1008, "missing or wrong API key", "auth")
-    try:
-        rate = int(ws.query_params.get("sample_rate", SAMPLE_RATE))
-        if not MIN_RATE <= rate <= MAX_RATE:
-            raise ValueError
-    except ValueError:
-        return await close_with(1008, f"sample_rate must be an integer in [{MIN_RATE}, {MAX_RATE}]", "bad_request")
-
-    loop = asyncio.get_running_loop()
-    outbox: asyncio.Queue[dict[str, Any]] = asyncio.Queue()
-    try:
-        s = dispatcher.open(lambda m: loop.call_soon_threadsafe(outbox.put_nowait, m), limit=cfg.max_streams)
-    except Overloaded as e:
-        return await close_with(1013, str(e), "too_many_streams")
-    sender = asyncio.create_task(_send_results(ws, outbox))
-    resampler = soxr.ResampleStream(rate, SAMPLE_RATE, 1, dtype="float32") if rate != SAMPLE_RATE else None
-    max_samples = int(cfg.max_audio_s * SAMPLE_RATE)
-    try:
-        await _receive_audio(ws, dispatcher, s, cfg, resampler, max_samples)
-        final = await sender  # the worker emits the final result; the sender stops after it
-        metrics.requests.labels("stream", "1000" if final else "1011").inc()
-        if ws.application_state == WebSocketState.CONNECTED:
-            await ws.close(1000 if final else 1011)
-    except _Closing as e:
-        dispatcher.abandon(s)
-        sender.cancel()
-        await close_with(e.code, e.message, e.reason)
-    except (WebSocketDisconnect, RuntimeError, OSError):  # the client went away
-        metrics.rejections.labels("disconnect").inc()
-    finally:
-        dispatcher.abandon(s)
-        if not sender.done():
-            sender.cancel()
-
-
-async def _receive_audio(ws: WebSocket, dispatcher: BatchDispatcher, s: Stream, cfg: ServerConfig,
-                         resampler: soxr.ResampleStream | None, max_samples: int) -> None:
-    """Read frames until ``{"type": "end"}``; raise :class:`_Closing` on protocol or limit violations."""
-    while True:
-        try:
-            msg = await asyncio.wait_for(ws.receive(), cfg.idle_timeout_s)
-        except TimeoutError:
-            raise _Closing(1008, f"no data for {cfg.idle_timeout_s:g} s", "idle") from None
-        if msg["type"] == "websocket.disconnect":
-            raise WebSocketDisconnect(msg.get("code", 1006))
-        data, text = msg.get("bytes"), msg.get("text")
-        if data is not None:
-            if len(data) > cfg.max_frame_bytes:
-                raise _Closing(1009, f"frame larger than {cfg.max_frame_bytes} bytes", "too_large")
-            if len(data) % 2:
-                raise _Closing(1007, "binary frames must hold whole 16-bit little-endian samples", "bad_frame")
-            pcm = np.frombuffer(data, dtype="<i2").astype(np.float32) / 32768.0
-            audio = resampler.resample_chunk(pcm) if resampler is not None else pcm
-            if s.received_samples + audio.size > max_samples:
-                raise _Closing(1008, f"stream longer than {cfg.max_audio_s:g} s", "too_long")
-            dispatcher.feed(s, audio)
-        elif text is not None:
-            try:
-                obj = json.loads(text)
-                kind = obj.get("type") if isinstance(obj, dict) else None
-            except json.JSONDecodeError:
-                kind = None
-            if kind != "end":
-                raise _Closing(1003, 'text frames must be {"type": "end"}', "bad_frame")
-            if resampler is not None:
-                tail = resampler.resample_chunk(np.zeros(0, np.float32), last=True)
-                if tail.size:
-                    dispatcher.feed(s, tail)
-            dispatcher.end(s)
-            return
-
-
-async def _send_results(ws: WebSocket, outbox: asyncio.Queue[dict[str, Any]]) -> bool:
-    """Forward the worker's messages; returns True after the final result, False after an error."""
-    while True:
-        msg = await outbox.get()
-        try:
-            await ws.send_text(json.dumps(msg, ensure_ascii=False))
-        except (WebSocketDisconnect, RuntimeError, OSError):
-            return False
-        if msg["type"] in ("final", "error"):
-            return msg["type"] == "final"

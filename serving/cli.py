@@ -22,21 +22,36 @@ def _cmd_serve(args: argparse.Namespace) -> int:
                        max_streams=args.max_streams, max_pending_requests=args.max_pending_requests,
                        max_request_bytes=args.max_request_mb * 1024 * 1024, max_audio_s=args.max_audio_s,
                        idle_timeout_s=args.idle_timeout_s, drain_timeout_s=args.drain_timeout_s,
-                       api_key=args.api_key or os.environ.get("DEEPSPEECH_API_KEY") or None)
+                       api_key=args.api_key or os.environ.get("DEEPSPEECH_API_KEY") or None,
+                       body_timeout_s=args.body_timeout_s, min_body_rate=args.min_body_rate_kb * 1024,
+                       min_audio_rate=args.min_audio_rate, stream_grace_s=args.stream_grace_s,
+                       max_stream_s=args.max_stream_s, header_timeout_s=args.header_timeout_s,
+                       max_connections=args.max_connections)
     run_server(args.model, cfg, log_level="debug" if args.verbose else "info")
     return 0
 
 
 def _cmd_stream(args: argparse.Namespace) -> int:
+    import websockets
+
+    from deepspeech.audio import AudioError
     from serving.client import stream_file
 
     def show(msg: dict) -> None:
         if msg["type"] == "partial" and not args.quiet and sys.stderr.isatty():
             print(f"\r{msg['text'][-100:]}", end="", file=sys.stderr, flush=True)
 
-    result = asyncio.run(stream_file(args.file, args.url, chunk_ms=args.chunk_ms, realtime=args.realtime,
-                                     api_key=args.api_key or os.environ.get("DEEPSPEECH_API_KEY"),
-                                     on_message=show))
+    try:
+        result = asyncio.run(stream_file(args.file, args.url, chunk_ms=args.chunk_ms, realtime=args.realtime,
+                                         api_key=args.api_key or os.environ.get("DEEPSPEECH_API_KEY"),
+                                         on_message=show))
+    except AudioError as e:
+        log.error("%s", e)
+        return 1
+    except (OSError, TimeoutError, websockets.WebSocketException) as e:
+        why = " ".join(str(e).split()) or type(e).__name__
+        log.error("cannot stream to %s: %s", args.url, why)
+        return 1
     if sys.stderr.isatty() and not args.quiet:
         print(file=sys.stderr)
     if result.error or result.final is None:
@@ -67,6 +82,17 @@ def add_serve_parsers(sub: argparse._SubParsersAction, add_common: Callable[[arg
     p.add_argument("--idle-timeout-s", type=float, default=15.0, help="close streams silent this long")
     p.add_argument("--drain-timeout-s", type=float, default=30.0, help="graceful shutdown: time for open streams")
     p.add_argument("--api-key", help="require this key (or set DEEPSPEECH_API_KEY)")
+    p.add_argument("--body-timeout-s", type=float, default=30.0,
+                   help="an upload's body must arrive within this (plus 1 s per --min-body-rate-kb KiB), else 408")
+    p.add_argument("--min-body-rate-kb", type=float, default=64.0, help="see --body-timeout-s (KiB per second)")
+    p.add_argument("--min-audio-rate", type=float, default=0.5,
+                   help="streams must send audio at this fraction of real time (after --stream-grace-s), else 1008")
+    p.add_argument("--stream-grace-s", type=float, default=5.0, help="see --min-audio-rate")
+    p.add_argument("--max-stream-s", type=float, default=1800.0, help="wall-clock limit of one stream (1008)")
+    p.add_argument("--header-timeout-s", type=float, default=10.0,
+                   help="close connections whose request head is not complete within this")
+    p.add_argument("--max-connections", type=int, default=512,
+                   help="open connections before 503 (/healthz and /metrics always answer)")
     add_common(p)
     p.set_defaults(func=_cmd_serve)
 

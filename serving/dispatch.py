@@ -9,6 +9,10 @@ between any two steps.
 
 Results go back through each stream's ``emit`` callback, called on the worker thread; the server passes one that
 schedules delivery on the event loop (``loop.call_soon_threadsafe``).
+
+Each stream keeps a :class:`deepspeech.silence.SpeechDetector` over the audio stepped so far: until it has heard
+speech, partial results are empty, and a stream that never held speech ends with empty text and no words (what
+offline transcription gives for the same audio), not the network's guess at silence.
 """
 
 from __future__ import annotations
@@ -26,6 +30,7 @@ import torch
 
 from deepspeech.audio import SAMPLE_RATE
 from deepspeech.beam import BeamSearchDecoder
+from deepspeech.silence import SpeechDetector
 from deepspeech.streaming import StreamingModel, StreamSession
 from deepspeech.transcribe import frame_seconds, timed_words
 from serving.config import ServerConfig
@@ -52,6 +57,7 @@ class Stream:
     ended_at: float | None = None  # when the client said "end"
     abandoned: bool = False
     done: bool = False
+    speech: SpeechDetector = field(default_factory=SpeechDetector)  # over the audio stepped so far
 
     def ready(self) -> bool:
         return not self.done and not self.abandoned and (self.pending_samples > 0 or self.ended_at is not None)
@@ -73,6 +79,21 @@ class BatchDispatcher:
 
     def start(self) -> None:
         self._thread.start()
+
+    def warm_up(self) -> float:
+        """One small batched step and final decode of two streams, before the server accepts connections: native
+        kernels load, allocators and (beam) decoder warm up here, not in the first client's request. Returns the
+        seconds it took."""
+        t0 = time.perf_counter()
+        if self.cfg.threads > 0:
+            torch.set_num_threads(self.cfg.threads)
+        noise = np.random.default_rng(0).normal(0, 0.05, SAMPLE_RATE // 2).astype(np.float32)
+        sessions = [self.engine.new_session(), self.engine.new_session()]
+        self.engine.step(sessions, [noise, noise[: SAMPLE_RATE // 4]], [True, True])
+        for sess in sessions:
+            self.engine.partial_text(sess)
+            self.engine.final_hypothesis(sess, self.decoder)
+        return time.perf_counter() - t0
 
     def stop(self) -> None:
         with self._cond:
@@ -182,7 +203,8 @@ class BatchDispatcher:
             try:
                 self._step(batch, since)
             except Exception as e:  # a bug must not kill the worker: fail these streams, keep serving
-                log.exception("batched step failed")
+                log.error("batched step of %d streams failed: %s: %s", len(batch), type(e).__name__, e)
+                log.debug("batched step failure", exc_info=True)
                 for s, _, _ in batch:
                     self._fail(s, f"internal error: {type(e).__name__}")
 
@@ -195,16 +217,20 @@ class BatchDispatcher:
         self.metrics.audio_seconds.inc(sum(a.size for _, a, _ in batch) / SAMPLE_RATE)
         for s, audio, final in batch:
             audio_ms = round(s.session.samples * 1000 / SAMPLE_RATE, 3)
+            s.speech.update(audio)
             if audio.size:
-                s.emit({"type": "partial", "text": self.engine.partial_text(s.session), "audio_ms": audio_ms})
+                text = self.engine.partial_text(s.session) if s.speech.speech else ""
+                s.emit({"type": "partial", "text": text, "audio_ms": audio_ms})
                 if since[s.id] is not None:
                     self.metrics.partial_latency.observe(time.perf_counter() - since[s.id])
             if final:
-                logp = s.session.all_log_probs(self.engine.vocab)
-                hyp = self.engine.final_hypothesis(s.session, self.decoder)
-                words = timed_words(hyp.words, logp, self.frame_s)
-                s.emit({"type": "final", "text": hyp.text, "audio_ms": audio_ms,
-                        "words": [w.to_json() for w in words]})
+                text, words = "", []
+                if s.speech.speech:
+                    logp = s.session.all_log_probs(self.engine.vocab)
+                    hyp = self.engine.final_hypothesis(s.session, self.decoder)
+                    text = hyp.text
+                    words = [w.to_json() for w in timed_words(hyp.words, logp, self.frame_s)]
+                s.emit({"type": "final", "text": text, "audio_ms": audio_ms, "words": words})
                 if s.ended_at is not None:
                     self.metrics.final_latency.observe(time.perf_counter() - s.ended_at)
                 with self._cond:

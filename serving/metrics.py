@@ -28,6 +28,8 @@ class Metrics:
         self.requests = Counter("deepspeech_requests_total", "Finished HTTP requests and streams",
                                 ["endpoint", "status"], registry=r)
         self.audio_seconds = Counter("deepspeech_audio_seconds_total", "Audio processed", registry=r)
+        self.warm_up_seconds = Gauge("deepspeech_warm_up_seconds",
+                                     "The engine's warm-up step before the server accepted connections", registry=r)
 
     def render(self) -> bytes:
         return generate_latest(self.registry)

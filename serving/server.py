@@ -2,6 +2,9 @@
 
 On the first SIGINT/SIGTERM the server drains: new streams and uploads are refused (1013 / 503), open streams may
 finish for up to ``drain_timeout_s``, then uvicorn stops. A second signal stops at once.
+
+uvicorn runs with :mod:`serving.protocol`'s guarded HTTP protocol (request heads time out; /healthz and /metrics
+answer past the connection limit), and every log line goes through :mod:`serving.redact` (no API key in the logs).
 """
 
 from __future__ import annotations
@@ -21,6 +24,8 @@ from serving.app import create_app
 from serving.config import ServerConfig
 from serving.dispatch import BatchDispatcher
 from serving.metrics import Metrics
+from serving.protocol import protocol_class
+from serving.redact import install as redact_logs
 
 log = logging.getLogger(__name__)
 
@@ -55,10 +60,14 @@ class _DrainingServer(uvicorn.Server):
 
 
 def run_server(model_dir: str | Path, cfg: ServerConfig, log_level: str = "info") -> None:
+    redact_logs((cfg.api_key,) if cfg.api_key else ())  # the model's loading logs too
     app = build_app(model_dir, cfg)
     if cfg.host not in ("127.0.0.1", "localhost", "::1"):
         log.warning("listening on %s: reachable beyond this machine%s", cfg.host,
                     "" if cfg.api_key else " and without an API key")
+    # No per-message deflate: PCM does not compress, so it would only cost CPU and zlib state per connection.
     config = uvicorn.Config(app, host=cfg.host, port=cfg.port, log_level=log_level, ws_max_size=cfg.max_frame_bytes,
-                            timeout_graceful_shutdown=5, limit_concurrency=cfg.max_streams * 2 + 64)
+                            timeout_graceful_shutdown=5, limit_concurrency=cfg.max_connections,
+                            http=protocol_class(cfg.header_timeout_s), ws_per_message_deflate=False)
+    redact_logs((cfg.api_key,) if cfg.api_key else ())  # after uvicorn.Config has set up its log handlers
     _DrainingServer(config, app, cfg.drain_timeout_s).run()

@@ -27,14 +27,17 @@ def free_port() -> int:
 
 
 @contextlib.contextmanager
-def running_server(model_dir: Path, *args: str, log_path: Path, timeout: float = 120.0
+def running_server(model_dir: Path, *args: str, log_path: Path, timeout: float = 120.0, prelude: str = ""
                    ) -> Iterator[tuple[subprocess.Popen[bytes], str]]:
-    """Start ``deepspeech serve`` and yield (process, "127.0.0.1:PORT") once /healthz answers; stop it after."""
+    """Start ``deepspeech serve`` and yield (process, "127.0.0.1:PORT") once /healthz answers; stop it after.
+    ``prelude``: Python code run in the server process first (a fault to inject)."""
     port = free_port()
+    serve = ["serve", "--model", str(model_dir), "--port", str(port), *args]
+    launch = ["-c", f"{prelude}\nimport sys\nfrom deepspeech.cli import main\nsys.exit(main(sys.argv[1:]))"] \
+        if prelude else ["-m", "deepspeech.cli"]
     with open(log_path, "wb") as logf:
-        proc = subprocess.Popen([sys.executable, "-m", "deepspeech.cli", "serve", "--model", str(model_dir),
-                                 "--port", str(port), *args], stdout=logf, stderr=subprocess.STDOUT, cwd=REPO,
-                                env={**os.environ, "OMP_NUM_THREADS": "1"})
+        proc = subprocess.Popen([sys.executable, *launch, *serve], stdout=logf, stderr=subprocess.STDOUT, cwd=REPO,
+                                env={**os.environ, "OMP_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1"})
         host = f"127.0.0.1:{port}"
         deadline = time.monotonic() + timeout
         try:
@@ -54,6 +57,14 @@ def running_server(model_dir: Path, *args: str, log_path: Path, timeout: float =
             if proc.poll() is None:
                 proc.kill()
             proc.wait(timeout=30)
+
+
+def memory_kb(pid: int, field: str = "VmHWM") -> int:
+    """A process's resident memory from /proc (VmRSS now, VmHWM its peak), in kB."""
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith(field + ":"):
+            return int(line.split()[1])
+    raise KeyError(field)
 
 
 def pcm16_wav(src: Path, dst: Path, pad_s: float = 0.0) -> Path:

@@ -1,0 +1,167 @@
+"""``WS /v1/stream``: one WebSocket connection as one stream of the :class:`serving.dispatch.BatchDispatcher`.
+
+Protocol (see :mod:`serving.app`): binary frames of 16-bit little-endian mono PCM at ``?sample_rate=`` (default
+16000), then the text frame ``{"type": "end"}``; partial results as audio is processed, one final result, close 1000.
+
+A stream holds one of ``max_streams`` slots, so it must keep moving: a message at least every ``idle_timeout_s``;
+from ``stream_grace_s`` after it opened, audio at ``min_audio_rate`` x real time or better (empty or tiny frames do
+not count as audio); and no more than ``max_stream_s`` of wall clock in all. A stream that falls short is closed
+with 1008 and a message saying which limit it broke. A client that goes away is logged as one info line; a failure
+of the server's own is one error line and close code 1011.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import math
+import time
+from typing import Any
+
+import numpy as np
+import soxr
+from fastapi import WebSocket
+from starlette.websockets import WebSocketDisconnect, WebSocketState
+
+from deepspeech.audio import SAMPLE_RATE
+from serving.config import ServerConfig
+from serving.dispatch import BatchDispatcher, Overloaded, Stream
+from serving.metrics import Metrics
+
+log = logging.getLogger(__name__)
+
+MIN_RATE, MAX_RATE = 8_000, 96_000
+
+
+class _Closing(Exception):
+    def __init__(self, code: int, message: str, reason: str) -> None:
+        super().__init__(message)
+        self.code, self.message, self.reason = code, message, reason
+
+
+def _gone(ws: WebSocket, e: BaseException) -> bool:
+    """Whether ``e`` means the client went away (rather than a failure of the server's own)."""
+    if isinstance(e, WebSocketDisconnect | OSError):  # uvicorn's ClientDisconnected is an OSError
+        return True
+    return WebSocketState.DISCONNECTED in (ws.client_state, ws.application_state)
+
+
+async def serve_stream(ws: WebSocket, dispatcher: BatchDispatcher, cfg: ServerConfig, metrics: Metrics,
+                       key_ok: bool) -> None:
+    await ws.accept()
+
+    async def close_with(code: int, message: str, reason: str) -> None:
+        metrics.rejections.labels(reason).inc()
+        metrics.requests.labels("stream", str(code)).inc()
+        try:
+            await ws.send_text(json.dumps({"type": "error", "message": message}))
+            await ws.close(code)
+        except (WebSocketDisconnect, RuntimeError, OSError):
+            pass
+
+    if not key_ok:
+        return await close_with(1008, "missing or wrong API key", "auth")
+    try:
+        rate = int(ws.query_params.get("sample_rate", SAMPLE_RATE))
+        if not MIN_RATE <= rate <= MAX_RATE:
+            raise ValueError
+    except ValueError:
+        return await close_with(1008, f"sample_rate must be an integer in [{MIN_RATE}, {MAX_RATE}]", "bad_request")
+
+    loop = asyncio.get_running_loop()
+    outbox: asyncio.Queue[dict[str, Any]] = asyncio.Queue()
+    try:
+        s = dispatcher.open(lambda m: loop.call_soon_threadsafe(outbox.put_nowait, m), limit=cfg.max_streams)
+    except Overloaded as e:
+        return await close_with(1013, str(e), "too_many_streams")
+    sender = asyncio.create_task(_send_results(ws, outbox))
+    try:
+        await _receive_audio(ws, dispatcher, s, cfg, rate)
+        final = await sender  # the worker emits the final result; the sender stops after it
+        metrics.requests.labels("stream", "1000" if final else "1011").inc()
+        if ws.application_state == WebSocketState.CONNECTED:
+            await ws.close(1000 if final else 1011)
+    except _Closing as e:
+        dispatcher.abandon(s)
+        sender.cancel()
+        log.info("stream %d closed (%d): %s", s.id, e.code, e.message)
+        await close_with(e.code, e.message, e.reason)
+    except Exception as e:
+        dispatcher.abandon(s)
+        sender.cancel()
+        if _gone(ws, e):
+            metrics.rejections.labels("disconnect").inc()
+            log.info("stream %d: the client went away (%s)", s.id, type(e).__name__)
+        else:
+            log.error("stream %d failed: %s: %s", s.id, type(e).__name__, e)
+            log.debug("stream %d failure", s.id, exc_info=True)
+            await close_with(1011, f"internal error: {type(e).__name__}", "internal")
+    finally:
+        dispatcher.abandon(s)
+        if not sender.done():
+            sender.cancel()
+
+
+async def _receive_audio(ws: WebSocket, dispatcher: BatchDispatcher, s: Stream, cfg: ServerConfig,
+                         rate: int) -> None:
+    """Read frames until ``{"type": "end"}``; raise :class:`_Closing` on protocol or limit violations."""
+    resampler = soxr.ResampleStream(rate, SAMPLE_RATE, 1, dtype="float32") if rate != SAMPLE_RATE else None
+    max_samples = int(cfg.max_audio_s * SAMPLE_RATE)
+    opened = time.monotonic()
+    received_s = 0.0  # audio received, in seconds at the client's rate
+    while True:
+        now = time.monotonic()
+        # The stream falls behind min_audio_rate at opened + grace + received_s / rate (never, for rate 0).
+        slow_at = opened + cfg.stream_grace_s + received_s / cfg.min_audio_rate if cfg.min_audio_rate else math.inf
+        limits = [(cfg.idle_timeout_s, 1008, f"no data for {cfg.idle_timeout_s:g} s", "idle"),
+                  (slow_at - now, 1008, f"audio arrives slower than {cfg.min_audio_rate:g}x real time", "slow"),
+                  (opened + cfg.max_stream_s - now, 1008, f"stream open longer than {cfg.max_stream_s:g} s",
+                   "max_duration")]
+        wait, *broken = min(limits, key=lambda x: x[0])
+        if wait <= 0:
+            raise _Closing(*broken)
+        try:
+            msg = await asyncio.wait_for(ws.receive(), wait)
+        except TimeoutError:
+            raise _Closing(*broken) from None
+        if msg["type"] == "websocket.disconnect":
+            raise WebSocketDisconnect(msg.get("code", 1006))
+        data, text = msg.get("bytes"), msg.get("text")
+        if data is not None:
+            if len(data) > cfg.max_frame_bytes:
+                raise _Closing(1009, f"frame larger than {cfg.max_frame_bytes} bytes", "too_large")
+            if len(data) % 2:
+                raise _Closing(1007, "binary frames must hold whole 16-bit little-endian samples", "bad_frame")
+            pcm = np.frombuffer(data, dtype="<i2").astype(np.float32) / 32768.0
+            received_s += pcm.size / rate
+            audio = resampler.resample_chunk(pcm) if resampler is not None else pcm
+            if s.received_samples + audio.size > max_samples:
+                raise _Closing(1008, f"stream longer than {cfg.max_audio_s:g} s", "too_long")
+            dispatcher.feed(s, audio)
+        elif text is not None:
+            try:
+                obj = json.loads(text)
+                kind = obj.get("type") if isinstance(obj, dict) else None
+            except json.JSONDecodeError:
+                kind = None
+            if kind != "end":
+                raise _Closing(1003, 'text frames must be {"type": "end"}', "bad_frame")
+            if resampler is not None:
+                tail = resampler.resample_chunk(np.zeros(0, np.float32), last=True)
+                if tail.size:
+                    dispatcher.feed(s, tail)
+            dispatcher.end(s)
+            return
+
+
+async def _send_results(ws: WebSocket, outbox: asyncio.Queue[dict[str, Any]]) -> bool:
+    """Forward the worker's messages; returns True after the final result, False after an error."""
+    while True:
+        msg = await outbox.get()
+        try:
+            await ws.send_text(json.dumps(msg, ensure_ascii=False))
+        except (WebSocketDisconnect, RuntimeError, OSError):
+            return False
+        if msg["type"] in ("final", "error"):
+            return msg["type"] == "final"
