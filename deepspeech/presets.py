@@ -213,6 +213,84 @@ def an4_en() -> TrainConfig:
         optim=dataclasses.replace(base.optim, warmup_steps=200))
 
 
+# English train/dev manifests written by recipes/en.sh from the data kit (``data import kit``), plus the repository's
+# FSDD speakers and the synthetic digit voices of ``digits-en``.
+_EN_KIT = ("an4", "minilibrispeech", "commonvoice", "speech_commands")
+_EN_TRAIN = ",".join([*(f"data/kit/en_{s}/train.jsonl" for s in _EN_KIT), "data/fsdd/train.jsonl",
+                      "data/tts_digits/manifest.jsonl", "data/tts_digits_cmu/manifest.jsonl",
+                      "data/tts_digits_accented/manifest.jsonl", "data/tts_digits_pico/manifest.jsonl"])
+_EN_DEV = "data/kit/en_dev.jsonl"  # the four kit dev splits and FSDD george, joined by recipes/en.sh
+
+
+def _en_augment(gain_db: tuple[float, float] = (-18.0, 6.0)) -> AugmentConfig:
+    """``an4-en``'s augmentation (DS2's shares): 80% of utterances speed-, gain- and VTLP-perturbed with SpecAugment
+    masks, 40% with 1-3 noise tracks at 5-30 dB SNR (shipped training noise clips, coloured noise, babble)."""
+    return AugmentConfig(prob=0.8, speed=(0.9, 1.1), gain_db=gain_db, vtlp=(0.9, 1.1), noise_prob=0.5,
+                         noise_snr_db=(5.0, 30.0), noise_tracks=(1, 3), noise_manifest="data/noise/train.jsonl")
+
+
+def en() -> TrainConfig:
+    """One English model on every English train split we have: the data kit's AN4 (0.65 h), Mini LibriSpeech
+    (4.4 h), Common Voice (4.1 h) and Speech Commands (0.93 h) train splits, FSDD's train speakers (0.2 h) and the
+    four synthetic digit sets of ``digits-en`` (0.63 h): 10.9 h. Dev (model report and LM tuning): the kit's four dev
+    splits plus FSDD george joined into one manifest (1.1 h), so no one domain picks the weights.
+    ``recipes/en.sh`` imports, trains, builds the Gutenberg + train-transcript word 4-gram, tunes it on dev and
+    scores every English test split.
+
+    Model: 16-channel 2D front end and 4 bidirectional GRUs of 384 (7.8M parameters: 31 MB in float32, 16 MB in
+    float16). About 14 times AN4's audio: one layer deeper than ``an4-en`` (3 x 320) and wider, yet under DS2's
+    scale (3 x 384 in ``small`` is for 5 h of synthetic speech; 3 x 512 would be 10M parameters, 40 MB in
+    float32, for less depth). Dropout 0.2 on each recurrent layer's output, per-utterance mean normalisation (the
+    sources differ in channel), ``_en_augment``.
+
+    AdamW on a cosine schedule over 30 epochs (about 20,000 updates of at most 24 utterances); the final epoch is
+    kept (``select="last"``, as ``an4-en``). One epoch on 2 CPU cores, estimated from AN4's 45 s for 48 minutes
+    on 4.4M parameters, scaled by audio and parameters: about 18 minutes; 30 epochs about 9 hours."""
+    base = small("en")
+    model = ModelConfig(convs=(ConvSpec(16, (41, 11), (2, 2)), ConvSpec(16, (21, 11), (2, 1))),
+                        rnn_type="gru", rnn_layers=4, rnn_hidden=384, bidirectional=True, dropout=0.2)
+    data = dataclasses.replace(base.data, train=_EN_TRAIN, dev=_EN_DEV, max_frames=16_000, max_batch=24,
+                               max_duration_s=20.0)
+    return dataclasses.replace(
+        base, name="en", model=model, data=data, epochs=30, save_every_steps=200, select="last",
+        features=dataclasses.replace(base.features, utterance_norm="mean"), augment=_en_augment(),
+        optim=dataclasses.replace(base.optim, warmup_steps=500))
+
+
+def en_streaming() -> TrainConfig:
+    """``en``'s data and schedule for the streaming server: 4 unidirectional GRUs of 512 with a 10-frame (200 ms)
+    lookahead convolution (6.6M parameters: 26 MB in float32, 13 MB in float16), built as ``tiny_streaming`` builds
+    its model. Global feature statistics only (``utterance_norm="none"``: a stream cannot know its own mean in
+    advance), so the gain augmentation is widened to -24..+6 dB (as ``digits-en``) to teach level invariance.
+    Estimated 15 minutes an epoch on 2 CPU cores, about 8 hours for 30 epochs."""
+    base = en()
+    model = dataclasses.replace(base.model, rnn_hidden=512, bidirectional=False, lookahead=10)
+    return dataclasses.replace(base, name="en-streaming", model=model,
+                               features=dataclasses.replace(base.features, utterance_norm="none"),
+                               augment=_en_augment(gain_db=(-24.0, 6.0)))
+
+
+def zh() -> TrainConfig:
+    """Mandarin on real speech: the data kit's zh_commonvoice train split (1,953 utterances, 219 speakers, 3.7 h)
+    plus the AISHELL-1 sample's train part (S0150, first 130 utterances, 0.17 h) as ``aishell-sample-zh`` has it;
+    dev = zh_commonvoice dev (14 speakers); ``recipes/zh.sh`` scores zh_commonvoice test by CER.
+
+    Units: numbered-pinyin letters (``units="pinyin"``, as ``sentences-zh``): about 2,000 training utterances
+    cannot teach some 2,500 characters (``sentences-zh``'s character model mostly emitted blanks); the character
+    4-gram and pinyin lexicon (``hanzi/``) turn syllables into characters. Model: ``small``'s 3 bidirectional GRUs
+    of 384 (6.0M parameters: 24 MB in float32) with dropout 0.2: for 3.8 h a deeper model would mostly memorise
+    219 speakers. ``_en_augment``'s perturbations (language-independent) over 40 epochs; final epoch kept.
+    Estimated 5 minutes an epoch on 2 CPU cores (AN4's 45 s for 48 minutes, scaled), about 3.5 hours in all."""
+    base = small("zh")
+    data = dataclasses.replace(base.data, train="data/kit/zh_commonvoice/train.jsonl,data/aishell_sample/train.jsonl",
+                               dev="data/kit/zh_commonvoice/dev.jsonl", units="pinyin", max_frames=16_000,
+                               max_batch=24, max_duration_s=20.0)
+    return dataclasses.replace(
+        base, name="zh", model=dataclasses.replace(base.model, dropout=0.2), data=data, epochs=40,
+        save_every_steps=200, select="last", features=dataclasses.replace(base.features, utterance_norm="mean"),
+        augment=_en_augment(), optim=dataclasses.replace(base.optim, warmup_steps=300))
+
+
 PRESETS: dict[str, Callable[[], TrainConfig]] = {
     "tiny": lambda: tiny("en"),
     "small": lambda: small("en"),
@@ -230,6 +308,9 @@ PRESETS: dict[str, Callable[[], TrainConfig]] = {
     "sentences-en": sentences_en,
     "sentences-zh": sentences_zh,
     "an4-en": an4_en,
+    "en": en,
+    "en-streaming": en_streaming,
+    "zh": zh,
 }
 
 

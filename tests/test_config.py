@@ -27,7 +27,7 @@ def one_thread() -> Iterator[None]:
 def test_preset_builds_and_round_trips(name: str) -> None:
     cfg = get_preset(name)
     assert isinstance(cfg, TrainConfig) and cfg.name in (name, f"{name}-en")  # English models are named "-en"
-    assert cfg.data.lang == ("zh" if name.endswith("-zh") else "en")
+    assert cfg.data.lang == ("zh" if name == "zh" or name.endswith("-zh") else "en")
     wire = json.loads(json.dumps(to_dict(cfg)))
     back = from_dict(TrainConfig, wire)
     assert back == cfg
