@@ -9,11 +9,9 @@ import math
 import os
 import shutil
 import subprocess
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-import torch
 
 from deepspeech.audio import load_audio
 from deepspeech.cli import main
@@ -29,12 +27,7 @@ from tests.test_importers import SR, lines, speech, write
 RECIPE = REPO / "recipes" / "an4.sh"
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread() -> Iterator[None]:
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def n_params(name: str) -> int:

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import math
-from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
@@ -18,13 +17,7 @@ from deepspeech.features import FeatureConfig, FeatureStats, StreamState, log_sp
 CFG = FeatureConfig()
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread() -> Iterator[None]:
-    # Small FFTs: with another process busy on the CPU, torch's thread pool costs ~100x more than it saves.
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def noise(n: int, seed: int = 0) -> np.ndarray:
