@@ -33,11 +33,11 @@ from deepspeech.beam import BeamSearchDecoder, Hypothesis, Word, best_hypothesis
 from deepspeech.checkpoint import AcousticModel
 from deepspeech.features import StreamState, prepare_utterance, stream_log_spectrogram
 from deepspeech.hanzi import hypothesis_to_characters
+from deepspeech.silence import DEFAULT_GATE as GATE
 from deepspeech.silence import SilenceGate, speech_present
 
 log = logging.getLogger(__name__)
 
-GATE = SilenceGate()  # the default silence gate of every route from a file to text
 
 
 @dataclass(frozen=True)

@@ -37,6 +37,9 @@ class SilenceGate:
         return max(1, round(self.min_speech_s / FRAME_S))
 
 
+DEFAULT_GATE = SilenceGate()  # the gate of every route from audio to text
+
+
 def loud_frames(samples: np.ndarray, gate: SilenceGate = SilenceGate(), sample_rate: int = SAMPLE_RATE) -> int:
     """Number of whole 20 ms frames of ``samples`` ((n,) float in [-1, 1]) whose RMS is above the threshold."""
     n = round(FRAME_S * sample_rate)
