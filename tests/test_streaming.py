@@ -87,7 +87,8 @@ def test_batched_chunked_stream_equals_whole_utterance(key: tuple[str, int, int]
 @pytest.mark.parametrize("key", sorted(MODELS))
 def test_streams_in_lockstep_equal_whole_utterance(key: tuple[str, int, int]) -> None:
     """Streams at the same position with equal chunks (the server's usual case) take the step's batched path for
-    the convolution buffers and hidden states (one stack / unbind instead of per-stream copies), final step too."""
+    the convolution and lookahead buffers and hidden states (one cat per buffer and one fused recurrent call instead
+    of per-stream copies and packed sequences), final step too."""
     am = MODELS[key]
     sm = StreamingModel(am)
     rng = np.random.default_rng(7)
@@ -100,6 +101,24 @@ def test_streams_in_lockstep_equal_whole_utterance(key: tuple[str, int, int]) ->
             o.append(r)
     for w, o in zip(wavs, outs, strict=True):
         np.testing.assert_allclose(np.concatenate(o), whole(am, w), atol=ATOL, rtol=0)
+
+
+def test_each_session_carries_its_own_row_of_the_model_state() -> None:
+    """The engine gathers the sessions' states into one batch and scatters the model's new state back: each session
+    keeps a batch of one whose buffers are exactly as wide as its pending frames (so streams at the same position
+    gather with one cat), and a session stepped alone goes on where its batch left it."""
+    am = MODELS[("lstm", 1, 3)]
+    sm = StreamingModel(am)
+    rng = np.random.default_rng(3)
+    wavs = [(rng.standard_normal(n) * 0.1).astype(np.float32) for n in (8_000, 9_000, 6_000)]
+    sessions = [sm.new_session() for _ in wavs]
+    outs = [sm.step(sessions, [w[:n] for w, n in zip(wavs, (1_600, 3_000, 0), strict=True)], [False] * 3)]
+    for s in sessions:
+        assert s.state.batch_size == 1
+        for buf in (*s.state.convs, s.state.lookahead):
+            assert buf is not None and buf.frames.shape[0] == 1 and buf.frames.shape[-1] == buf.lengths[0]
+    outs.append(sm.step([sessions[0]], [wavs[0][1_600:]], [True]))
+    np.testing.assert_allclose(np.concatenate([outs[0][0], outs[1][0]]), whole(am, wavs[0]), atol=ATOL, rtol=0)
 
 
 def test_partial_text_is_the_greedy_prefix() -> None:
