@@ -63,18 +63,6 @@ def coloured_noise(n: int, exponent: float, rng: np.random.Generator) -> np.ndar
     return (noise / rms if rms > 0 else noise).astype(np.float32)
 
 
-def pad_with_floor(speech: np.ndarray, lead: int, trail: int, floor_db: float,
-                   rng: np.random.Generator) -> np.ndarray:
-    """(lead + n + trail,) ``speech`` between stretches of white noise ``floor_db`` dB below its RMS (a quiet
-    room's floor; digital silence where the speech itself is silent): recordings start and stop at varying
-    distances from the word, and a model trained only on tightly trimmed audio mistakes a longer pause."""
-    if lead < 0 or trail < 0:
-        raise ValueError("padding lengths must be >= 0")
-    rms = float(np.sqrt(energy(speech))) * 10.0 ** (floor_db / 20.0)
-    floor = (rng.standard_normal(lead + trail) * rms).astype(np.float32)
-    return np.concatenate([floor[:lead], speech.astype(np.float32, copy=False), floor[lead:]])
-
-
 def superimpose_parts(speech: np.ndarray, tracks: Sequence[np.ndarray], target_snr_db: float,
                       rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
     """(speech part, noise part), each (n,) float32, whose sum is the mixture.

@@ -1,8 +1,7 @@
-"""Training-time augmentation: the waveform pipeline (time shift by padding with a quiet floor; speed
-perturbation, Ko et al. Interspeech 2015; reverberation; noise superposition of 1..K tracks at a drawn SNR,
-Deep Speech 1 arXiv 1412.5567 section 4.1; gain), and in the feature pipeline vocal tract length perturbation
-(Jaitly and Hinton, ICML 2013 workshop), channel colouring (a random smooth frequency response, :func:`random_eq`)
-and SpecAugment masks (Park et al., arXiv 1904.08779, section 2).
+"""Training-time augmentation: the waveform pipeline (speed perturbation, Ko et al. Interspeech 2015;
+reverberation; noise superposition of 1..K tracks at a drawn SNR, Deep Speech 1 arXiv 1412.5567 section 4.1; gain),
+and in the feature pipeline vocal tract length perturbation (Jaitly and Hinton, ICML 2013 workshop) and SpecAugment
+masks (Park et al., arXiv 1904.08779, section 2).
 
 The signal processing lives in :mod:`data_synthesis`; this module holds the configuration and the order of
 operations. Every transform is a pure function of its input and a numpy Generator; the dataset seeds the
@@ -12,18 +11,17 @@ workers and resumed runs, and the offline ``deepspeech synth noise`` seeds it fr
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass
 
 import numpy as np
 import soxr
 import torch
 
-from data_synthesis.noise import NOISE_KINDS, NoiseSources, coloured_noise, pad_with_floor, superimpose
+from data_synthesis.noise import NOISE_KINDS, NoiseSources, coloured_noise, superimpose
 from data_synthesis.reverb import ReverbConfig, reverberate
 from deepspeech.audio import SAMPLE_RATE
 
-__all__ = ["AugmentConfig", "augment_waveform", "coloured_noise", "random_eq", "spec_augment", "speed_perturb", "vtlp"]
+__all__ = ["AugmentConfig", "augment_waveform", "coloured_noise", "spec_augment", "speed_perturb", "vtlp"]
 
 
 @dataclass(frozen=True)
@@ -46,17 +44,6 @@ class AugmentConfig:
     reverb_rt60_s: tuple[float, float] = (0.2, 0.8)
     reverb_drr_db: tuple[float, float] = (0.0, 12.0)
     vtlp: tuple[float, float] = (1.0, 1.0)  # frequency warp factor drawn uniformly (1, 1 = off), see :func:`vtlp`
-    # Time shift: seconds of quiet floor added before and after the speech, each drawn uniformly (0, 0 = off; a
-    # negative draw cuts that much off the edge instead, as a tightly trimmed recording clips an onset; cuts that
-    # would leave less than half the utterance are skipped), at a level drawn uniformly in dB relative to the
-    # utterance's RMS (data_synthesis.noise.pad_with_floor).
-    pad_s: tuple[float, float] = (0.0, 0.0)
-    pad_floor_db: tuple[float, float] = (-60.0, -30.0)
-    # Channel colouring (0 = off): a random smooth frequency response, as of a microphone or a telephone line, on
-    # the raw log power before endpointing and normalisation; its broadest component spans +-eq_db across the band
-    # (:func:`random_eq`). A per-bin utterance mean (utterance_norm mean, meanvar, speech_mean) removes any fixed
-    # colouring exactly, so this only acts with utterance_norm none or level (smooth_mean removes its broad part).
-    eq_db: float = 0.0
 
     def __post_init__(self) -> None:
         for name in ("prob", "noise_prob", "reverb_prob"):
@@ -72,10 +59,6 @@ class AugmentConfig:
             raise ValueError("invalid augment.babble_speakers")
         if not 0.5 <= self.vtlp[0] <= self.vtlp[1] <= 2.0:
             raise ValueError("augment.vtlp must be an increasing range within [0.5, 2]")
-        if not -0.5 <= self.pad_s[0] <= self.pad_s[1] <= 10.0 or self.pad_floor_db[0] > self.pad_floor_db[1]:
-            raise ValueError("augment.pad_s must be an increasing range within [-0.5, 10] s; pad_floor_db increasing")
-        if not 0.0 <= self.eq_db <= 40.0:  # NaN too
-            raise ValueError(f"augment.eq_db must be in [0, 40] dB, got {self.eq_db}")
         if self.gain_db[0] > self.gain_db[1] or min(self.freq_masks, self.time_masks) < 0:
             raise ValueError("invalid augment settings")
         self.reverb  # noqa: B018 - validates the reverb ranges
@@ -117,16 +100,6 @@ def vtlp(feats: torch.Tensor, alpha: float, boundary: float = 0.75) -> torch.Ten
     return feats[..., lo] * (1 - w) + feats[..., lo + 1] * w
 
 
-def random_eq(n_bins: int, max_db: float, rng: np.random.Generator) -> torch.Tensor:
-    """(n_bins,) a random smooth frequency response, in nats of log power (add it to ``log_spectrogram`` output):
-    sum over k = 1..4 of a_k cos(pi k f / F), a_k drawn uniformly from +-max_db / k dB. k = 1 is a spectral tilt
-    spanning +-max_db between 0 Hz and Nyquist, higher k are ever smaller bumps; the whole curve stays within
-    +-2.08 max_db (the sum of 1/k)."""
-    f = torch.arange(n_bins, dtype=torch.float64) / max(n_bins - 1, 1)
-    curve_db = sum(float(rng.uniform(-max_db, max_db)) / k * torch.cos(torch.pi * k * f) for k in range(1, 5))
-    return (curve_db * (math.log(10.0) / 10.0)).to(torch.float32)
-
-
 def spec_augment(feats: torch.Tensor, cfg: AugmentConfig, rng: np.random.Generator) -> torch.Tensor:
     """(T, F) normalised features -> copy with masked bands set to 0 (the training mean)."""
     out = feats.clone()
@@ -147,14 +120,8 @@ def spec_augment(feats: torch.Tensor, cfg: AugmentConfig, rng: np.random.Generat
 
 def augment_waveform(wav: np.ndarray, cfg: AugmentConfig, rng: np.random.Generator,
                      sources: NoiseSources | None = None) -> np.ndarray:
-    """padding -> speed -> reverberation -> noise superposition -> gain, on a 16 kHz waveform. Without
-    ``sources`` only coloured noise is available. The output never clips: it is rescaled only if its peak would
-    exceed 1. Padding draws nothing from ``rng`` when it is off, so configurations without it augment as before."""
-    if cfg.pad_s != (0.0, 0.0):
-        lead, trail = (int(round(float(rng.uniform(*cfg.pad_s)) * SAMPLE_RATE)) for _ in range(2))
-        keep = wav[max(0, -lead): wav.size - max(0, -trail)]
-        wav = pad_with_floor(keep if keep.size >= wav.size // 2 else wav, max(0, lead), max(0, trail),
-                             float(rng.uniform(*cfg.pad_floor_db)), rng)
+    """speed -> reverberation -> noise superposition -> gain, on a 16 kHz waveform. Without ``sources`` only
+    coloured noise is available. The output never clips: it is rescaled only if its peak would exceed 1."""
     wav = speed_perturb(wav, float(rng.uniform(*cfg.speed)))
     if rng.random() < cfg.reverb_prob:
         wav = reverberate(wav, cfg.reverb, rng)

@@ -144,12 +144,7 @@ def path_words(ids: Sequence[int], frames: Sequence[int], tokenizer: CharTokeniz
 
 def best_hypothesis(logp: np.ndarray, tokenizer: CharTokenizer, decoder: BeamSearchDecoder | None) -> Hypothesis:
     """(T, V) log-probabilities of one utterance -> the best hypothesis: greedy (its acoustic score is the best
-    path's log-probability) or, with ``decoder``, beam search. (T, M, V): an ensemble's M members, combined by
-    :func:`deepspeech.ensemble.combine`."""
-    if logp.ndim == 3:
-        from deepspeech.ensemble import combine  # lazy: ensemble calls back here for each member
-
-        return combine(logp, tokenizer, decoder)
+    path's log-probability) or, with ``decoder``, beam search."""
     if decoder is not None:
         return decoder.decode(logp)[0]
     g = greedy_decode_logp(logp, tokenizer)

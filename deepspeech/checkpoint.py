@@ -2,14 +2,14 @@
 
 A model directory holds everything inference needs and nothing executable:
 ``model.safetensors`` (weights and batch-norm statistics), ``config.json`` (the full TrainConfig),
-``tokenizer.json``, ``feature_stats.json``; an ensemble (``config.members`` > 1) adds ``members/K/`` with each
-other member's weights and statistics (:mod:`deepspeech.ensemble`); optionally ``lm/`` (the beam search's KenLM,
-``decoder.json``) and, for a pinyin-unit Mandarin model, ``hanzi/`` (character LM + pinyin lexicon,
-:mod:`deepspeech.hanzi`). A training
+``tokenizer.json``, ``feature_stats.json``; optionally ``lm/`` (the beam search's KenLM, ``decoder.json``) and, for
+a pinyin-unit Mandarin model, ``hanzi/`` (character LM + pinyin lexicon, :mod:`deepspeech.hanzi`). A training
 checkpoint adds ``train_state/`` (optimizer state, trainer position, RNG), kept apart from the weights. Loading
 never unpickles: safetensors for weights and ``torch.load(weights_only=True)`` for optimizer state. Loading checks
 before it trusts: config.json field by field against the config's types, the safetensors header's names and shapes
-against a network built from the config on the meta device (no memory), then that every value is finite.
+against a network built from the config on the meta device (no memory), then that every value is finite. A
+config.json written before issue 31 may hold the options retired then at their neutral values, which loading drops
+(:func:`deepspeech.config.drop_retired`).
 
 Writes are atomic: a directory is written to a temporary sibling ``NAME.tmp`` (each file fsynced), completed by
 ``complete.json`` (every file's size, written last) and swapped in with renames (``NAME`` -> ``NAME.old``,
@@ -29,7 +29,6 @@ import pickle
 import shutil
 import types
 import typing
-from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -39,7 +38,7 @@ from safetensors import SafetensorError, safe_open
 from safetensors.torch import load_file
 from safetensors.torch import save as safetensors_bytes
 
-from deepspeech.config import TrainConfig, from_dict, to_dict
+from deepspeech.config import TrainConfig, drop_retired, from_dict, to_dict
 from deepspeech.features import FeatureStats
 from deepspeech.model import DeepSpeech2
 from deepspeech.text import CharTokenizer
@@ -54,8 +53,6 @@ STATE_FILES = (f"{STATE_DIR}/optimizer.pt", f"{STATE_DIR}/rng.pt", f"{STATE_DIR}
 
 
 HANZI = "hanzi"
-MEMBERS = "members"  # an ensemble's members 1..M-1: members/K/{model.safetensors, feature_stats.json}
-SNAPSHOTS = "snapshots"  # a run's per-cycle model directories (select="snapshots")
 _FLOAT_DTYPES = {"F16", "BF16", "F32", "F64"}  # stored floating-point weights of any precision load into float32
 
 
@@ -72,29 +69,13 @@ class AcousticModel:
     stats: FeatureStats
     config: TrainConfig
     hanzi: Any = None  # PinyinToHanzi for a pinyin-unit model with a hanzi/ folder (character LM + lexicon)
-    # An ensemble's other members (``members/K/``), each with its own feature statistics (:mod:`deepspeech.ensemble`).
-    members: list[tuple[DeepSpeech2, FeatureStats]] = dataclasses.field(default_factory=list)
 
+    @torch.no_grad()
     def forward(self, feats: torch.Tensor, lengths: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """(B, T, F) features normalised by ``stats`` -> (B, T', V) logits and (B,) lengths: the network, with the
-        test-time warp search of ``features.warp_search`` where the config asks for it
-        (:mod:`deepspeech.warp_search`). An ensemble returns (B, T', M, V): each member's logits, member 0 first,
-        each member reading the features under its own statistics."""
-        from deepspeech.warp_search import warp_search  # lazy: checkpoint loading does not need augment
-
-        warps = self.config.features.warp_search
-        first = warp_search(self.model, feats, lengths, self.stats, warps)
-        if not self.members:
-            return first
-        valid = (torch.arange(feats.shape[1], device=feats.device)[None, :] < lengths[:, None]).unsqueeze(-1)
-        raw = self.stats.denormalize(feats)
-        outs = [first[0]] + [warp_search(m, torch.where(valid, st.normalize(raw), 0.0), lengths, st, warps)[0]
-                             for m, st in self.members]
-        return torch.stack(outs, dim=2), first[1]
-
-    @property
-    def n_members(self) -> int:
-        return 1 + len(self.members)
+        """(B, T, F) features normalised by ``stats`` -> (B, T', V) logits and (B,) lengths: the network alone.
+        What decodes a loaded model is :func:`deepspeech.warp_search.acoustic_forward`, which adds the test-time
+        warp search where the config asks for it."""
+        return self.model(feats, lengths)
 
     @property
     def text_lang(self) -> str:
@@ -139,13 +120,6 @@ def _remove_dir(path: Path) -> None:
     if (path / MARKER).is_file():
         _unlink(path / MARKER)
     _rmtree(path)
-
-
-def _fsync_dir(d: Path) -> None:
-    for p in d.rglob("*"):
-        if p.is_file():
-            with open(p, "rb") as f:
-                os.fsync(f.fileno())
 
 
 def _json_bytes(obj: Any, indent: int | None = 1) -> bytes:
@@ -359,8 +333,10 @@ def load_config(path: str | Path) -> TrainConfig:
     if unknown := sorted(set(raw) - {"format_version", "config"}):
         raise CheckpointError(f"{d / CONFIG}: unknown field(s) {', '.join(unknown)}")
     try:
+        if isinstance(raw["config"], dict):
+            raw["config"] = drop_retired(raw["config"])
         _check_json(TrainConfig, raw["config"], "config")
-    except CheckpointError as e:
+    except ValueError as e:  # a retired option, or a CheckpointError
         raise CheckpointError(f"{d / CONFIG}: {e}") from None
     try:
         return from_dict(TrainConfig, raw["config"])
@@ -427,7 +403,6 @@ def load_model_dir(path: str | Path, device: str | torch.device = "cpu",
     if tokenizer.lang != cfg.data.lang or len(tokenizer) != cfg.model.vocab_size:
         raise CheckpointError(f"{d}: tokenizer ({tokenizer.lang}, {len(tokenizer)}) does not match the config")
     model = _load_weights(d, cfg, device, stats_group)
-    members = [_load_member(d / MEMBERS / str(k), cfg, device) for k in range(1, cfg.members)]
     hanzi = None
     from deepspeech.hanzi import LEXICON, HanziError, PinyinToHanzi  # lazy: only model loading needs it
     from lm.ngram import KenLMError
@@ -437,16 +412,7 @@ def load_model_dir(path: str | Path, device: str | torch.device = "cpu",
             hanzi = PinyinToHanzi.load(d / HANZI)
         except (HanziError, KenLMError) as e:
             raise CheckpointError(str(e)) from None
-    return AcousticModel(model, tokenizer, _read_json_file(d, STATS, FeatureStats.load), cfg, hanzi, members)
-
-
-def _load_member(d: Path, cfg: TrainConfig, device: str | torch.device) -> tuple[DeepSpeech2, FeatureStats]:
-    """One extra member of an ensemble: ``members/K/`` with its weights and feature statistics."""
-    for name in (WEIGHTS, STATS):
-        if not (d / name).is_file():
-            raise CheckpointError(f"{d.parent.parent}: the config lists {cfg.members} ensemble members; "
-                                  f"missing {d / name}")
-    return _load_weights(d, cfg, device), _read_json_file(d, STATS, FeatureStats.load)
+    return AcousticModel(model, tokenizer, _read_json_file(d, STATS, FeatureStats.load), cfg, hanzi)
 
 
 def _load_weights(d: Path, cfg: TrainConfig, device: str | torch.device, stats_group: Any = None) -> DeepSpeech2:
@@ -459,39 +425,6 @@ def _load_weights(d: Path, cfg: TrainConfig, device: str | torch.device, stats_g
     model = DeepSpeech2(cfg.model, stats_group=stats_group)
     model.load_state_dict(tensors)
     return model.to(device).eval()
-
-
-def assemble_ensemble(member_dirs: Sequence[str | Path], out: str | Path) -> None:
-    """Model directories of independently trained members (same config but the seed, same tokenizer) -> one
-    ensemble model directory (atomically): member 0's files, ``config.members``, and ``members/K/`` with each
-    other member's weights and feature statistics. A member that is itself an ensemble (a snapshot ensemble)
-    contributes all of its members, in order."""
-    dirs = [Path(p) for p in member_dirs]
-    if not dirs:
-        raise CheckpointError("an ensemble needs at least one member")
-    cfgs = [load_config(p) for p in dirs]
-    for p, c in zip(dirs[1:], cfgs[1:], strict=True):
-        if c.model != cfgs[0].model or c.features != cfgs[0].features:
-            raise CheckpointError(f"{p}: its model or feature config differs from {dirs[0]}'s")
-        if CharTokenizer.load(p / TOKENIZER) != CharTokenizer.load(dirs[0] / TOKENIZER):
-            raise CheckpointError(f"{p}: its tokenizer differs from {dirs[0]}'s")
-    parts = [q for p, c in zip(dirs, cfgs, strict=True)
-             for q in [p, *(p / MEMBERS / str(k) for k in range(1, c.members))]]
-    for name in (WEIGHTS, STATS):
-        if missing := [str(q / name) for q in parts if not (q / name).is_file()]:
-            raise CheckpointError(f"missing {', '.join(missing)}")
-    final = Path(out)
-    tmp = _fresh_tmp(final, create=False)
-    shutil.copytree(dirs[0], tmp, ignore=shutil.ignore_patterns(STATE_DIR, MEMBERS, MARKER))
-    cfg = dataclasses.replace(cfgs[0], members=len(parts))
-    (tmp / CONFIG).write_text(json.dumps({"format_version": FORMAT_VERSION, "config": to_dict(cfg)}, indent=1))
-    for k, p in enumerate(parts[1:], start=1):
-        (tmp / MEMBERS / str(k)).mkdir(parents=True)
-        for name in (WEIGHTS, STATS):
-            shutil.copy2(p / name, tmp / MEMBERS / str(k) / name)
-    _fsync_dir(tmp)
-    _mark_complete(tmp)
-    _swap_in(tmp, final)
 
 
 def load_train_state(path: str | Path) -> dict[str, Any]:

@@ -33,7 +33,6 @@ def _cmd_train(args: argparse.Namespace) -> int:
     from deepspeech.config import TrainConfig, apply_overrides, from_dict, to_dict
     from deepspeech.parallel import destroy_parallel, init_parallel
     from deepspeech.presets import get_preset
-    from deepspeech.training.ensemble import train_ensemble
     from deepspeech.training.trainer import train
 
     if args.config:
@@ -50,8 +49,7 @@ def _cmd_train(args: argparse.Namespace) -> int:
     out = args.out or os.path.join("runs", cfg.name)
     ps = init_parallel()
     try:
-        run = train_ensemble if cfg.members > 1 else train
-        result = run(cfg, out, resume=not args.no_resume, progress=not args.no_progress, parallel=ps)
+        result = train(cfg, out, resume=not args.no_resume, progress=not args.no_progress, parallel=ps)
     finally:
         destroy_parallel()
     if ps.is_main:

@@ -10,6 +10,7 @@ import json
 import math
 import types
 import typing
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -54,9 +55,6 @@ class OptimConfig:
     min_lr_ratio: float = 0.05  # cosine floor, as a fraction of lr
     grad_clip: float = 400.0  # global gradient-norm clip (0 = off)
     ema_decay: float = 0.0  # > 0: validate and ship an exponential moving average of the weights (training/ema.py)
-    # cosine only: the schedule restarts from lr this many times over the run, each cycle ending at its floor: the
-    # warm restarts of SGDR (Loshchilov and Hutter, 2017); select="snapshots" keeps each cycle's final weights
-    cycles: int = 1
 
     def __post_init__(self) -> None:
         if self.name not in ("sgd", "adamw"):
@@ -67,8 +65,6 @@ class OptimConfig:
             raise ValueError("invalid optimiser settings")
         if not 0.0 <= self.ema_decay < 1.0:
             raise ValueError(f"optim.ema_decay must be in [0, 1), got {self.ema_decay}")
-        if not 1 <= self.cycles <= 64 or (self.cycles > 1 and self.schedule != "cosine"):
-            raise ValueError(f"optim.cycles must be 1-64, and above 1 only with the cosine schedule, got {self.cycles}")
 
 
 @dataclass(frozen=True)
@@ -92,23 +88,63 @@ class TrainConfig:
     # What best/ holds: "best" = the epoch with the lowest dev error (CER for Mandarin); "last" = the final epoch
     # (dev is still scored every epoch and reported). Selecting among noisy dev figures favours lucky epochs: on
     # digits-en's speaker cross-validation the final epoch read the held-out speakers better in 13 of 15 runs.
-    # "snapshots" = the final weights of each of optim.cycles cosine cycles, kept in snapshots/K/ and shipped as an
-    # ensemble (Huang et al., "Snapshot ensembles: train 1, get M for free", ICLR 2017; :mod:`deepspeech.ensemble`).
     select: str = "best"
-    # An ensemble of this many members, trained independently from seeds seed, seed + 1, ... and combined by
-    # hypothesis at inference (:mod:`deepspeech.ensemble`); each member costs one training run and one forward pass.
-    members: int = 1
 
     def __post_init__(self) -> None:
-        if not 1 <= self.members <= 16:
-            raise ValueError(f"members must be 1-16, got {self.members}")
         if self.epochs < 1 or self.max_steps < 0 or self.save_every_steps < 0 or self.log_every_steps < 1:
             raise ValueError("invalid epochs/steps settings")
-        if self.select not in ("best", "last", "snapshots"):
-            raise ValueError(f"select must be best, last or snapshots, got {self.select!r}")
-        if self.select == "snapshots" and (self.optim.cycles < 2 or self.epochs % self.optim.cycles):
-            raise ValueError(f"select=snapshots needs optim.cycles >= 2 dividing epochs ({self.epochs}), "
-                             f"got {self.optim.cycles}")
+        if self.select not in ("best", "last"):
+            raise ValueError(f"select must be best or last, got {self.select!r}")
+
+
+def _zero(v: Any) -> bool:
+    return isinstance(v, int | float) and not isinstance(v, bool) and v == 0
+
+
+# Options removed in issue 31: they lost their trials and nothing shipped used them (ensembles and snapshot
+# ensembles, cepstral liftering, the speech_mean / level / meanvar normalisations, channel colouring, time shift;
+# docs/digits-en-experiments.md tells what each did). A config.json written before keeps them at the value that
+# changes nothing, which loading drops (key -> that test); any other value means the model needs an older release.
+RETIRED_KEYS: dict[str, Callable[[Any], bool]] = {
+    "members": lambda v: v == 1 and not isinstance(v, bool),
+    "optim.cycles": lambda v: v == 1 and not isinstance(v, bool),
+    "features.lifter": _zero,
+    "features.speech_range_db": lambda v: True,  # read only by utterance_norm=speech_mean
+    "augment.eq_db": _zero,
+    "augment.pad_s": lambda v: isinstance(v, list | tuple) and len(v) == 2 and all(_zero(x) for x in v),
+    "augment.pad_floor_db": lambda v: True,  # read only with pad_s
+}
+RETIRED_VALUES: dict[str, tuple[str, ...]] = {  # key -> its values removed in issue 31 (other values stay)
+    "select": ("snapshots",),
+    "features.utterance_norm": ("meanvar", "speech_mean", "level"),
+}
+
+
+def drop_retired(raw: dict[str, Any]) -> dict[str, Any]:
+    """A TrainConfig as JSON data (``to_dict`` output of any release) -> a copy without the options retired in issue
+    31 (:data:`RETIRED_KEYS`) where they hold their neutral value; a ValueError names the first that does not, or a
+    retired value (:data:`RETIRED_VALUES`). Anything else, malformed data included, is left for the caller's
+    checks."""
+    out = dict(raw)
+    for key, neutral in RETIRED_KEYS.items():
+        *section, name = key.split(".")
+        holder = out
+        if section:
+            if not isinstance(out.get(section[0]), dict):
+                continue
+            holder = out[section[0]] = dict(out[section[0]])
+        if name in holder:
+            if not neutral(holder[name]):
+                raise ValueError(f"{key}={json.dumps(holder[name])} was removed in issue 31; "
+                                 "this model needs an older release")
+            del holder[name]
+    for key, values in RETIRED_VALUES.items():
+        *section, name = key.split(".")
+        holder = out.get(section[0]) if section else out
+        if isinstance(holder, dict) and isinstance(holder.get(name), str) and holder[name] in values:
+            raise ValueError(f"{key}={json.dumps(holder[name])} was removed in issue 31; "
+                             "this model needs an older release")
+    return out
 
 
 def to_dict(cfg: Any) -> dict[str, Any]:
@@ -133,7 +169,10 @@ def _convert(tp: Any, value: Any) -> Any:
 
 
 def from_dict(cls: type, d: dict[str, Any]) -> Any:
-    """Inverse of :func:`to_dict`; unknown keys are an error (they usually mean a typo or a version skew)."""
+    """Inverse of :func:`to_dict`; unknown keys are an error (they usually mean a typo or a version skew). A
+    TrainConfig drops the options retired in issue 31 first (:func:`drop_retired`)."""
+    if cls is TrainConfig:
+        d = drop_retired(d)
     hints = typing.get_type_hints(cls)
     names = {f.name for f in dataclasses.fields(cls)}
     unknown = set(d) - names
@@ -170,6 +209,8 @@ def _set(obj: Any, path: list[str], text: str, full: str) -> Any:
     hints = typing.get_type_hints(type(obj))
     name = path[0]
     if name not in hints:
+        if full in RETIRED_KEYS:
+            raise ValueError(f"config key {full!r} was removed in issue 31")
         valid = ", ".join(f.name for f in dataclasses.fields(obj))
         raise ValueError(f"unknown config key {full!r} ({type(obj).__name__} has: {valid})")
     if len(path) == 1:

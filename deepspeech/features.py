@@ -20,7 +20,7 @@ import torch
 
 from deepspeech.audio import SAMPLE_RATE
 
-UTTERANCE_NORMS = ("none", "mean", "meanvar", "speech_mean", "level", "smooth_mean")
+UTTERANCE_NORMS = ("none", "mean", "smooth_mean")
 
 
 @dataclass(frozen=True)
@@ -30,23 +30,15 @@ class FeatureConfig:
     hop_ms: float = 10.0  # frame step (DS2: 10 ms)
     window: str = "hamming"  # window function: hamming or hann
     log_floor: float = 1e-10  # added to the power before the log, so silence is finite
-    # Per-utterance normalisation: none | mean | meanvar (per-bin mean and variance) | speech_mean (the per-bin mean
-    # of the speech frames only: those within speech_range_db of the loudest, so pauses do not move it) | level
-    # (one scalar, the mean over frames of each frame's log total power: gain goes, spectral shape stays) |
-    # smooth_mean (the per-bin mean smoothed across frequency by a Gaussian of norm_smooth_hz: a channel's smooth
-    # colouring goes, the word's own formant-scale average spectrum stays).
+    # Per-utterance normalisation: none | mean (the per-bin mean) | smooth_mean (the per-bin mean smoothed across
+    # frequency by a Gaussian of norm_smooth_hz: a channel's smooth colouring goes, the word's own formant-scale
+    # average spectrum stays).
     utterance_norm: str = "none"
-    speech_range_db: float = 30.0
     norm_smooth_hz: float = 300.0
     # Endpointing (0 = off): cut the leading and trailing frames more than trim_db below the loudest frame,
     # keeping trim_margin_ms of them, so that recordings cut loosely or tightly around a word look alike.
     trim_db: float = 0.0
     trim_margin_ms: float = 20.0
-    # Cepstral liftering (0 = off): each frame's log power keeps only its first `lifter` DCT coefficients (its
-    # spectral envelope); finer ripple across frequency, chiefly the harmonics of the voice's pitch, is removed.
-    # With 161 bins of 50 Hz, coefficient k is a ripple of period 2 * 161 / k bins: 40 keeps structure coarser
-    # than about 400 Hz (formants) and drops the harmonics of any pitch below it.
-    lifter: int = 0
     # Test-time frequency-warp search (empty = off; inference only, training ignores it): every utterance is run
     # under each of these warp factors and the most confident output is decoded (deepspeech.warp_search).
     warp_search: tuple[float, ...] = ()
@@ -58,14 +50,10 @@ class FeatureConfig:
             raise ValueError(f"utterance_norm must be one of {', '.join(UTTERANCE_NORMS)}, got {self.utterance_norm!r}")
         if not self.norm_smooth_hz > 0:  # NaN too
             raise ValueError(f"norm_smooth_hz must be > 0, got {self.norm_smooth_hz}")
-        if not self.speech_range_db > 0:  # NaN too
-            raise ValueError(f"speech_range_db must be > 0, got {self.speech_range_db}")
         if not (self.trim_db >= 0 and self.trim_margin_ms >= 0):  # NaN too
             raise ValueError(f"trim_db and trim_margin_ms must be >= 0, got {self.trim_db}, {self.trim_margin_ms}")
         if self.win_length <= 0 or self.hop_length <= 0 or self.hop_length > self.win_length:
             raise ValueError("need 0 < hop <= window")
-        if not 0 <= self.lifter <= self.n_bins:
-            raise ValueError(f"lifter must be in [0, {self.n_bins}] (0 = off), got {self.lifter}")
         if not all(0.5 <= a <= 2.0 for a in self.warp_search):  # NaN too
             raise ValueError(f"warp_search factors must be in [0.5, 2], got {self.warp_search}")
 
@@ -93,17 +81,6 @@ def _window(cfg: FeatureConfig) -> torch.Tensor:
 
 
 @functools.lru_cache(maxsize=8)
-def lifter_matrix(n_bins: int, keep: int) -> torch.Tensor:
-    """(n_bins, n_bins) symmetric projection C^T C, C the first ``keep`` rows of the orthonormal DCT-II: a row of
-    log power times it is that row with all but its first ``keep`` cepstral coefficients zeroed."""
-    n = torch.arange(n_bins, dtype=torch.float64)
-    k = torch.arange(keep, dtype=torch.float64)[:, None]
-    c = torch.cos(math.pi * (n + 0.5) * k / n_bins) * math.sqrt(2.0 / n_bins)
-    c[0] /= math.sqrt(2.0)
-    return (c.T @ c).float()
-
-
-@functools.lru_cache(maxsize=8)
 def smoothing_matrix(n_bins: int, sigma_bins: float) -> torch.Tensor:
     """(n_bins, n_bins) float64 Gaussian smoothing across frequency: row f holds the weights exp(-(f - g)^2 / 2
     sigma^2) over bins g, normalised to sum to 1 (so the edges are local weighted means, not pulled to zero)."""
@@ -113,17 +90,11 @@ def smoothing_matrix(n_bins: int, sigma_bins: float) -> torch.Tensor:
 
 
 def _frames_to_logpower(frames: torch.Tensor, cfg: FeatureConfig) -> torch.Tensor:
-    """(T, win) samples -> (T, n_bins) log power (liftered when ``cfg.lifter``: frame by frame, so streaming and
-    whole-utterance features stay equal)."""
+    """(T, win) samples -> (T, n_bins) log power, frame by frame (so streaming and whole-utterance features are
+    equal)."""
     spec = torch.fft.rfft(frames * _window(cfg), n=cfg.win_length, dim=-1)
     power = spec.real.square() + spec.imag.square()
-    logpower = torch.log(power + cfg.log_floor)
-    if cfg.lifter and cfg.lifter < cfg.n_bins:
-        # In float64, rounded back: a BLAS product's summation order may change with the number of rows (and the
-        # threads free), which moved float32 results by an ulp between a stream's chunks and the whole utterance;
-        # float64's ulp-level differences almost never survive the rounding to float32.
-        logpower = (logpower.double() @ lifter_matrix(cfg.n_bins, cfg.lifter).double()).float()
-    return logpower
+    return torch.log(power + cfg.log_floor)
 
 
 def log_spectrogram(samples: np.ndarray | torch.Tensor, cfg: FeatureConfig = FeatureConfig()) -> torch.Tensor:
@@ -174,28 +145,19 @@ def speech_frames(feats: torch.Tensor, range_db: float) -> torch.Tensor:
 
 
 def utterance_normalize(feats: torch.Tensor, cfg: FeatureConfig) -> torch.Tensor:
-    """The configured per-utterance normalisation of (T, n_bins) log power: none, mean, mean and variance, the
-    mean of the speech frames (cepstral mean subtraction that leading and trailing silence does not shift: a
-    plain mean over a word padded with half a second of room tone is mostly the room's), or level.
+    """The configured per-utterance normalisation of (T, n_bins) log power: none, mean (cepstral mean subtraction)
+    or smooth_mean.
 
     Per-bin means remove the recording channel's spectral colouring, but over a single short word they also remove
-    much of the word's own average spectrum ("six" is mostly frication). ``level`` subtracts one number, the mean
-    over frames of each frame's log total power, so a gain change (which adds the same constant to every bin) goes
-    and the spectral shape stays. ``smooth_mean`` sits between them: it subtracts the per-bin mean smoothed
-    across frequency (a Gaussian of ``norm_smooth_hz``), so a channel's broad colouring and the gain go, while
-    structure finer than that, the formants of the word's vowels, stays."""
+    much of the word's own average spectrum ("six" is mostly frication). ``smooth_mean`` subtracts the per-bin mean
+    smoothed across frequency (a Gaussian of ``norm_smooth_hz``), so a channel's broad colouring and the gain go,
+    while structure finer than that, the formants of the word's vowels, stays."""
     if cfg.utterance_norm == "smooth_mean" and feats.shape[0] > 0:
         sigma_bins = cfg.norm_smooth_hz * cfg.win_length / cfg.sample_rate
         mean = feats.double().mean(0)  # float64, rounded once: no ulp-level dependence on the number of frames' sums
         return feats - (smoothing_matrix(feats.shape[1], sigma_bins) @ mean).float()
-    if cfg.utterance_norm == "level" and feats.shape[0] > 0:
-        return feats - torch.logsumexp(feats, dim=1).mean()
-    if cfg.utterance_norm == "speech_mean" and feats.shape[0] > 0:
-        return feats - feats[speech_frames(feats, cfg.speech_range_db)].mean(0, keepdim=True)
-    if cfg.utterance_norm in ("mean", "meanvar"):
+    if cfg.utterance_norm == "mean":
         feats = feats - feats.mean(0, keepdim=True)
-    if cfg.utterance_norm == "meanvar":
-        feats = feats / feats.std(0, keepdim=True, correction=0).clamp_min(1e-3)
     return feats
 
 

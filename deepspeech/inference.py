@@ -7,14 +7,14 @@ without speech-level energy (:mod:`deepspeech.silence`) reads as empty text with
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Iterator, Sequence
 
 import numpy as np
 import torch
 from tqdm import tqdm
 
 from deepspeech.audio import AudioError
-from deepspeech.beam import BeamSearchDecoder, best_hypothesis
+from deepspeech.beam import BeamSearchDecoder
 from deepspeech.checkpoint import AcousticModel
 from deepspeech.data.dataset import SpeechDataset
 from deepspeech.data.manifest import Utterance
@@ -26,6 +26,7 @@ from deepspeech.model import DeepSpeech2
 from deepspeech.silence import SilenceGate, speech_present
 from deepspeech.text import CharTokenizer, normalize_zh
 from deepspeech.transcribe import file_duration, transcribe_long_file
+from deepspeech.warp_search import Forward, acoustic_forward
 
 log = logging.getLogger(__name__)
 
@@ -47,11 +48,7 @@ def length_batches(durations: Sequence[float], max_frames: int, max_batch: int) 
 @torch.no_grad()
 def decode_texts(logits: torch.Tensor, lengths: torch.Tensor, tokenizer: CharTokenizer,
                  decoder: BeamSearchDecoder | None = None) -> list[str]:
-    """(B, T, V) logits -> best texts: greedy, or beam search when ``decoder`` is given. An ensemble's (B, T, M, V)
-    logits are combined per utterance (:func:`deepspeech.ensemble.combine`)."""
-    if logits.ndim == 4:
-        logp = torch.log_softmax(logits.float(), dim=-1).cpu().numpy()
-        return [best_hypothesis(logp[b, : int(n)], tokenizer, decoder).text for b, n in enumerate(lengths.tolist())]
+    """(B, T, V) logits -> best texts: greedy, or beam search when ``decoder`` is given."""
     if decoder is None:
         return [r.text for r in greedy_decode(logits, lengths, tokenizer)]
     logp = torch.log_softmax(logits.float(), dim=-1).cpu().numpy()
@@ -62,10 +59,9 @@ def evaluate_dataset(model: DeepSpeech2, dataset: SpeechDataset, indices: Sequen
                      max_frames: int = 40_000, max_batch: int = 64, progress: bool = False,
                      hypotheses: dict[int, str] | None = None,
                      decoder: BeamSearchDecoder | None = None,
-                     forward: Callable[[torch.Tensor, torch.Tensor], tuple[torch.Tensor, torch.Tensor]] | None = None
-                     ) -> ErrorCounts:
+                     forward: Forward | None = None) -> ErrorCounts:
     """Decode ``indices`` of ``dataset`` (greedy, or ``decoder``) and count errors against normalised references.
-    ``forward`` replaces ``model(feats, lengths)`` (a loaded model's :meth:`AcousticModel.forward`)."""
+    ``forward`` replaces ``model(feats, lengths)``: a loaded model's :func:`deepspeech.warp_search.acoustic_forward`."""
     was_training = model.training
     model.eval()
     counts = ErrorCounts()
@@ -134,7 +130,7 @@ def evaluate_manifest(am: AcousticModel, utts: Sequence[Utterance], device: torc
     ds = _GatedDataset(utts, am.tokenizer, am.config.features, am.stats, cache=False, gate=gate)
     hyps: dict[int, str | None] = {}
     evaluate_dataset(am.model, ds, short, torch.device(device), progress=progress, hypotheses=hyps,  # type: ignore[arg-type]
-                     decoder=decoder, forward=am.forward)
+                     decoder=decoder, forward=acoustic_forward(am))
     pinyin: dict[int, str | None] = dict(hyps) if am.hanzi is not None else {}
     if am.hanzi is not None:  # the short ones were decoded to pinyin: convert them as transcribe does
         hyps = {i: am.hanzi.convert(str(h)) for i, h in hyps.items()}
@@ -165,17 +161,17 @@ def evaluate_manifest(am: AcousticModel, utts: Sequence[Utterance], device: torc
 def collect_log_probs(am: AcousticModel, utts: Sequence[Utterance], device: torch.device | str = "cpu",
                       progress: bool = True, max_frames: int = 40_000, max_batch: int = 64
                       ) -> list[tuple[np.ndarray, str]]:
-    """Per-utterance (T, V) float32 log-probabilities (an ensemble's (T, M, V)) and normalised reference, in
-    manifest order (for tuning decoders: the network runs once, the decoder many times).
-    Unreadable utterances are skipped with a warning."""
+    """Per-utterance (T, V) float32 log-probabilities and normalised reference, in manifest order (for tuning
+    decoders: the network runs once, the decoder many times). Unreadable utterances are skipped with a warning."""
     ds = SpeechDataset(utts, am.tokenizer, am.config.features, am.stats, cache=False)
+    forward = acoustic_forward(am)
     out: dict[int, tuple[np.ndarray, str]] = {}
     groups = list(length_batches([u.duration_s for u in utts], max_frames, max_batch))
     for group in tqdm(groups, desc="acoustic model", disable=not progress, leave=False):
         batch = ds.batch(group)
         if batch is None:
             continue
-        logits, lengths = am.forward(batch.feats.to(device), batch.lengths.to(device))
+        logits, lengths = forward(batch.feats.to(device), batch.lengths.to(device))
         logp = torch.log_softmax(logits.float(), dim=-1).cpu().numpy()
         for b, (i, ref) in enumerate(zip(batch.indices, batch.texts, strict=True)):
             out[i] = (np.ascontiguousarray(logp[b, : int(lengths[b])]), ref)

@@ -35,6 +35,7 @@ from deepspeech.features import StreamState, prepare_utterance, stream_log_spect
 from deepspeech.hanzi import hypothesis_to_characters
 from deepspeech.silence import DEFAULT_GATE as GATE
 from deepspeech.silence import SilenceGate, speech_present
+from deepspeech.warp_search import acoustic_forward
 
 log = logging.getLogger(__name__)
 
@@ -128,18 +129,17 @@ def segment_features(path: str | Path, am: AcousticModel, cc: ChunkConfig) -> It
 @torch.no_grad()
 def segment_log_probs(path: str | Path, am: AcousticModel, cc: ChunkConfig, device: torch.device | str = "cpu",
                       gate: SilenceGate | None = GATE) -> Iterator[np.ndarray]:
-    """(t, V) float32 log-probabilities (an ensemble's (t, M, V)) of each segment of a recording, in order. A
-    segment that ``gate`` finds without speech gets certain blanks instead of the network's output."""
+    """(t, V) float32 log-probabilities of each segment of a recording, in order. A segment that ``gate`` finds
+    without speech gets certain blanks instead of the network's output."""
     cfg = am.config.features
+    forward = acoustic_forward(am)
     for raw, samples in segments(path, am, cc):
         if gate is not None and not speech_present(samples, gate):
-            empty = np.zeros((0, am.n_members, len(am.tokenizer)) if am.members else (0, len(am.tokenizer)),
-                             np.float32)
-            yield _pad_blank(empty, am, raw.shape[0], 0)
+            yield _pad_blank(np.zeros((0, len(am.tokenizer)), np.float32), am, raw.shape[0], 0)
             continue
         x, start = prepare_utterance(raw, cfg)  # endpointed and normalised on its own, like a training utterance
         x = am.stats.normalize(x).unsqueeze(0).to(device)
-        logits, lengths = am.forward(x, torch.tensor([x.shape[1]], device=device))
+        logits, lengths = forward(x, torch.tensor([x.shape[1]], device=device))
         logp = torch.log_softmax(logits[0, : int(lengths[0])].float(), -1).cpu().numpy()
         yield np.ascontiguousarray(_pad_blank(logp, am, raw.shape[0], start))
 
@@ -151,8 +151,8 @@ def _pad_blank(logp: np.ndarray, am: AcousticModel, frames: int, start: int) -> 
     if total <= logp.shape[0]:
         return logp
     lead = min(start // am.config.model.time_stride, total - logp.shape[0])
-    blank = np.full((1, *logp.shape[1:]), -1e4, dtype=np.float32)  # (1, V), or an ensemble's (1, M, V)
-    blank[..., am.tokenizer.blank_id] = 0.0
+    blank = np.full((1, logp.shape[1]), -1e4, dtype=np.float32)  # (1, V)
+    blank[:, am.tokenizer.blank_id] = 0.0
     return np.concatenate([np.repeat(blank, lead, 0), logp, np.repeat(blank, total - logp.shape[0] - lead, 0)])
 
 

@@ -13,7 +13,7 @@ from safetensors import safe_open
 from safetensors.torch import load_file, save_file
 
 from deepspeech.beam import DECODER_JSON, MODEL_LM_DIR, build_decoder
-from deepspeech.checkpoint import CONFIG, HANZI, MEMBERS, STATS, TOKENIZER, WEIGHTS, load_model_dir
+from deepspeech.checkpoint import CONFIG, HANZI, STATS, TOKENIZER, WEIGHTS, load_model_dir
 from deepspeech.config import to_dict
 from deepspeech.data.manifest import read_manifest
 from deepspeech.hanzi import LEXICON, SETTINGS
@@ -34,17 +34,9 @@ def export_model(src: str | Path, dst: str | Path, command: str, evals: dict[str
     dst.mkdir(parents=True, exist_ok=True)
     for name in (CONFIG, TOKENIZER, STATS):
         shutil.copy2(src / name, dst / name)
-    members = sorted((src / MEMBERS).glob("*/")) if (src / MEMBERS).is_dir() else []
     if half is None:
-        half = sum((p / WEIGHTS).stat().st_size for p in [src, *members]) > SHIP_LIMIT_BYTES
-    if (dst / MEMBERS).exists():
-        shutil.rmtree(dst / MEMBERS)
-    for p in [src, *members]:  # an ensemble's members/K/ too
-        out = dst / p.relative_to(src)
-        out.mkdir(parents=True, exist_ok=True)
-        _copy_weights(p / WEIGHTS, out / WEIGHTS, half)
-        if p != src:
-            shutil.copy2(p / STATS, out / STATS)
+        half = (src / WEIGHTS).stat().st_size > SHIP_LIMIT_BYTES
+    _copy_weights(src / WEIGHTS, dst / WEIGHTS, half)
     _copy_decoding_files(src, dst)
     am = load_model_dir(dst)
     decoder = build_decoder(dst, am.tokenizer) if (dst / MODEL_LM_DIR / LM_BINARY).is_file() else None
@@ -87,16 +79,11 @@ def export_model(src: str | Path, dst: str | Path, command: str, evals: dict[str
         lm_text += (f"\nEvery figure decodes each utterance under the most confident of the frequency warps "
                     f"{', '.join(f'{a:g}' for a in warps)} (`features.warp_search`, `deepspeech/warp_search.py`), as "
                     "`eval` and `transcribe` do with this model.\n")
-    if am.n_members > 1:
-        lm_text += (f"\nAn ensemble of {am.n_members} members (`members/`, trained from seeds {cfg['seed']}-"
-                    f"{cfg['seed'] + am.n_members - 1}): each proposes its hypothesis and the one the members find "
-                    "most likely on average is kept (`deepspeech/ensemble.py`), as `eval` and `transcribe` do.\n")
     precision = (" Weights are stored in float16 (to stay under 20 MB) and computed in float32; the figures below "
                  "are measured on the stored weights.") if half else ""
-    members_text = f"an ensemble of {am.n_members}, each " if am.n_members > 1 else ""
     card = f"""# {cfg['name']}
 
-DS2 acoustic model: {members_text}{am.model.num_parameters():,} parameters ({arch}), language `{cfg['data']['lang']}`,
+DS2 acoustic model: {am.model.num_parameters():,} parameters ({arch}), language `{cfg['data']['lang']}`,
 {len(am.tokenizer)} output symbols. Exported {date.today().isoformat()}.{precision}
 
 ## How it was made

@@ -30,11 +30,11 @@ from deepspeech.audio import SAMPLE_RATE, AudioError, load_audio
 from deepspeech.beam import BeamSearchDecoder, Hypothesis, Word, best_hypothesis
 from deepspeech.checkpoint import AcousticModel
 from deepspeech.data.dataset import collate
-from deepspeech.ensemble import member_log_probs
 from deepspeech.features import log_spectrogram, prepare_utterance
 from deepspeech.hanzi import hypothesis_to_characters
 from deepspeech.longform import GATE, ChunkConfig, decode_segments, segment_log_probs, stream_audio
 from deepspeech.silence import SilenceGate, SpeechDetector, speech_present
+from deepspeech.warp_search import acoustic_forward
 
 log = logging.getLogger(__name__)
 
@@ -142,6 +142,7 @@ def transcribe_files(am: AcousticModel, paths: Sequence[str | Path], device: tor
     dev = torch.device(device)
     chunk = chunk or ChunkConfig()
     frame_s = frame_seconds(am)
+    forward = acoustic_forward(am)
     out: list[Transcript | None] = []
     pending: list[tuple[int, torch.Tensor, float]] = []  # (index, features, seconds cut off the start)
     emitted = 0
@@ -158,7 +159,7 @@ def transcribe_files(am: AcousticModel, paths: Sequence[str | Path], device: tor
             return
         items = [(am.stats.normalize(f), torch.zeros(0, dtype=torch.long), "") for _, f, _ in pending]
         batch = collate(items, 0.0)
-        logits, lengths = am.forward(batch.feats.to(dev), batch.lengths.to(dev))
+        logits, lengths = forward(batch.feats.to(dev), batch.lengths.to(dev))
         logp_all = torch.log_softmax(logits.float(), dim=-1).cpu().numpy()
         for b, (k, _, cut_s) in enumerate(pending):
             logp = logp_all[b, : int(lengths[b])]
@@ -166,7 +167,7 @@ def transcribe_files(am: AcousticModel, paths: Sequence[str | Path], device: tor
             if am.hanzi is not None:  # pinyin model: write characters
                 hyp = hypothesis_to_characters(hyp, am.hanzi)
             t = out_pending[k]
-            t.text, t.words = hyp.text, timed_words(hyp.words, member_log_probs(logp, hyp), frame_s)
+            t.text, t.words = hyp.text, timed_words(hyp.words, logp, frame_s)
             t.pinyin = hyp.extra.get("pinyin")
             for w in t.words:  # back on the file's time line when endpointing cut its start
                 w.start, w.end = w.start + cut_s, w.end + cut_s
@@ -213,7 +214,7 @@ def _transcribe_segments(path: str | Path, am: AcousticModel, chunk: ChunkConfig
 
     def keep(offset: int, hyp: Hypothesis, logp: np.ndarray) -> None:
         words.extend(timed_words((Word(w.text, w.start + offset, w.end + offset) for w in hyp.words),
-                                 member_log_probs(logp, hyp), frame_s, offset))
+                                 logp, frame_s, offset))
         if hyp.extra.get("pinyin"):
             pinyin.append(hyp.extra["pinyin"])
 

@@ -8,6 +8,10 @@ the output of the most confident warp is kept: the one whose frames' largest log
 average. Decoding (greedy or beam) then reads that output as usual. It costs one forward pass per warp and needs
 the whole utterance, so streaming models refuse it.
 
+It wraps a model's forward and keeps its contract, (B, T, F) features and (B,) lengths -> (B, T', V) logits and
+(B,) lengths: :class:`WarpSearch` around a loaded model, and :func:`acoustic_forward`, the one place that decides
+how a loaded model reads features (``eval``, ``transcribe``, long recordings and ``lm tune`` all go through it).
+
 On ``digits-en``'s speaker cross-validation (held-out jackson / lucas / nicolas, two seeds, the same trained models
 with and without it), warps 0.9-1.1 in steps of 0.05 lowered the held-out-speaker WER on all six folds (mean 20.5%
 -> 18.9%); wider ranges (0.85-1.15) helped less.
@@ -15,17 +19,23 @@ with and without it), warps 0.9-1.1 in steps of 0.05 lowered the held-out-speake
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
+from typing import TYPE_CHECKING
 
 import torch
-from torch import nn
 
 from deepspeech.augment import vtlp
 from deepspeech.features import FeatureStats
 
+if TYPE_CHECKING:
+    from deepspeech.checkpoint import AcousticModel
+
+# (B, T, F) normalised features, (B,) lengths -> (B, T', V) logits, (B,) output lengths: a model's forward
+Forward = Callable[[torch.Tensor, torch.Tensor], tuple[torch.Tensor, torch.Tensor]]
+
 
 @torch.no_grad()
-def warp_search(model: nn.Module, feats: torch.Tensor, lengths: torch.Tensor, stats: FeatureStats,
+def warp_search(model: Forward, feats: torch.Tensor, lengths: torch.Tensor, stats: FeatureStats,
                 warps: Sequence[float]) -> tuple[torch.Tensor, torch.Tensor]:
     """``model(feats, lengths)`` with each utterance's most confident frequency warp.
 
@@ -46,3 +56,21 @@ def warp_search(model: nn.Module, feats: torch.Tensor, lengths: torch.Tensor, st
     choice = confidence.view(n_warps, b).argmax(0)  # (B,) the first of equally confident warps
     rows = choice * b + torch.arange(b, device=logits.device)
     return logits[rows], out_lengths[rows]
+
+
+class WarpSearch:
+    """A loaded model's forward with the warp search of its ``features.warp_search`` (or of ``warps``): called as
+    the model is, ``(feats (B, T, F), lengths (B,)) -> (logits (B, T', V), lengths (B,))``."""
+
+    def __init__(self, am: AcousticModel, warps: Sequence[float] | None = None) -> None:
+        self.am = am
+        self.warps = tuple(am.config.features.warp_search if warps is None else warps)
+
+    def __call__(self, feats: torch.Tensor, lengths: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        return warp_search(self.am.forward, feats, lengths, self.am.stats, self.warps)
+
+
+def acoustic_forward(am: AcousticModel) -> Forward:
+    """How a loaded model reads features at inference: :class:`WarpSearch` where its config lists warps, else
+    its plain :meth:`~deepspeech.checkpoint.AcousticModel.forward`."""
+    return WarpSearch(am) if am.config.features.warp_search else am.forward

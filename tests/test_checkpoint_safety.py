@@ -139,6 +139,36 @@ def test_malformed_config_json_is_one_line_error(model_copy: Path, fault: Callab
     assert "config.json" in one_line(e)
 
 
+def test_options_retired_in_issue_31_load_at_their_neutral_values(model_copy: Path) -> None:
+    """models/digits-en/config.json was written with the options retired in issue 31, each at the value that
+    changes nothing: loading drops them, and the model is the one a config without them describes."""
+    raw = json.loads((MODEL / "config.json").read_text())["config"]
+    assert raw["members"] == 1 and raw["features"]["lifter"] == 0 and raw["augment"]["pad_s"] == [0.0, 0.0]
+    am = load_model_dir(model_copy)
+    assert am.config.features.warp_search == (0.9, 0.95, 1.0, 1.05, 1.1) and am.config.features.trim_db == 40.0
+
+    def neutral(r: dict[str, Any]) -> None:  # any value of the options read only by retired ones is neutral too
+        r["config"]["features"]["speech_range_db"] = 12.5
+        r["config"]["augment"].update(pad_floor_db=[-70.0, -10.0], pad_s=[0, 0], eq_db=0)
+        r["config"]["optim"]["cycles"] = 1
+    edit_config(model_copy, neutral)
+    assert ckpt.load_config(model_copy) == am.config
+
+
+@pytest.mark.parametrize(("key", "value"), [
+    ("members", 2), ("optim.cycles", 3), ("features.lifter", 40), ("augment.eq_db", 6.0),
+    ("augment.pad_s", [-0.03, 0.3]), ("select", "snapshots"), ("features.utterance_norm", "level"),
+    ("features.utterance_norm", "speech_mean"), ("features.utterance_norm", "meanvar"),
+])
+def test_options_retired_in_issue_31_refuse_any_other_value(model_copy: Path, key: str, value: Any) -> None:
+    *section, name = key.split(".")
+    edit_config(model_copy, lambda r: (r["config"][section[0]] if section else r["config"]).update({name: value}))
+    with pytest.raises(CheckpointError, match=re.escape(key) + ".* was removed in issue 31; this model needs an "
+                       "older release") as e:
+        load_model_dir(model_copy)
+    assert "config.json" in one_line(e)
+
+
 def test_config_json_that_is_not_json_and_a_broken_tokenizer(model_copy: Path) -> None:
     (model_copy / "config.json").write_text('{"format_version": 1, "config": {')
     with pytest.raises(CheckpointError, match="config.json: not valid JSON") as e:

@@ -88,6 +88,28 @@ def test_unknown_key_lists_valid_keys() -> None:
         apply_overrides(TrainConfig(), ["epoch=1"])
 
 
+def test_retired_options_are_dropped_when_neutral_and_refused_otherwise() -> None:
+    """Options removed in issue 31 in an older config: dropped at the value that changes nothing, else one line
+    naming the option; ``--set`` of one says it was removed."""
+    d = to_dict(TrainConfig())
+    old = json.loads(json.dumps(d))
+    old.update(members=1)
+    old["optim"]["cycles"] = 1
+    old["features"].update(lifter=0, speech_range_db=30.0)
+    old["augment"].update(eq_db=0.0, pad_s=[0.0, 0.0], pad_floor_db=[-60.0, -30.0])
+    assert from_dict(TrainConfig, old) == TrainConfig()
+    assert old["optim"]["cycles"] == 1  # the caller's data is not changed
+    for section, key, value in [("", "members", 3), ("optim", "cycles", 2), ("features", "lifter", 40),
+                                ("augment", "eq_db", 6.0), ("augment", "pad_s", [0.0, 0.3]),
+                                ("", "select", "snapshots"), ("features", "utterance_norm", "level")]:
+        bad = json.loads(json.dumps(old))
+        (bad[section] if section else bad)[key] = value
+        with pytest.raises(ValueError, match="was removed in issue 31; this model needs an older release"):
+            from_dict(TrainConfig, bad)
+    with pytest.raises(ValueError, match="'optim.cycles' was removed in issue 31"):
+        apply_overrides(TrainConfig(), ["optim.cycles=3"])
+
+
 @pytest.mark.parametrize("override,message", [
     ("epochs=three", "bad value for 'epochs'"),
     ("epochs=2.5", "bad value for 'epochs'"),

@@ -16,7 +16,7 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from deepspeech.checkpoint import assemble_ensemble, load_model_dir
+from deepspeech.checkpoint import load_model_dir
 from deepspeech.config import OptimConfig
 from deepspeech.training.trainer import lr_at
 from tests.conftest import REPO, run_cli
@@ -170,61 +170,22 @@ def test_best_model_selection_best_or_last(tmp_path: Path, fsdd_small: tuple[Pat
             for k in last:  # best/ stores float16 weights: the final epoch's, to that precision
                 torch.testing.assert_close(best[k].float(), last[k].float(), atol=1e-2, rtol=1e-3, msg=k)
     bad = run_cli("train", *train_args(train, dev, tmp_path / "bad", "select=worst"))
-    assert bad.returncode != 0 and "select must be best, last or snapshots" in bad.stderr
+    assert bad.returncode != 0 and "select must be best or last" in bad.stderr
 
 
-def test_cosine_cycles_restart_the_schedule() -> None:
-    """optim.cycles: the cosine schedule restarts from lr at the start of every cycle and reaches its floor at the
-    end of each; warm-up happens once, at the start of the run."""
-    o = OptimConfig(name="adamw", lr=1.0, schedule="cosine", warmup_steps=5, min_lr_ratio=0.0, cycles=3)
+def test_cosine_schedule_warms_up_then_decays_to_its_floor() -> None:
+    """The cosine schedule: warm-up over the first steps only, the full rate halfway down at the middle of the
+    run, the floor at its end and after it."""
+    o = OptimConfig(name="adamw", lr=1.0, schedule="cosine", warmup_steps=5, min_lr_ratio=0.0)
     lrs = [lr_at(o, step, 0, 30) for step in range(30)]
     cold = [lr_at(dataclasses.replace(o, warmup_steps=0), step, 0, 30) for step in range(30)]
     assert lrs[:5] == pytest.approx([(k + 1) / 5 * cold[k] for k in range(5)])  # warm-up: the first steps only
     assert lrs[5:] == cold[5:]
-    assert lrs[10] == lrs[20] == 1.0  # each restart: the full rate
-    for end in (9, 19, 29):  # each cycle's last step: near the floor, and lower than every step of its cycle
-        assert lrs[end] < 0.03 and lrs[end] == min(lrs[end - 9: end + 1])
-    assert lrs[10:20] == pytest.approx(lrs[20:30])
-    assert lr_at(o, 30, 0, 30) == 0.0  # past the end: the floor
-    uneven = [lr_at(o, step, 0, 31, cycle_ends=(9, 20, 31)) for step in range(31)]  # epochs of unequal length
-    assert uneven[9] == uneven[20] == 1.0 and uneven[8] < 0.05 and uneven[19] < 0.05 and uneven[30] < 0.05
-    one = OptimConfig(name="adamw", lr=1.0, schedule="cosine", min_lr_ratio=0.0)
-    assert lr_at(one, 15, 0, 30) == pytest.approx(0.5)  # one cycle: the plain cosine
-    with pytest.raises(ValueError, match="cycles"):
-        OptimConfig(schedule="anneal", cycles=2)
-
-
-def test_snapshot_ensemble(tmp_path: Path, fsdd_small: tuple[Path, Path]) -> None:
-    """select=snapshots: each cosine cycle's final weights are saved in snapshots/K/ and best/ is their ensemble
-    (member 0 the first cycle's), which eval reads; the config refuses cycles that do not divide the epochs."""
-    train, dev = fsdd_small
-    run = tmp_path / "snap"
-    res = run_cli("train", *train_args(train, dev, run, "epochs=4", "optim.lr=1e-2", "optim.cycles=2",
-                                       "select=snapshots"))
-    assert res.returncode == 0, res.stderr
-    assert sorted(p.name for p in (run / "snapshots").iterdir()) == ["0", "1"]
-    am = load_model_dir(run / "best")
-    assert am.n_members == 2 and am.config.members == 2
-    first = load_file(str(run / "snapshots" / "0" / "model.safetensors"))
-    second = load_file(str(run / "snapshots" / "1" / "model.safetensors"))
-    best0 = load_file(str(run / "best" / "model.safetensors"))
-    best1 = load_file(str(run / "best" / "members" / "1" / "model.safetensors"))
-    assert all(torch.equal(first[k], best0[k]) for k in first)
-    assert all(torch.equal(second[k], best1[k]) for k in second)
-    assert any(not torch.equal(first[k], second[k]) for k in first)  # two different models, not one twice
-    for k, v in weights(run).items():  # the second snapshot is the final epoch (float16 in the model directory)
-        torch.testing.assert_close(second[k].float(), v.float(), atol=1e-2, rtol=1e-3, msg=k)
-    ev = run_cli("eval", "--model", str(run / "best"), "--manifest", str(dev), "--format", "json")
-    assert ev.returncode == 0 and json.loads(ev.stdout)["n"] > 0, ev.stderr
-    # A snapshot ensemble as a member of a larger ensemble (members=N with select=snapshots) brings all its members.
-    assemble_ensemble([run / "best", run / "snapshots" / "0"], tmp_path / "nested")
-    nested = load_model_dir(tmp_path / "nested")
-    assert nested.n_members == 3
-    third = load_file(str(tmp_path / "nested" / "members" / "2" / "model.safetensors"))
-    assert all(torch.equal(first[k], third[k]) for k in first)
-    bad = run_cli("train", *train_args(train, dev, tmp_path / "bad", "epochs=3", "optim.cycles=2",
-                                       "select=snapshots"))
-    assert bad.returncode != 0 and "optim.cycles >= 2 dividing epochs" in bad.stderr
+    assert cold[0] == 1.0 and lrs[15] == pytest.approx(0.5)
+    assert all(a > b for a, b in zip(cold, cold[1:], strict=False))  # decreasing, no restart
+    assert lr_at(o, 30, 0, 30) == lr_at(o, 99, 0, 30) == 0.0  # at and past the end: the floor
+    floor = dataclasses.replace(o, min_lr_ratio=0.05)
+    assert lr_at(floor, 30, 0, 30) == pytest.approx(0.05)
 
 
 def test_fine_tuning_starts_from_a_model_directory(tmp_path: Path, fsdd_small: tuple[Path, Path]) -> None:

@@ -8,10 +8,12 @@ import pytest
 import torch
 
 from deepspeech.augment import vtlp
+from deepspeech.checkpoint import AcousticModel
 from deepspeech.features import FeatureConfig, FeatureStats
 from deepspeech.model import DeepSpeech2
 from deepspeech.presets import tiny
-from deepspeech.warp_search import warp_search
+from deepspeech.text import english_tokenizer
+from deepspeech.warp_search import WarpSearch, acoustic_forward, warp_search
 
 WARPS = (0.9, 0.95, 1.0, 1.05, 1.1)
 
@@ -65,3 +67,25 @@ def test_warp_factors_are_validated() -> None:
     for bad in [(0.3,), (1.0, 2.5), (float("nan"),)]:
         with pytest.raises(ValueError, match="warp_search"):
             FeatureConfig(warp_search=bad)
+
+
+@torch.no_grad()
+def test_a_loaded_model_reads_through_the_warp_search_its_config_names() -> None:
+    """``AcousticModel.forward`` is the network alone; :func:`acoustic_forward` wraps it in :class:`WarpSearch`
+    where ``features.warp_search`` lists warps, with the same call signature and the output of :func:`warp_search`."""
+    model, stats, feats, lengths = _setup()
+    cfg = tiny("en")
+    cfg = dataclasses.replace(cfg, model=dataclasses.replace(cfg.model, vocab_size=29),
+                              features=dataclasses.replace(cfg.features, warp_search=WARPS))
+    am = AcousticModel(model, english_tokenizer(), stats, cfg)
+    plain, plain_len = am.forward(feats, lengths)
+    expected = model(feats, lengths)
+    assert torch.equal(plain, expected[0]) and torch.equal(plain_len, expected[1])
+    forward = acoustic_forward(am)
+    assert isinstance(forward, WarpSearch) and forward.warps == WARPS
+    searched, searched_len = forward(feats, lengths)
+    direct, direct_len = warp_search(model, feats, lengths, stats, WARPS)
+    assert torch.equal(searched, direct) and torch.equal(searched_len, direct_len)
+    assert not torch.equal(searched, plain)  # some utterance chose another warp than 1
+    am.config = dataclasses.replace(cfg, features=dataclasses.replace(cfg.features, warp_search=()))
+    assert acoustic_forward(am) == am.forward  # no warps: the plain forward, nothing wrapped

@@ -11,9 +11,9 @@ import torch
 
 from data_synthesis.noise import NoiseSources, load_noise_clips
 from deepspeech.audio import AudioError, load_audio
-from deepspeech.augment import AugmentConfig, augment_waveform, random_eq, spec_augment, vtlp
+from deepspeech.augment import AugmentConfig, augment_waveform, spec_augment, vtlp
 from deepspeech.data.manifest import Utterance
-from deepspeech.features import FeatureConfig, FeatureStats, extract, log_spectrogram, prepare_utterance
+from deepspeech.features import FeatureConfig, FeatureStats, extract
 from deepspeech.text import CharTokenizer
 
 log = logging.getLogger(__name__)
@@ -130,10 +130,7 @@ class SpeechDataset:
                 wav = augment_waveform(wav, self.augment, rng, self.noise)
             else:
                 rng = None
-        raw = log_spectrogram(wav, self.fcfg)
-        if rng is not None and self.augment is not None and self.augment.eq_db > 0:  # draws nothing when off
-            raw = raw + random_eq(raw.shape[1], self.augment.eq_db, rng)
-        feats = prepare_utterance(raw, self.fcfg)[0]  # what features.extract does, with the colouring in between
+        feats = extract(wav, self.fcfg)
         if rng is not None and self.augment is not None and self.augment.vtlp != (1.0, 1.0):
             feats = vtlp(feats, float(rng.uniform(*self.augment.vtlp)))
         if self.stats is not None:

@@ -14,7 +14,6 @@ import logging
 import math
 import os
 import time
-from collections.abc import Sequence
 from contextlib import nullcontext
 from dataclasses import dataclass
 from pathlib import Path
@@ -25,10 +24,8 @@ import torch.distributed as dist
 from tqdm import tqdm
 
 from deepspeech.checkpoint import (
-    SNAPSHOTS,
     AcousticModel,
     CheckpointError,
-    assemble_ensemble,
     find_checkpoint,
     load_config,
     load_model_dir,
@@ -76,19 +73,12 @@ def read_manifests(spec: str) -> list[Utterance]:
     return utts
 
 
-def lr_at(o: OptimConfig, step: int, epoch: int, total_steps: int, cycle_ends: Sequence[int] = ()) -> float:
-    """The learning rate of ``step``. A cosine schedule of ``o.cycles`` cycles restarts after each step count of
-    ``cycle_ends`` (ascending, the last = the run's steps); without them the cycles split ``total_steps`` evenly."""
+def lr_at(o: OptimConfig, step: int, epoch: int, total_steps: int) -> float:
+    """The learning rate of ``step`` (a cosine schedule reaches its floor at ``total_steps`` and stays there)."""
     if o.schedule == "anneal":
         lr = o.lr / o.anneal**epoch
     elif o.schedule == "cosine":
-        ends = list(cycle_ends) or [round(max(total_steps, 1) * (c + 1) / o.cycles) for c in range(o.cycles)]
-        c = next((k for k, end in enumerate(ends) if step < end), None)
-        if c is None:  # past the end: the floor
-            progress = 1.0
-        else:
-            start = ends[c - 1] if c else 0
-            progress = (step - start) / max(ends[c] - start, 1)
+        progress = min(step / max(total_steps, 1), 1.0)
         lr = o.lr * (o.min_lr_ratio + (1 - o.min_lr_ratio) * 0.5 * (1 + math.cos(math.pi * progress)))
     else:
         lr = o.lr
@@ -200,8 +190,6 @@ def train(cfg: TrainConfig, out_dir: str | Path, resume: bool = True, progress: 
           parallel: ParallelState | None = None) -> TrainResult:
     """Train ``cfg`` into ``out_dir`` (``last/`` resumable checkpoint, ``best/`` the model ``cfg.select`` keeps: the
     lowest dev error, or the final epoch)."""
-    if cfg.members > 1:
-        raise ValueError(f"{cfg.name}: an ensemble of {cfg.members} trains with deepspeech.training.ensemble")
     ps = parallel or init_parallel()
     out = Path(out_dir)
     if ps.is_main:
@@ -254,12 +242,6 @@ def train(cfg: TrainConfig, out_dir: str | Path, resume: bool = True, progress: 
     log.info("%s: %d parameters, %d train / %d dev utterances, dp=%d", cfg.name, n_params, len(train_ds),
              len(dev_utts), dp)
     total_steps = cfg.max_steps or cfg.epochs * len(epoch_batches(train_ds.durations, plan, 0))
-    span = cfg.epochs // cfg.optim.cycles  # epochs per cosine cycle
-    cycle_ends: list[int] = []
-    if cfg.optim.cycles > 1 and not cfg.max_steps and cfg.epochs % cfg.optim.cycles == 0:
-        # Cycles end with epochs, where select=snapshots saves them (epochs differ by a batch or two in length).
-        per_epoch = [len(epoch_batches(train_ds.durations, plan, e)) for e in range(cfg.epochs)]
-        cycle_ends = [sum(per_epoch[: (c + 1) * span]) for c in range(cfg.optim.cycles)]
     metrics = _MetricsLog(out, ps.is_main)
     metrics.keep_until(state["step"])
     autocast = device.type == "cuda" and cfg.amp
@@ -296,7 +278,7 @@ def train(cfg: TrainConfig, out_dir: str | Path, resume: bool = True, progress: 
             if batch is None:  # every file of this rank's shard failed to load: contribute nothing
                 batch, weight = train_ds.batch([fallback]), 0.0
             assert batch is not None
-            lr = lr_at(cfg.optim, state["step"], epoch, total_steps, cycle_ends)
+            lr = lr_at(cfg.optim, state["step"], epoch, total_steps)
             for g in optimizer.param_groups:
                 g["lr"] = lr
             with torch.autocast(device.type, dtype=torch.bfloat16, enabled=autocast):
@@ -347,8 +329,6 @@ def train(cfg: TrainConfig, out_dir: str | Path, resume: bool = True, progress: 
                     if ps.is_main:
                         save_model_dir(out / "best", shipped, tokenizer, stats, cfg,
                                        extra_files={"metrics.json": json.dumps(record, indent=1)})
-            if cfg.select == "snapshots" and (epoch + 1) % span == 0 and ps.is_main:
-                save_model_dir(out / SNAPSHOTS / str((epoch + 1) // span - 1), shipped, tokenizer, stats, cfg)
         log.info("epoch %d: %s", epoch + 1, {k: round(v, 4) if isinstance(v, float) else v
                                               for k, v in record.items()})
         metrics.write(record)
@@ -356,9 +336,6 @@ def train(cfg: TrainConfig, out_dir: str | Path, resume: bool = True, progress: 
     if dev_ds is None and ps.is_main:  # no validation data: the last model is the best we know
         with shipped_weights() as shipped:
             save_model_dir(out / "best", shipped, tokenizer, stats, cfg)
-    if cfg.select == "snapshots" and state["epoch"] >= cfg.epochs and ps.is_main:
-        assemble_ensemble([out / SNAPSHOTS / str(k) for k in range(cfg.optim.cycles)], out / "best")
-        log.info("best/: an ensemble of the %d cycles' snapshots", cfg.optim.cycles)
     if ps.distributed:
         dist.barrier()
     return TrainResult(out, state["step"], state["epoch"], state["best"])
