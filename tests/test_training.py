@@ -160,6 +160,8 @@ def test_best_model_selection_best_or_last(tmp_path: Path, fsdd_small: tuple[Pat
         assert res.returncode == 0, res.stderr
         epochs = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines() if "dev_wer" in line]
         assert [e["epoch"] for e in epochs] == [1, 2, 3]
+        hours = [e["audio_h"] for e in epochs]  # the learning curve's x axis: audio seen grows every epoch
+        assert 0 < hours[0] < hours[1] < hours[2]
         kept = json.loads((run / "best" / "metrics.json").read_text())
         if select == "best":
             assert kept["dev_wer"] == min(e["dev_wer"] for e in epochs)

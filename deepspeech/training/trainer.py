@@ -317,7 +317,8 @@ def train(cfg: TrainConfig, out_dir: str | Path, resume: bool = True, progress: 
         bar.close()
         if done:
             break
-        record: dict[str, Any] = {"epoch": epoch + 1, "step": state["step"]}
+        # audio_h: hours of training audio seen so far (after augmentation), the x axis of a learning curve
+        record: dict[str, Any] = {"epoch": epoch + 1, "step": state["step"], "audio_h": state["audio_s"] / 3600}
         with shipped_weights() as shipped:
             if dev_ds is not None:
                 counts = evaluate_dataset(shipped, dev_ds, list(range(dp_rank, len(dev_ds), dp)), device)
