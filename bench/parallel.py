@@ -11,10 +11,10 @@ Bytes per step are counted as they are sent, summed over all ranks:
   all-reduces of s b h per layer per step (2 in forward, 2 in backward; 1909.08053 section 3); the model adds one
   in the vocabulary-parallel embedding (forward) and one before the output layer (backward), plus the
   cross-entropy's three small (s, b) all-reduces.
-* pipeline sends (lm.pipeline.CommCounter): the paper count is one (s, b, h) activation per micro-batch per stage
-  boundary in forward and its gradient in backward (2104.04473 section 3.2): 2 (p v - 1) s B h bytes per step,
-  times t without sequence parallelism (every tensor-parallel rank sends the whole activation; Megatron's
-  scatter/gather optimisation, not implemented here, would send s b h / t each).
+* pipeline sends (deepspeech.parallel.pipeline.CommCounter): the paper count is one (s, b, h) activation per
+  micro-batch per stage boundary in forward and its gradient in backward (2104.04473 section 3.2): 2 (p v - 1) s B h
+  bytes per step, times t without sequence parallelism (every tensor-parallel rank sends the whole activation;
+  Megatron's scatter/gather optimisation, not implemented here, would send s b h / t each).
 
     .venv/bin/python bench/parallel.py [--steps 10] [--warmup 2]
 """
@@ -37,9 +37,9 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
 from deepspeech.parallel import ParallelDims, init_parallel, mappings  # noqa: E402
+from deepspeech.parallel.pipeline import CommCounter  # noqa: E402
 from deepspeech.parallel.workers import GlooWorkers  # noqa: E402
 from lm.gpt import GPTConfig  # noqa: E402
-from lm.pipeline import CommCounter  # noqa: E402
 from lm.tokenizer import CharTokenizer  # noqa: E402
 from lm.train import LMTrainConfig, train  # noqa: E402
 

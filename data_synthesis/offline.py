@@ -15,11 +15,11 @@ from pathlib import Path
 import numpy as np
 import soundfile as sf
 
-from data_synthesis.noise import NoiseSources, load_noise_clips
 from data_synthesis.parallel import imap_jobs
 from deepspeech.audio import SAMPLE_RATE, AudioError, load_audio
 from deepspeech.augment import AugmentConfig, augment_waveform
 from deepspeech.data.manifest import Utterance, write_manifest
+from deepspeech.noise import NoiseSources, load_noise_clips
 
 log = logging.getLogger(__name__)
 

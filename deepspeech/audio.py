@@ -29,6 +29,7 @@ MAX_SAMPLE_RATE = 192_000  # the highest rate of real recording equipment
 MAX_CHANNELS = 8  # 7.1 surround
 BLOCK_S = 2.0  # decoded per read: at most 192 kHz x 8 channels x 2 s x 4 bytes = 12 MB
 FIRST_CAPACITY_S = 60.0  # the mono buffer starts this long (or at the header's length) and doubles as data comes
+RESAMPLE_QUALITY = "HQ"  # soxr quality of every resampling
 AUDIO_SUFFIXES = (".wav", ".flac", ".ogg", ".oga", ".opus", ".mp3", ".aiff", ".aif")  # what folder scans pick up
 _UNKNOWN_FRAMES = 2**63 - 1  # libsndfile's SF_COUNT_MAX: the header has no length (e.g. a streamed FLAC)
 
@@ -144,13 +145,43 @@ def _decode_mono(f: sf.SoundFile, name: str, known: int | None, max_duration_s: 
     return buf
 
 
+def resample(samples: np.ndarray, rate: int) -> np.ndarray:
+    """(n,) float mono at ``rate`` -> (m,) float32 at :data:`SAMPLE_RATE`, in one call (soxr HQ, as every trained
+    model's data was); the same samples as a :class:`Resampler` fed the signal in chunks of any size (tested).
+    Raises :class:`AudioError` when the filter overflows. The one resampler of files, uploads and streams
+    (:mod:`deepspeech.frontend` exports it)."""
+    x = np.ascontiguousarray(samples, dtype=np.float32).reshape(-1)
+    if rate == SAMPLE_RATE:
+        return x
+    y = soxr.resample(x, rate, SAMPLE_RATE, quality=RESAMPLE_QUALITY).astype(np.float32, copy=False)
+    if not np.all(np.isfinite(y)):  # finite float samples near 3e38 overflow in the filter
+        raise AudioError("audio samples too large to resample (beyond float32 range)")
+    return np.ascontiguousarray(y)
+
+
+class Resampler:
+    """:func:`resample` for a signal that arrives in chunks: ``resampler(chunk)`` -> the new 16 kHz samples it
+    completes; ``resampler(chunk, last=True)`` also flushes the filter. At :data:`SAMPLE_RATE` chunks pass through
+    (copied, so callers may reuse their buffers)."""
+
+    def __init__(self, rate: int) -> None:
+        self.rate = int(rate)
+        self._rs = soxr.ResampleStream(self.rate, SAMPLE_RATE, 1, dtype="float32", quality=RESAMPLE_QUALITY) \
+            if self.rate != SAMPLE_RATE else None
+
+    def __call__(self, chunk: np.ndarray, last: bool = False) -> np.ndarray:
+        x = np.ascontiguousarray(chunk, dtype=np.float32).reshape(-1)
+        if self._rs is None:
+            return x.copy()
+        return self._rs.resample_chunk(x, last=last)
+
+
 def _to_16k(mono: np.ndarray, sr: int, name: str) -> np.ndarray:
-    """Resample the whole mono signal once (soxr HQ), as every trained model's data was."""
-    if sr != SAMPLE_RATE:
-        mono = soxr.resample(mono, sr, SAMPLE_RATE, quality="HQ").astype(np.float32, copy=False)
-        if not np.all(np.isfinite(mono)):  # finite float samples near 3e38 overflow in the filter
-            raise AudioError(f"{name}: audio samples too large to resample (beyond float32 range)")
-    return np.ascontiguousarray(mono)
+    """Resample the whole mono signal once."""
+    try:
+        return resample(mono, sr)
+    except AudioError as e:
+        raise AudioError(f"{name}: {e}") from None
 
 
 def load_audio(
@@ -202,12 +233,13 @@ def audio_duration(path: str | os.PathLike[str], max_duration_s: float = MAX_DUR
 def stream_audio(path: str | os.PathLike[str], block_s: float = 10.0,
                  max_duration_s: float = MAX_DURATION_S) -> Iterator[np.ndarray]:
     """A long file as (n,) float32 mono 16 kHz blocks of about ``block_s`` seconds, decoded and resampled
-    incrementally (soxr's stream resampler), under the same admission as :func:`load_audio`."""
+    incrementally (:class:`Resampler`: the same samples as :func:`load_audio`), under the same admission as
+    :func:`load_audio`."""
     name = str(path)
     with _open(path, name) as f:
         sr = f.samplerate
         known = _admit(f, name, max_duration_s)
-        rs = soxr.ResampleStream(sr, SAMPLE_RATE, 1, dtype="float32", quality="HQ") if sr != SAMPLE_RATE else None
+        rs = Resampler(sr)
         total = 0
         for block in _blocks(f, name, known, max_duration_s, block_s):
             with np.errstate(invalid="ignore", over="ignore"):
@@ -215,15 +247,14 @@ def stream_audio(path: str | os.PathLike[str], block_s: float = 10.0,
             if not np.all(np.isfinite(mono)):
                 raise AudioError(f"{name}: audio contains NaN or infinite samples")
             total += mono.size
-            out = rs.resample_chunk(mono) if rs else mono.copy()  # a copy: the block buffer is reused
+            out = rs(mono)  # a copy at 16 kHz: the block buffer is reused
             if out.size:
                 yield out
         if total == 0:
             raise AudioError(f"{name}: audio is empty")
-        if rs:
-            tail = rs.resample_chunk(np.zeros(0, np.float32), last=True)
-            if tail.size:
-                yield tail
+        tail = rs(np.zeros(0, np.float32), last=True)
+        if tail.size:
+            yield tail
 
 
 def save_audio(path: str | Path, samples: np.ndarray, sample_rate: int = SAMPLE_RATE) -> None:

@@ -3,10 +3,11 @@ reverberation; noise superposition of 1..K tracks at a drawn SNR, Deep Speech 1 
 and in the feature pipeline vocal tract length perturbation (Jaitly and Hinton, ICML 2013 workshop) and SpecAugment
 masks (Park et al., arXiv 1904.08779, section 2).
 
-The signal processing lives in :mod:`data_synthesis`; this module holds the configuration and the order of
-operations. Every transform is a pure function of its input and a numpy Generator; the dataset seeds the
-generator from (seed, epoch, utterance index), so augmentation is identical across data-parallel layouts, loader
-workers and resumed runs, and the offline ``deepspeech synth noise`` seeds it from (seed, copy, index).
+The signal processing lives in :mod:`deepspeech.noise` and :mod:`deepspeech.reverb`; this module holds the
+configuration and the order of operations. Every transform is a pure function of its input and a numpy Generator;
+the dataset seeds the generator from (seed, epoch, utterance index), so augmentation is identical across
+data-parallel layouts, loader workers and resumed runs, and the offline ``deepspeech synth noise`` (data_synthesis)
+seeds it from (seed, copy, index).
 """
 
 from __future__ import annotations
@@ -17,9 +18,9 @@ import numpy as np
 import soxr
 import torch
 
-from data_synthesis.noise import NOISE_KINDS, NoiseSources, coloured_noise, superimpose
-from data_synthesis.reverb import ReverbConfig, reverberate
 from deepspeech.audio import SAMPLE_RATE
+from deepspeech.noise import NOISE_KINDS, NoiseSources, coloured_noise, superimpose
+from deepspeech.reverb import ReverbConfig, reverberate
 
 __all__ = ["AugmentConfig", "augment_waveform", "coloured_noise", "spec_augment", "speed_perturb", "vtlp"]
 

@@ -8,7 +8,8 @@ Two backends over the same KenLM directory (:mod:`lm.ngram`):
 - ``flashlight``: flashlight-text's C++ decoders; English uses the ``LexiconDecoder`` (closed vocabulary: the LM's
   words, spelt letter by letter, a space closing each word), Mandarin the ``LexiconFreeDecoder`` over characters.
 
-Both take per-frame log-probabilities (T, V) and first apply DS2's pruning: per frame only the most probable
+Both implement the decoder protocol (:class:`deepspeech.decoding.Decoder`: (T, V) log-probabilities -> N-best
+:class:`~deepspeech.decoding.Hypothesis` list) and first apply DS2's pruning: per frame only the most probable
 symbols up to a cumulative probability ``cutoff_prob`` (DS2 used 0.99 for Mandarin) and at most ``cutoff_top_n``
 are extended. Every hypothesis carries its acoustic score (log P_ctc of its best path, natural log), its LM score
 (natural-log sentence probability from KenLM, with sentence boundaries), the backend's total score, and words with
@@ -22,15 +23,15 @@ import json
 import logging
 import math
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from deepspeech.decoding import greedy_decode_logp
+from deepspeech.decoding import Decoder, GreedyDecoder, Hypothesis, Word, path_words
+from deepspeech.kenlm import NgramLM, load_kenlm
 from deepspeech.text import BLANK, UNK, CharTokenizer
-from lm.ngram import NgramLM, load_kenlm
 
 log = logging.getLogger(__name__)
 
@@ -76,23 +77,6 @@ class BeamConfig:
             raise ValueError("hotwords need the pyctcdecode backend")
 
 
-@dataclass(frozen=True)
-class Word:
-    text: str
-    start: int  # first output frame
-    end: int  # one past the last output frame
-
-
-@dataclass(frozen=True)
-class Hypothesis:
-    text: str
-    words: tuple[Word, ...] = ()
-    score: float = 0.0  # the backend's total score
-    am_score: float = 0.0  # log P_ctc of the hypothesis' best path (natural log)
-    lm_score: float = 0.0  # log P_lm(text) (natural log, with sentence boundaries); 0 without an LM
-    extra: dict[str, Any] = field(default_factory=dict, compare=False)
-
-
 def prune_cumulative(logp: np.ndarray, cutoff_prob: float, top_n: int) -> np.ndarray:
     """(T, V) log-probs -> the same with every symbol outside each frame's cut-off set to PRUNED_LOGP.
 
@@ -117,39 +101,10 @@ def log_softmax_np(logits: np.ndarray) -> np.ndarray:
     return (z - np.log(np.exp(z).sum(axis=-1, keepdims=True))).astype(np.float32)
 
 
-def path_words(ids: Sequence[int], frames: Sequence[int], tokenizer: CharTokenizer) -> tuple[Word, ...]:
-    """Collapsed symbol ids and their emission frames -> words with frame spans (Mandarin: one per character)."""
-    words: list[Word] = []
-    cur, start, last = "", 0, 0
-    for i, t in zip(ids, frames, strict=True):
-        sym = tokenizer.symbols[i]
-        if sym in (BLANK, UNK):
-            continue
-        if tokenizer.metric_lang == "zh":
-            words.append(Word(sym, t, t + 1))
-            continue
-        if sym == " ":
-            if cur:
-                words.append(Word(cur, start, last + 1))
-            cur = ""
-            continue
-        if not cur:
-            start = t
-        cur += sym
-        last = t
-    if cur:
-        words.append(Word(cur, start, last + 1))
-    return tuple(words)
-
-
-def best_hypothesis(logp: np.ndarray, tokenizer: CharTokenizer, decoder: BeamSearchDecoder | None) -> Hypothesis:
-    """(T, V) log-probabilities of one utterance -> the best hypothesis: greedy (its acoustic score is the best
-    path's log-probability) or, with ``decoder``, beam search."""
-    if decoder is not None:
-        return decoder.decode(logp)[0]
-    g = greedy_decode_logp(logp, tokenizer)
-    return Hypothesis(g.text, path_words(g.ids, g.frames, tokenizer),
-                      am_score=float(logp.max(axis=1).sum()) if logp.size else 0.0)
+def best_hypothesis(logp: np.ndarray, tokenizer: CharTokenizer, decoder: Decoder | None) -> Hypothesis:
+    """(T, V) log-probabilities of one utterance -> the decoder's best hypothesis (greedy when ``decoder`` is None),
+    before post-processing (:mod:`deepspeech.recognize` adds it)."""
+    return (decoder or GreedyDecoder(tokenizer)).decode(logp)[0]
 
 
 class BeamSearchDecoder:

@@ -4,10 +4,11 @@ A model directory holds everything inference needs and nothing executable:
 ``model.safetensors`` (weights and batch-norm statistics), ``config.json`` (the full TrainConfig),
 ``tokenizer.json``, ``feature_stats.json``; optionally ``lm/`` (the beam search's KenLM, ``decoder.json``) and, for
 a pinyin-unit Mandarin model, ``hanzi/`` (character LM + pinyin lexicon, :mod:`deepspeech.hanzi`). A training
-checkpoint adds ``train_state/`` (optimizer state, trainer position, RNG), kept apart from the weights. Loading
-never unpickles: safetensors for weights and ``torch.load(weights_only=True)`` for optimizer state. Loading checks
-before it trusts: config.json field by field against the config's types, the safetensors header's names and shapes
-against a network built from the config on the meta device (no memory), then that every value is finite. A
+checkpoint adds ``train_state/`` (optimizer state, trainer position, RNG, averaged weights), kept apart from the
+weights: the trainer writes it with :func:`capture_train_state` and resumes with :func:`restore_training_checkpoint`.
+Loading never unpickles: safetensors for weights and ``torch.load(weights_only=True)`` for optimizer state. Loading
+checks before it trusts: config.json field by field against the config's types, the safetensors header's names and
+shapes against a network built from the config on the meta device (no memory), then that every value is finite. A
 config.json written before issue 31 may hold the options retired then at their neutral values, which loading drops
 (:func:`deepspeech.config.drop_retired`).
 
@@ -31,7 +32,7 @@ import types
 import typing
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any, NotRequired, TypedDict
 
 import torch
 from safetensors import SafetensorError, safe_open
@@ -40,8 +41,11 @@ from safetensors.torch import save as safetensors_bytes
 
 from deepspeech.config import TrainConfig, drop_retired, from_dict, to_dict
 from deepspeech.features import FeatureStats
-from deepspeech.model import DeepSpeech2
+from deepspeech.model import DeepSpeech2, ModelConfig
 from deepspeech.text import CharTokenizer
+
+if TYPE_CHECKING:
+    from deepspeech.training.ema import WeightEMA
 
 log = logging.getLogger(__name__)
 
@@ -58,6 +62,15 @@ _FLOAT_DTYPES = {"F16", "BF16", "F32", "F64"}  # stored floating-point weights o
 
 class CheckpointError(ValueError):
     """A model directory that is missing parts or does not match its config."""
+
+
+class TrainState(TypedDict):
+    """What ``train_state/`` holds: everything resuming needs beside the weights."""
+
+    optimizer: dict[str, Any]  # optimizer.state_dict() -> optimizer.pt
+    rng: dict[str, torch.Tensor]  # {"torch": the CPU generator's state} -> rng.pt
+    trainer: dict[str, Any]  # the trainer's position, JSON-able -> trainer.json
+    ema: NotRequired[dict[str, torch.Tensor] | None]  # the averaged weights, when kept -> ema.safetensors
 
 
 @dataclass
@@ -174,13 +187,10 @@ def _write_model_files(d: Path, model: DeepSpeech2, tokenizer: CharTokenizer, st
 
 
 def save_model_dir(path: str | Path, model: DeepSpeech2, tokenizer: CharTokenizer, stats: FeatureStats,
-                   cfg: TrainConfig, train_state: dict[str, Any] | None = None,
+                   cfg: TrainConfig, train_state: TrainState | None = None,
                    extra_files: dict[str, str] | None = None) -> None:
-    """Atomically (re)write a model directory; ``train_state`` adds ``train_state/`` for resuming.
-
-    ``train_state`` keys: ``optimizer`` (state dict), ``trainer`` (JSON-able dict), ``rng`` (tensor dict), and
-    optionally ``ema`` (the averaged weights, a tensor dict).
-    """
+    """Atomically (re)write a model directory; ``train_state`` (see :func:`capture_train_state`) adds
+    ``train_state/`` for resuming."""
     final = Path(path)
     tmp = _fresh_tmp(final)
     _write_model_files(tmp, model, tokenizer, stats, cfg)
@@ -405,7 +415,7 @@ def load_model_dir(path: str | Path, device: str | torch.device = "cpu",
     model = _load_weights(d, cfg, device, stats_group)
     hanzi = None
     from deepspeech.hanzi import LEXICON, HanziError, PinyinToHanzi  # lazy: only model loading needs it
-    from lm.ngram import KenLMError
+    from deepspeech.kenlm import KenLMError
 
     if tokenizer.units == "pinyin" and (d / HANZI / LEXICON).is_file():
         try:
@@ -427,7 +437,7 @@ def _load_weights(d: Path, cfg: TrainConfig, device: str | torch.device, stats_g
     return model.to(device).eval()
 
 
-def load_train_state(path: str | Path) -> dict[str, Any]:
+def load_train_state(path: str | Path) -> TrainState:
     """``train_state/`` of a checkpoint (tensors only: ``torch.load(weights_only=True)``), or a CheckpointError."""
     sd = Path(path) / STATE_DIR
     ema = sd / "ema.safetensors"
@@ -444,3 +454,48 @@ def load_train_state(path: str | Path) -> dict[str, Any]:
 
 def with_vocab(cfg: TrainConfig, vocab_size: int) -> TrainConfig:
     return dataclasses.replace(cfg, model=dataclasses.replace(cfg.model, vocab_size=vocab_size))
+
+
+# --- the trainer's resumable checkpoint -------------------------------------------------------------------------------
+
+def capture_train_state(optimizer: torch.optim.Optimizer, trainer: dict[str, Any],
+                        ema: WeightEMA | None) -> TrainState:
+    """The resumable state as it is now, for ``save_model_dir(train_state=...)``: the optimizer's state, torch's
+    CPU RNG, the trainer's position ``trainer`` (JSON-able) and ``ema``'s averaged weights."""
+    return {"optimizer": optimizer.state_dict(), "rng": {"torch": torch.get_rng_state()}, "trainer": trainer,
+            "ema": ema.shadow if ema is not None else None}
+
+
+def load_tokenizer_and_stats(path: str | Path) -> tuple[CharTokenizer, FeatureStats]:
+    """The tokenizer and feature statistics of a model directory (a CheckpointError names a malformed file)."""
+    d = Path(path)
+    return _read_json_file(d, TOKENIZER, CharTokenizer.load), _read_json_file(d, STATS, FeatureStats.load)
+
+
+def _check_same_model(path: Path, model_cfg: ModelConfig) -> None:
+    """A CheckpointError naming every model field where the checkpoint at ``path`` differs from ``model_cfg``."""
+    saved = load_config(path).model
+    if saved != model_cfg:
+        diff = [f"{f.name}={getattr(saved, f.name)!r} in the checkpoint, {getattr(model_cfg, f.name)!r} now"
+                for f in dataclasses.fields(saved) if getattr(saved, f.name) != getattr(model_cfg, f.name)]
+        raise CheckpointError(f"{path}: the checkpoint's model differs from this run's ({'; '.join(diff)}); "
+                              "resume with its config or train into another directory")
+
+
+def restore_training_checkpoint(path: str | Path, model: DeepSpeech2, optimizer: torch.optim.Optimizer,
+                                ema: WeightEMA | None, device: str | torch.device) -> dict[str, Any]:
+    """Load a training checkpoint into a run: ``model``'s weights (on ``device``), ``optimizer``, ``ema`` and
+    torch's CPU RNG; return the trainer's position (trainer.json). A checkpoint of another model config is a
+    CheckpointError, one without averaged weights when ``ema`` is given a RuntimeError."""
+    d = Path(path)
+    _check_same_model(d, model.cfg)
+    model.load_state_dict(read_weights(d / WEIGHTS, model.state_dict(), device))
+    state = load_train_state(d)
+    optimizer.load_state_dict(state["optimizer"])
+    torch.set_rng_state(state["rng"]["torch"])
+    if ema is not None:
+        shadow = state.get("ema")
+        if shadow is None:
+            raise RuntimeError(f"{d}: the config averages weights (optim.ema_decay) but the checkpoint has none")
+        ema.load(shadow)
+    return state["trainer"]

@@ -513,7 +513,7 @@ def main(argv: list[str] | None = None) -> int:
     from deepspeech.checkpoint import CheckpointError
     from deepspeech.data.manifest import ManifestError
     from deepspeech.hanzi import HanziError
-    from lm.ngram import KenLMError
+    from deepspeech.kenlm import KenLMError
 
     try:
         status = int(args.func(args) or 0)

@@ -25,7 +25,9 @@ UTTERANCE_NORMS = ("none", "mean", "smooth_mean")
 
 @dataclass(frozen=True)
 class FeatureConfig:
-    sample_rate: int = SAMPLE_RATE  # Hz; audio is resampled to this by deepspeech.audio
+    # Hz. The pure functions here work at any rate; the model's front end (deepspeech.frontend) resamples all audio
+    # to 16 kHz and refuses any other value, as every model in this project runs at 16 kHz.
+    sample_rate: int = SAMPLE_RATE
     window_ms: float = 20.0  # analysis window (DS2: 20 ms)
     hop_ms: float = 10.0  # frame step (DS2: 10 ms)
     window: str = "hamming"  # window function: hamming or hann

@@ -31,7 +31,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from deepspeech.beam import Hypothesis, Word
+from deepspeech.decoding import Hypothesis, Word
 from deepspeech.metrics import edit_distance, error_rates
 from deepspeech.text import to_pinyin
 
@@ -108,7 +108,7 @@ class PinyinToHanzi:
                 import kenlm
             except ImportError as e:
                 raise HanziError("pinyin-to-character conversion with an LM needs the kenlm module") from e
-            from lm.ngram import KenLMError, load_kenlm
+            from deepspeech.kenlm import KenLMError, load_kenlm
 
             try:
                 self.lm = load_kenlm(lm_binary)
@@ -122,7 +122,7 @@ class PinyinToHanzi:
     def load(cls, lm_dir: str | Path, cfg: HanziConfig | None = None) -> PinyinToHanzi:
         """From a directory holding ``lexicon.json``, (optionally) its KenLM binary and (optionally) the tuned
         settings ``hanzi.json``; ``cfg`` overrides the latter."""
-        from lm.ngram import LM_BINARY
+        from deepspeech.kenlm import LM_BINARY
 
         d = Path(lm_dir)
         if not (d / LEXICON).is_file():

@@ -2,7 +2,11 @@
 
 ``eval`` reads every utterance as ``transcribe`` reads the same file: one longer than the segmenting threshold goes
 through the long-recording path (:func:`deepspeech.transcribe.transcribe_long_file`, bounded memory), and audio
-without speech-level energy (:mod:`deepspeech.silence`) reads as empty text without running the network."""
+without speech-level energy (:mod:`deepspeech.silence`) reads as empty text without running the network. Short
+utterances take the one path of every route: :mod:`deepspeech.frontend` (audio, features) and
+:class:`deepspeech.recognize.Recognizer` (network, decoder, post-processing); ``lm tune`` takes the same path up to
+the log-probabilities (:func:`collect_log_probs`). :func:`evaluate_dataset` is the trainer's dev evaluation of a
+bare network on an already-built dataset."""
 
 from __future__ import annotations
 
@@ -23,20 +27,22 @@ from deepspeech.decoding import greedy_decode
 from deepspeech.longform import GATE, ChunkConfig
 from deepspeech.metrics import ErrorCounts
 from deepspeech.model import DeepSpeech2
+from deepspeech.recognize import Recognizer
 from deepspeech.silence import SilenceGate, speech_present
 from deepspeech.text import CharTokenizer, normalize_zh
 from deepspeech.transcribe import file_duration, transcribe_long_file
-from deepspeech.warp_search import Forward, acoustic_forward
+from deepspeech.warp_search import Forward
 
 log = logging.getLogger(__name__)
 
 
-def length_batches(durations: Sequence[float], max_frames: int, max_batch: int) -> Iterator[list[int]]:
+def length_batches(durations: Sequence[float], max_frames: int, max_batch: int,
+                   frames_per_second: float = FRAMES_PER_SECOND) -> Iterator[list[int]]:
     """Indices grouped by similar duration for padding-efficient inference (order restored by the caller)."""
     order = np.argsort(np.asarray(durations), kind="stable").tolist()
     cur: list[int] = []
     for i in order:
-        longest = max([durations[j] for j in cur] + [durations[i]]) * FRAMES_PER_SECOND
+        longest = max([durations[j] for j in cur] + [durations[i]]) * frames_per_second
         if cur and ((len(cur) + 1) * longest > max_frames or len(cur) >= max_batch):
             yield cur
             cur = []
@@ -82,32 +88,27 @@ def evaluate_dataset(model: DeepSpeech2, dataset: SpeechDataset, indices: Sequen
     return counts
 
 
-class _GatedDataset(SpeechDataset):
-    """A :class:`SpeechDataset` that sets aside audio without speech: :meth:`get` returns None for it and adds its
-    index to ``silent`` (read as empty text by the caller, not as a failure)."""
-
-    def __init__(self, *args: object, gate: SilenceGate | None, **kwargs: object) -> None:
-        super().__init__(*args, **kwargs)  # type: ignore[arg-type]
-        self.gate = gate
-        self.silent: set[int] = set()
-
-    def get(self, i: int) -> tuple[torch.Tensor, torch.Tensor, str] | None:
-        if i in self.silent:
-            return None
-        if self.gate is None or i in self._cache or i in self._bad:
-            return super().get(i)
-        try:
-            wav = self._waveform(i)
-        except AudioError:
-            return super().get(i)  # reports it and remembers it as unreadable
-        if not speech_present(wav, self.gate):
-            self.silent.add(i)
-            return None
-        self._wav_cache[i] = wav  # the parent reads it from here instead of loading the file again
-        try:
-            return super().get(i)
-        finally:
-            self._wav_cache.pop(i, None)
+def _short_log_probs(rec: Recognizer, utts: Sequence[Utterance], indices: Sequence[int],
+                     device: torch.device | str, gate: SilenceGate | None, progress: bool, desc: str,
+                     max_frames: int = 40_000, max_batch: int = 64) -> Iterator[tuple[int, np.ndarray | None]]:
+    """(index, (T', V) log-probabilities) of ``utts[indices]``, batched by similar duration through the one path
+    (front end, network); (index, None) for audio that ``gate`` finds without speech. Unreadable audio is
+    reported and left out."""
+    fps = 1000.0 / rec.frontend.cfg.hop_ms
+    groups = list(length_batches([utts[i].duration_s for i in indices], max_frames, max_batch, fps))
+    for group in tqdm(groups, desc=desc, disable=not progress, leave=False):
+        items: list[tuple[int, torch.Tensor]] = []
+        for i in (indices[g] for g in group):
+            try:
+                wav = rec.frontend.load(utts[i].audio)
+            except AudioError as e:
+                log.warning("skipping utterance: %s", e)
+                continue
+            if gate is not None and not speech_present(wav, gate):
+                yield i, None
+                continue
+            items.append((i, rec.frontend.features(wav)[0]))
+        yield from zip([i for i, _ in items], rec.log_probs([f for _, f in items], device), strict=True)
 
 
 def evaluate_manifest(am: AcousticModel, utts: Sequence[Utterance], device: torch.device | str = "cpu",
@@ -127,15 +128,13 @@ def evaluate_manifest(am: AcousticModel, utts: Sequence[Utterance], device: torc
         except AudioError:
             seconds = 0.0  # the dataset reports it
         (long if seconds > chunk.min_segment_s else short).append(i)
-    ds = _GatedDataset(utts, am.tokenizer, am.config.features, am.stats, cache=False, gate=gate)
+    rec = Recognizer(am, decoder)
     hyps: dict[int, str | None] = {}
-    evaluate_dataset(am.model, ds, short, torch.device(device), progress=progress, hypotheses=hyps,  # type: ignore[arg-type]
-                     decoder=decoder, forward=acoustic_forward(am))
-    pinyin: dict[int, str | None] = dict(hyps) if am.hanzi is not None else {}
-    if am.hanzi is not None:  # the short ones were decoded to pinyin: convert them as transcribe does
-        hyps = {i: am.hanzi.convert(str(h)) for i, h in hyps.items()}
-    for i in ds.silent:
-        hyps[i] = pinyin[i] = ""
+    pinyin: dict[int, str | None] = {}
+    for i, logp in _short_log_probs(rec, utts, short, device, gate, progress, "eval"):
+        hyp = rec.best(logp) if logp is not None else None  # decoded and post-processed, as transcribe does
+        hyps[i] = hyp.text if hyp is not None else ""
+        pinyin[i] = hyp.extra.get("pinyin") if hyp is not None else ""
     for i in tqdm(long, desc="eval long", disable=not progress or not long, leave=False):
         try:
             t = transcribe_long_file(utts[i].audio, am, chunk, decoder, device, gate=gate)
@@ -163,18 +162,12 @@ def collect_log_probs(am: AcousticModel, utts: Sequence[Utterance], device: torc
                       ) -> list[tuple[np.ndarray, str]]:
     """Per-utterance (T, V) float32 log-probabilities and normalised reference, in manifest order (for tuning
     decoders: the network runs once, the decoder many times). Unreadable utterances are skipped with a warning."""
-    ds = SpeechDataset(utts, am.tokenizer, am.config.features, am.stats, cache=False)
-    forward = acoustic_forward(am)
+    rec = Recognizer(am)
     out: dict[int, tuple[np.ndarray, str]] = {}
-    groups = list(length_batches([u.duration_s for u in utts], max_frames, max_batch))
-    for group in tqdm(groups, desc="acoustic model", disable=not progress, leave=False):
-        batch = ds.batch(group)
-        if batch is None:
-            continue
-        logits, lengths = forward(batch.feats.to(device), batch.lengths.to(device))
-        logp = torch.log_softmax(logits.float(), dim=-1).cpu().numpy()
-        for b, (i, ref) in enumerate(zip(batch.indices, batch.texts, strict=True)):
-            out[i] = (np.ascontiguousarray(logp[b, : int(lengths[b])]), ref)
+    for i, logp in _short_log_probs(rec, utts, range(len(utts)), device, None, progress, "acoustic model",
+                                    max_frames, max_batch):
+        assert logp is not None  # no gate: every readable utterance goes through the network
+        out[i] = (logp, am.tokenizer.normalize(utts[i].text))
     if len(out) < len(utts):
         log.warning("%d of %d utterances could not be read", len(utts) - len(out), len(utts))
     return [out[i] for i in sorted(out)]

@@ -13,9 +13,9 @@ import numpy as np
 from tqdm import tqdm
 
 from deepspeech.beam import BeamConfig, BeamSearchDecoder, best_hypothesis
+from deepspeech.kenlm import NgramLM
 from deepspeech.metrics import ErrorCounts
 from deepspeech.text import CharTokenizer
-from lm.ngram import NgramLM
 
 log = logging.getLogger(__name__)
 

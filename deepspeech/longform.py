@@ -1,15 +1,16 @@
 """Recordings of any length in bounded memory: streamed audio, silence-based segmentation, segment-wise decoding.
 
 1. Audio is read block by block (libsndfile) and resampled with a streaming resampler (soxr), mixed to mono.
-2. Features come from the streaming featuriser (:func:`deepspeech.features.stream_log_spectrogram`: the same
-   frames as the whole-file spectrogram); a per-utterance normalisation (``utterance_norm``) is applied to each
-   segment, as to each training utterance.
+2. Features come from the front end's stream (:meth:`deepspeech.frontend.FrontEnd.stream_windows`: the same
+   frames as the whole-file spectrogram); endpointing and the per-utterance normalisation are applied to each
+   segment (:meth:`~deepspeech.frontend.FrontEnd.normalise`), as to each training utterance.
 3. Segmentation: once ``min_segment_s`` of features are pending, the recording is cut in the middle of the
    quietest ``pause_s`` stretch between ``min_segment_s`` and ``max_segment_s`` (frame energy from the log power
    spectrum): a pause between phrases where there is one. Each segment goes through the network on its own, like
    a training utterance, so memory holds at most ``max_segment_s`` of features, activations and log-probabilities.
    A file no longer than ``min_segment_s`` is one segment: the same computation as whole-file decoding.
-4. Each segment is decoded (greedy or beam search; the LM context restarts at a cut) and word frames are offset to
+4. Each segment is decoded and post-processed (:class:`deepspeech.recognize.Recognizer`: greedy or beam search, the
+   LM context restarting at a cut; a pinyin model's characters) and word frames are offset to
    the recording's time line. A segment without speech-level energy (:mod:`deepspeech.silence`) skips the network
    and reads as certain blanks: empty text, however long the silence.
 
@@ -29,13 +30,12 @@ import numpy as np
 import torch
 
 from deepspeech.audio import stream_audio
-from deepspeech.beam import BeamSearchDecoder, Hypothesis, Word, best_hypothesis
 from deepspeech.checkpoint import AcousticModel
-from deepspeech.features import StreamState, prepare_utterance, stream_log_spectrogram
-from deepspeech.hanzi import hypothesis_to_characters
+from deepspeech.decoding import Decoder, Hypothesis, Word
+from deepspeech.frontend import FrontEnd, FrontEndStream
+from deepspeech.recognize import Recognizer
 from deepspeech.silence import DEFAULT_GATE as GATE
 from deepspeech.silence import SilenceGate, speech_present
-from deepspeech.warp_search import acoustic_forward
 
 log = logging.getLogger(__name__)
 
@@ -61,21 +61,21 @@ def stream_features(path: str | Path, am: AcousticModel, block_s: float,
                     on_audio: Callable[[np.ndarray], None] | None = None) -> Iterator[torch.Tensor]:
     """Raw log-spectrogram frames of a file, block by block (no normalisation). ``on_audio`` sees each 16 kHz
     block before the frames it completes are yielded."""
-    cfg = am.config.features
-    state: StreamState | None = None
+    fe = FrontEnd(am.config.features)  # no statistics: raw log power
+    state: FrontEndStream = fe.open_stream()  # the blocks are 16 kHz already
     pending: np.ndarray | None = None
     for block in stream_audio(path, block_s):  # one block of look-behind so the last one is sent with final=True
         if on_audio is not None:
             on_audio(block)
         if pending is not None:
-            feats, state = stream_log_spectrogram(pending, state, cfg)
-            if feats.shape[0]:
-                yield feats
+            windows, state = fe.stream_windows(pending, state)
+            if windows.shape[0]:
+                yield fe.window_features(windows)
         pending = block
     if pending is not None:
-        feats, state = stream_log_spectrogram(pending, state, cfg, final=True)
-        if feats.shape[0]:
-            yield feats
+        windows, state = fe.stream_windows(pending, state, final=True)
+        if windows.shape[0]:
+            yield fe.window_features(windows)
 
 
 def quietest_cut(raw: torch.Tensor, lo: int, hi: int, width: int, multiple: int = 1) -> int:
@@ -131,16 +131,13 @@ def segment_log_probs(path: str | Path, am: AcousticModel, cc: ChunkConfig, devi
                       gate: SilenceGate | None = GATE) -> Iterator[np.ndarray]:
     """(t, V) float32 log-probabilities of each segment of a recording, in order. A segment that ``gate`` finds
     without speech gets certain blanks instead of the network's output."""
-    cfg = am.config.features
-    forward = acoustic_forward(am)
+    rec = Recognizer(am)
     for raw, samples in segments(path, am, cc):
         if gate is not None and not speech_present(samples, gate):
             yield _pad_blank(np.zeros((0, len(am.tokenizer)), np.float32), am, raw.shape[0], 0)
             continue
-        x, start = prepare_utterance(raw, cfg)  # endpointed and normalised on its own, like a training utterance
-        x = am.stats.normalize(x).unsqueeze(0).to(device)
-        logits, lengths = forward(x, torch.tensor([x.shape[1]], device=device))
-        logp = torch.log_softmax(logits[0, : int(lengths[0])].float(), -1).cpu().numpy()
+        x, start = rec.frontend.normalise(raw)  # endpointed and normalised on its own, like a training utterance
+        (logp,) = rec.log_probs([x], device)
         yield np.ascontiguousarray(_pad_blank(logp, am, raw.shape[0], start))
 
 
@@ -156,18 +153,17 @@ def _pad_blank(logp: np.ndarray, am: AcousticModel, frames: int, start: int) -> 
     return np.concatenate([np.repeat(blank, lead, 0), logp, np.repeat(blank, total - logp.shape[0] - lead, 0)])
 
 
-def decode_segments(segments: Iterator[np.ndarray], am: AcousticModel, decoder: BeamSearchDecoder | None,
+def decode_segments(segments: Iterator[np.ndarray], rec: Recognizer,
                     on_segment: Callable[[int, Hypothesis, np.ndarray], None] | None = None) -> Hypothesis:
-    """Decode each segment's log-probabilities -> one hypothesis with word frames on the recording's time line.
-    ``on_segment(offset, hypothesis, log_probs)`` sees each segment (segment-local frames) as it is decoded."""
+    """Decode each segment's (t, V) log-probabilities (decoder and post-processing of ``rec``) -> one hypothesis
+    with word frames on the recording's time line. ``on_segment(offset, hypothesis, log_probs)`` sees each segment
+    (segment-local frames) as it is decoded."""
     offset = 0
     texts: list[str] = []
     words: list[Word] = []
     am_score = lm_score = score = 0.0
     for logp in segments:
-        hyp = best_hypothesis(logp, am.tokenizer, decoder)
-        if am.hanzi is not None:  # pinyin model: write characters
-            hyp = hypothesis_to_characters(hyp, am.hanzi)
+        hyp = rec.best(logp)
         if hyp.text:
             texts.append(hyp.text)
         words.extend(Word(w.text, w.start + offset, w.end + offset) for w in hyp.words)
@@ -175,11 +171,11 @@ def decode_segments(segments: Iterator[np.ndarray], am: AcousticModel, decoder: 
         if on_segment:
             on_segment(offset, hyp, logp)
         offset += logp.shape[0]
-    sep = " " if am.text_lang == "en" else ""
+    sep = " " if rec.am.text_lang == "en" else ""
     return Hypothesis(sep.join(texts), tuple(words), score, am_score, lm_score)
 
 
 def transcribe_long(path: str | Path, am: AcousticModel, cc: ChunkConfig = ChunkConfig(),
-                    decoder: BeamSearchDecoder | None = None, device: torch.device | str = "cpu") -> Hypothesis:
+                    decoder: Decoder | None = None, device: torch.device | str = "cpu") -> Hypothesis:
     """One recording of any length -> its hypothesis (word frames are global output frames)."""
-    return decode_segments(segment_log_probs(path, am, cc, device), am, decoder)
+    return decode_segments(segment_log_probs(path, am, cc, device), Recognizer(am, decoder))

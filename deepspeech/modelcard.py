@@ -18,7 +18,7 @@ from deepspeech.config import to_dict
 from deepspeech.data.manifest import read_manifest
 from deepspeech.hanzi import LEXICON, SETTINGS
 from deepspeech.inference import evaluate_manifest
-from lm.ngram import LM_BINARY, LM_META, UNIGRAMS
+from deepspeech.kenlm import LM_BINARY, LM_META, UNIGRAMS
 
 SHIP_LIMIT_BYTES = 20_000_000  # shipped models over 20 MB are stored in half precision
 

@@ -4,14 +4,18 @@ A stream's audio arrives in pieces of any size. Each call to :meth:`StreamingMod
 several streams, advances every stream by as many output frames as its audio allows, and returns their
 log-probabilities. The engine here only batches:
 
-- audio to features: each stream's samples not yet in a full 20 ms window are its feature state
-  (:func:`deepspeech.features.stream_frames`); all streams' new windows then go through one FFT and one
-  normalisation, as one (B, T, F) batch (rows zero-padded when streams sent different amounts);
+- audio to features, through the one front end (:mod:`deepspeech.frontend`): each stream's resampler (its audio
+  arrives at its own rate) and its samples not yet in a full 20 ms window are its feature state
+  (:meth:`~deepspeech.frontend.FrontEnd.stream_windows`); all streams' new windows then go through one FFT and one
+  normalisation (:meth:`~deepspeech.frontend.FrontEnd.window_features`), as one (B, T, F) batch (rows
+  zero-padded when streams sent different amounts);
 - the model's state: each :class:`StreamSession` carries its own row of the model's
   :class:`deepspeech.model.StepState` (convolution and lookahead buffers, recurrent hidden states); a step
   gathers the sessions' rows into one batch, runs :meth:`deepspeech.model.DeepSpeech2.step` once, and scatters the
   new state back;
-- the output: log-softmax of each stream's new logits, and the incrementally collapsed greedy path.
+- the output: log-softmax of each stream's new logits, and the incrementally collapsed greedy path; partial and
+  final texts go through the model's post-processing (:mod:`deepspeech.recognize`: a pinyin model writes
+  characters), as every other route's do.
 
 The model's step runs batch norm on its saved statistics, so a stream's concatenated outputs equal the
 whole-utterance forward pass to float rounding, whatever the pieces and batch companions (tested).
@@ -28,11 +32,12 @@ import numpy as np
 import torch
 from torch.nn.utils.rnn import pad_sequence
 
-from deepspeech.beam import BeamSearchDecoder, Hypothesis, best_hypothesis
 from deepspeech.checkpoint import AcousticModel
-from deepspeech.decoding import ids_to_text
-from deepspeech.features import StreamState, frames_to_log_spectrogram, stream_frames
+from deepspeech.decoding import Decoder, Hypothesis, ids_to_text
+from deepspeech.frontend import MODEL_RATE, FrontEnd, FrontEndStream
 from deepspeech.model import StepState
+from deepspeech.recognize import Recognizer
+from deepspeech.silence import SilenceGate
 
 
 class StreamingError(ValueError):
@@ -59,13 +64,27 @@ def check_streamable(am: AcousticModel) -> None:
 class StreamSession:
     """The state one stream carries between steps, and what it has produced so far."""
 
-    features: StreamState
+    features: FrontEndStream  # the front end's state: resampler, samples not yet in a window
     state: StepState  # the model's state for this stream (a batch of one)
     log_probs: list[np.ndarray] = field(default_factory=list)  # (t', V) blocks, in order
-    samples: int = 0  # audio consumed, at 16 kHz
     finished: bool = False
     _ids: list[int] = field(default_factory=list)  # greedy path, collapsed
     _last: int = -1
+
+    @property
+    def samples(self) -> int:
+        """Audio consumed, in samples at the stream's own rate."""
+        return self.features.samples
+
+    @property
+    def seconds(self) -> float:
+        """Audio consumed, in seconds."""
+        return self.features.seconds
+
+    @property
+    def speech(self) -> bool:
+        """Whether the audio so far held speech (its session's silence gate; True without one)."""
+        return self.features.speech
 
     @property
     def num_frames(self) -> int:
@@ -83,31 +102,33 @@ class StreamingModel:
         self.am, self.device = am, torch.device(device)
         self.model = am.model.to(self.device).eval()
         self.cfg = am.config.model
-        self.feature_cfg = am.config.features
-        self.mean = torch.tensor(am.stats.mean, dtype=torch.float32)
-        self.std = torch.tensor(am.stats.std, dtype=torch.float32)
+        self.frontend = FrontEnd(am.config.features, am.stats)
+        self.recognizer = Recognizer(am)
         self.vocab = self.cfg.vocab_size
         self.blank = am.tokenizer.blank_id
 
     # ------------------------------------------------------------------------------------------------ sessions
 
-    def new_session(self) -> StreamSession:
-        return StreamSession(StreamState(), self.model.initial_state(1))
+    def new_session(self, sample_rate: int = MODEL_RATE, gate: SilenceGate | None = None) -> StreamSession:
+        """A stream whose audio arrives at ``sample_rate`` Hz (resampled by the front end); with ``gate``, the
+        session tracks whether its audio held speech (:attr:`StreamSession.speech`)."""
+        return StreamSession(self.frontend.open_stream(sample_rate, gate), self.model.initial_state(1))
 
     def partial_text(self, session: StreamSession) -> str:
-        """The greedy transcript of everything decoded so far (collapsed incrementally)."""
-        return ids_to_text(session._ids, self.am.tokenizer)
+        """The greedy transcript of everything decoded so far (collapsed incrementally), post-processed."""
+        return self.recognizer.postprocess_text(ids_to_text(session._ids, self.am.tokenizer))
 
-    def final_hypothesis(self, session: StreamSession, decoder: BeamSearchDecoder | None) -> Hypothesis:
-        return best_hypothesis(session.all_log_probs(self.vocab), self.am.tokenizer, decoder)
+    def final_hypothesis(self, session: StreamSession, decoder: Decoder | None) -> Hypothesis:
+        """The stream's best hypothesis: ``decoder`` (greedy when None) and the post-processing of every route."""
+        return self.recognizer.with_decoder(decoder).best(session.all_log_probs(self.vocab))
 
     # ------------------------------------------------------------------------------------------------ the step
 
     @torch.no_grad()
     def step(self, sessions: Sequence[StreamSession], audio: Sequence[np.ndarray], final: Sequence[bool]
              ) -> list[np.ndarray]:
-        """Advance each session by its new 16 kHz float32 ``audio`` (any length, possibly empty); ``final`` marks
-        a stream's last call. Returns each session's new log-probability frames (t'_i, V)."""
+        """Advance each session by its new float32 ``audio`` at the session's rate (any length, possibly empty);
+        ``final`` marks a stream's last call. Returns each session's new log-probability frames (t'_i, V)."""
         if not (len(sessions) == len(audio) == len(final)):
             raise ValueError("sessions, audio and final must have the same length")
         if not sessions:
@@ -117,12 +138,11 @@ class StreamingModel:
                 raise StreamingError("stream already finished")
         frames = []
         for s, a, fin in zip(sessions, audio, final, strict=True):
-            f, s.features = stream_frames(a, s.features, self.feature_cfg, final=fin)
-            s.samples += int(np.asarray(a).size)
+            f, s.features = self.frontend.stream_windows(a, s.features, final=fin)
             frames.append(f)
         # Every stream's new windows through one FFT and one normalisation, then one (B, T, F) batch.
         counts = [f.shape[0] for f in frames]
-        feats = (frames_to_log_spectrogram(torch.cat(frames), self.feature_cfg) - self.mean) / self.std
+        feats = self.frontend.window_features(torch.cat(frames))
         if len(set(counts)) == 1:
             batch = feats.view(len(counts), counts[0], feats.shape[-1])
         else:
@@ -145,10 +165,10 @@ class StreamingModel:
 
     # ------------------------------------------------------------------------------------------------ helpers
 
-    def run(self, blocks: Iterable[np.ndarray]) -> StreamSession:
-        """A fresh session fed ``blocks`` of 16 kHz audio in order, the last one marked final (one block of
-        look-behind, so an iterator of any length works in bounded memory)."""
-        s = self.new_session()
+    def run(self, blocks: Iterable[np.ndarray], sample_rate: int = MODEL_RATE) -> StreamSession:
+        """A fresh session fed ``blocks`` of audio at ``sample_rate`` in order, the last one marked final (one block
+        of look-behind, so an iterator of any length works in bounded memory)."""
+        s = self.new_session(sample_rate)
         pending: np.ndarray | None = None
         for block in blocks:
             if pending is not None:
@@ -157,9 +177,10 @@ class StreamingModel:
         self.step([s], [pending if pending is not None else np.zeros(0, np.float32)], [True])
         return s
 
-    def transcribe(self, audio: np.ndarray, decoder: BeamSearchDecoder | None = None,
-                   chunk_samples: int | None = None) -> tuple[Hypothesis, np.ndarray]:
-        """One whole waveform through a fresh session (in pieces of ``chunk_samples`` when given)."""
+    def transcribe(self, audio: np.ndarray, decoder: Decoder | None = None,
+                   chunk_samples: int | None = None, sample_rate: int = MODEL_RATE) -> tuple[Hypothesis, np.ndarray]:
+        """One whole waveform at ``sample_rate`` through a fresh session (in pieces of ``chunk_samples`` when
+        given) -> (its post-processed best hypothesis, its (T', V) log-probabilities)."""
         step = chunk_samples or max(audio.size, 1)
-        s = self.run(audio[a: a + step] for a in range(0, audio.size, step))
+        s = self.run((audio[a: a + step] for a in range(0, audio.size, step)), sample_rate)
         return self.final_hypothesis(s, decoder), s.all_log_probs(self.vocab)

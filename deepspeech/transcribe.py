@@ -8,6 +8,9 @@ path's own probability); the utterance confidence is the mean over words.
 
 Audio without speech-level energy (:mod:`deepspeech.silence`) reads as empty text: a short file as a whole, a long
 one segment by segment (a streaming model's long file, decoded in one pass, as a whole).
+
+Every file takes the one path (:mod:`deepspeech.frontend` for audio and features, :mod:`deepspeech.recognize` for the
+network, the decoder and the post-processing), whichever of the three routes its length and model choose.
 """
 
 from __future__ import annotations
@@ -26,15 +29,12 @@ import soundfile as sf
 import torch
 from tqdm import tqdm
 
-from deepspeech.audio import SAMPLE_RATE, AudioError, load_audio
-from deepspeech.beam import BeamSearchDecoder, Hypothesis, Word, best_hypothesis
+from deepspeech.audio import SAMPLE_RATE, AudioError
 from deepspeech.checkpoint import AcousticModel
-from deepspeech.data.dataset import collate
-from deepspeech.features import log_spectrogram, prepare_utterance
-from deepspeech.hanzi import hypothesis_to_characters
+from deepspeech.decoding import Decoder, Hypothesis, Word
 from deepspeech.longform import GATE, ChunkConfig, decode_segments, segment_log_probs, stream_audio
+from deepspeech.recognize import Recognizer
 from deepspeech.silence import SilenceGate, SpeechDetector, speech_present
-from deepspeech.warp_search import acoustic_forward
 
 log = logging.getLogger(__name__)
 
@@ -121,7 +121,7 @@ def file_duration(path: str | Path) -> float:
 
 
 def transcribe_long_file(path: str | Path, am: AcousticModel, chunk: ChunkConfig,
-                         decoder: BeamSearchDecoder | None = None, device: torch.device | str = "cpu",
+                         decoder: Decoder | None = None, device: torch.device | str = "cpu",
                          duration: float = 0.0, gate: SilenceGate | None = GATE) -> Transcript:
     """A recording longer than ``chunk.min_segment_s`` in bounded memory: segmented in pauses, or, for a streaming
     model, in one pass with carried state. What ``transcribe`` and ``eval`` do with every long file."""
@@ -131,7 +131,7 @@ def transcribe_long_file(path: str | Path, am: AcousticModel, chunk: ChunkConfig
 
 @torch.no_grad()
 def transcribe_files(am: AcousticModel, paths: Sequence[str | Path], device: torch.device | str = "cpu",
-                     max_batch: int = 16, progress: bool = True, decoder: BeamSearchDecoder | None = None,
+                     max_batch: int = 16, progress: bool = True, decoder: Decoder | None = None,
                      chunk: ChunkConfig | None = None,
                      on_result: Callable[[Transcript], None] | None = None,
                      gate: SilenceGate | None = GATE) -> list[Transcript]:
@@ -142,9 +142,9 @@ def transcribe_files(am: AcousticModel, paths: Sequence[str | Path], device: tor
     dev = torch.device(device)
     chunk = chunk or ChunkConfig()
     frame_s = frame_seconds(am)
-    forward = acoustic_forward(am)
+    rec = Recognizer(am, decoder)
     out: list[Transcript | None] = []
-    pending: list[tuple[int, torch.Tensor, float]] = []  # (index, features, seconds cut off the start)
+    pending: list[tuple[int, torch.Tensor, float]] = []  # (index, normalised features, seconds cut off the start)
     emitted = 0
 
     def emit() -> None:
@@ -157,15 +157,9 @@ def transcribe_files(am: AcousticModel, paths: Sequence[str | Path], device: tor
     def flush() -> None:
         if not pending:
             return
-        items = [(am.stats.normalize(f), torch.zeros(0, dtype=torch.long), "") for _, f, _ in pending]
-        batch = collate(items, 0.0)
-        logits, lengths = forward(batch.feats.to(dev), batch.lengths.to(dev))
-        logp_all = torch.log_softmax(logits.float(), dim=-1).cpu().numpy()
-        for b, (k, _, cut_s) in enumerate(pending):
-            logp = logp_all[b, : int(lengths[b])]
-            hyp = best_hypothesis(logp, am.tokenizer, decoder)
-            if am.hanzi is not None:  # pinyin model: write characters
-                hyp = hypothesis_to_characters(hyp, am.hanzi)
+        logps = rec.log_probs([f for _, f, _ in pending], dev)
+        for (k, _, cut_s), logp in zip(pending, logps, strict=True):
+            hyp = rec.best(logp)  # decoded and post-processed (a pinyin model writes characters)
             t = out_pending[k]
             t.text, t.words = hyp.text, timed_words(hyp.words, logp, frame_s)
             t.pinyin = hyp.extra.get("pinyin")
@@ -186,7 +180,7 @@ def transcribe_files(am: AcousticModel, paths: Sequence[str | Path], device: tor
                 out[k] = transcribe_long_file(p, am, chunk, decoder, dev, duration, gate)
                 emit()
                 continue
-            wav = load_audio(p)
+            wav = rec.frontend.load(p)
         except AudioError as e:
             log.error("%s", e)
             out[k] = Transcript(str(p), None, str(e))
@@ -197,7 +191,7 @@ def transcribe_files(am: AcousticModel, paths: Sequence[str | Path], device: tor
             emit()
             continue
         out_pending[k] = Transcript(str(p), None, None, wav.size / SAMPLE_RATE)
-        feats, cut = prepare_utterance(log_spectrogram(wav, am.config.features), am.config.features)
+        feats, cut = rec.frontend.features(wav)
         pending.append((k, feats, cut * am.config.features.hop_ms / 1000.0))
         if len(pending) >= max_batch:
             flush()
@@ -206,7 +200,7 @@ def transcribe_files(am: AcousticModel, paths: Sequence[str | Path], device: tor
 
 
 def _transcribe_segments(path: str | Path, am: AcousticModel, chunk: ChunkConfig,
-                         decoder: BeamSearchDecoder | None, device: torch.device, duration: float,
+                         decoder: Decoder | None, device: torch.device, duration: float,
                          gate: SilenceGate | None) -> Transcript:
     frame_s = frame_seconds(am)
     words: list[TimedWord] = []
@@ -218,7 +212,8 @@ def _transcribe_segments(path: str | Path, am: AcousticModel, chunk: ChunkConfig
         if hyp.extra.get("pinyin"):
             pinyin.append(hyp.extra["pinyin"])
 
-    hyp = decode_segments(segment_log_probs(path, am, chunk, device, gate), am, decoder, on_segment=keep)
+    hyp = decode_segments(segment_log_probs(path, am, chunk, device, gate), Recognizer(am, decoder),
+                          on_segment=keep)
     return _finish(Transcript(str(path), hyp.text, None, duration, words,
                               pinyin=" ".join(pinyin) if am.hanzi is not None else None))
 
@@ -234,7 +229,7 @@ def _streamable(am: AcousticModel) -> bool:
 
 
 def _transcribe_streaming(path: str | Path, am: AcousticModel, chunk: ChunkConfig,
-                          decoder: BeamSearchDecoder | None, device: torch.device, duration: float,
+                          decoder: Decoder | None, device: torch.device, duration: float,
                           gate: SilenceGate | None) -> Transcript:
     """A long file through a streaming (unidirectional) model: block by block with carried state, so the result is
     that of the whole file in one pass (no segmentation) in bounded memory, and equals the streaming server's.

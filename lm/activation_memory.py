@@ -15,7 +15,7 @@ plus, for reference, selective recomputation without sequence parallelism sbh (1
 2sbh (2sbh/t with sequence parallelism). The small rest is LayerNorm's saved mean and 1/std (4 fp32 numbers per
 token and layer). Rows with t > 1 run in t local gloo processes.
 
-    python -m lm.activation_memory --tp 2          (or: deepspeech lm memory --tp 2)
+    deepspeech lm memory --tp 2          (the command and its options: deepspeech.cli_lm)
 """
 
 from __future__ import annotations
@@ -24,7 +24,6 @@ import argparse
 import itertools
 import json
 import logging
-import sys
 from collections.abc import Callable
 from dataclasses import asdict, dataclass
 
@@ -145,16 +144,3 @@ def run_memory(args: argparse.Namespace) -> int:
     else:
         print(format_table(shape, rows))
     return 0
-
-
-def main(argv: list[str] | None = None) -> int:
-    from deepspeech.cli_lm import add_memory_args
-
-    p = argparse.ArgumentParser(prog="python -m lm.activation_memory", description=__doc__.split("\n")[0])
-    add_memory_args(p)
-    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
-    return run_memory(p.parse_args(argv))
-
-
-if __name__ == "__main__":
-    sys.exit(main())

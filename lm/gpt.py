@@ -38,6 +38,9 @@ from deepspeech.parallel.tensor_parallel import (
 
 POSITIONS = ("learned", "rotary")
 RECOMPUTE = ("none", "selective", "full")
+# GPTConfig fields that decide the parameters' names, shapes or meaning: a checkpoint must agree on them (the
+# vocabulary is checked by shape: it depends on the training text)
+SHAPE_FIELDS = ("layers", "hidden", "heads", "seq_len", "positions", "tie_embeddings")
 
 
 @dataclass(frozen=True)

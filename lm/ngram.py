@@ -1,7 +1,8 @@
-"""KenLM n-gram language models for CTC beam search (DS1 section 3, DS2 section 3.8).
+"""Building KenLM n-gram language models for CTC beam search (DS1 section 3, DS2 section 3.8).
 
 ``build_ngram`` normalises a text corpus the way the acoustic model's transcripts are normalised, runs KenLM's
-``lmplz`` (modified Kneser-Ney) and ``build_binary``, and writes one LM directory::
+``lmplz`` (modified Kneser-Ney) and ``build_binary``, and writes one LM directory (its files:
+:mod:`deepspeech.kenlm`, which also reads it back for the decoders)::
 
     DIR/lm.arpa       the ARPA model (kept unless keep_arpa=False)
     DIR/lm.binary     KenLM's binary format (probing or quantised trie): what the decoders load
@@ -24,22 +25,11 @@ import tempfile
 from collections.abc import Iterable, Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any
 
+from deepspeech.kenlm import LM_ARPA, LM_BINARY, LM_META, UNIGRAMS, KenLMError
 from deepspeech.text import normalize_en, normalize_pinyin, normalize_zh
 
 log = logging.getLogger(__name__)
-
-LM_BINARY = "lm.binary"
-LM_ARPA = "lm.arpa"
-UNIGRAMS = "unigrams.txt"
-LM_META = "lm.json"
-# The first bytes of a KenLM binary (build_binary); an ARPA file starts with "\\data\\".
-BINARY_MAGIC = b"mmap lm http://kheafield.com/code"
-
-
-class KenLMError(RuntimeError):
-    """KenLM binaries missing, or lmplz / build_binary failed."""
 
 
 @dataclass(frozen=True)
@@ -173,51 +163,3 @@ def arpa_counts(arpa: str | Path) -> dict[str, int]:
             elif line.startswith("\\1-grams"):
                 break
     return counts
-
-
-def load_kenlm(path: str | Path) -> Any:
-    """``kenlm.Model`` of a KenLM binary (or ARPA) file; a damaged or foreign file is one KenLMError line."""
-    import kenlm  # the [decode] extra: callers report its absence in their own terms
-
-    p = Path(path)
-    try:
-        with open(p, "rb") as f:
-            head = f.read(len(BINARY_MAGIC))
-    except OSError as e:
-        raise KenLMError(f"{p}: cannot read the KenLM model ({e.strerror or e})") from None
-    if not (head.startswith(BINARY_MAGIC) or head.lstrip().startswith(b"\\data\\")):
-        raise KenLMError(f"{p}: not a KenLM model (neither a KenLM binary nor ARPA text); rebuild it with "
-                         "`deepspeech lm ngram`")
-    try:
-        return kenlm.Model(str(p))
-    except (OSError, RuntimeError, ValueError) as e:  # KenLM reports format errors as OSError, text as ValueError
-        detail = " ".join(str(e).split())
-        raise KenLMError(f"{p}: damaged KenLM model ({detail[:300]}); rebuild it with `deepspeech lm ngram`") \
-            from None
-
-
-@dataclass(frozen=True)
-class NgramLM:
-    """A built LM directory: the binary path, its unigram list and metadata."""
-
-    path: Path
-    binary: Path
-    unigrams: list[str]
-    unit: str
-    order: int
-
-    @classmethod
-    def load(cls, path: str | Path) -> NgramLM:
-        p = Path(path)
-        binary = p / LM_BINARY
-        if not binary.is_file():
-            raise KenLMError(f"{p}: no {LM_BINARY} (build one with `deepspeech lm ngram`)")
-        try:
-            meta = json.loads((p / LM_META).read_text(encoding="utf-8")) if (p / LM_META).is_file() else {}
-            unigrams = (p / UNIGRAMS).read_text(encoding="utf-8").split() if (p / UNIGRAMS).is_file() else []
-            unit, order = meta.get("unit", "word"), int(meta.get("order", 0))
-        except (ValueError, TypeError, AttributeError, OSError) as e:  # bad JSON or UTF-8, not an object
-            raise KenLMError(f"{p}: malformed {LM_META} or {UNIGRAMS} ({e})") from None
-        if unit not in ("word", "char"):
-            raise KenLMError(f"{p / LM_META}: unit must be word or char, got {unit!r}")
-        return cls(p, binary, unigrams, unit, order)

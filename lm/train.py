@@ -1,8 +1,9 @@
 """Train the GPT character LM, single process or under ``torchrun`` with tensor and data parallelism.
 
 Layout: world = dp * tp * pp (deepspeech.parallel.dims). With pp > 1, vpp > 1 or more than one micro-batch the
-step runs through lm.pipeline (1F1B or interleaved 1F1B, arXiv 2104.04473 section 2.2) and gradients are averaged
-over the data-parallel group by one all-reduce after the pipeline flush; otherwise the model is one GPT under DDP.
+step runs the GPT's stages (lm.stages) through deepspeech.parallel.pipeline (1F1B or interleaved 1F1B, arXiv
+2104.04473 section 2.2) and gradients are averaged over the data-parallel group by one all-reduce after the pipeline
+flush; otherwise the model is one GPT under DDP. Checkpoints are deepspeech.parallel.sharded_checkpoint's.
 Every rank draws the same global batch from one seeded generator and keeps its data-parallel rows, so runs with
 different dp at the same global batch follow the same trajectory. Data parallelism is DDP over the dp group
 (gradients averaged; each rank's loss is the mean over an equal share of the batch, so that average is the gradient
@@ -22,18 +23,17 @@ import torch
 
 from deepspeech.parallel import ParallelState, all_reduce_sum, wrap_data_parallel
 from deepspeech.parallel.mappings import divide, group_size
-from deepspeech.parallel.tensor_parallel import clip_grad_norm, sync_sequence_parallel_grads
-from lm.checkpoint import load_checkpoint, save_checkpoint
-from lm.gpt import GPT, GPTConfig, gpt_tiny
-from lm.pipeline import (
+from deepspeech.parallel.pipeline import (
     CommCounter,
     all_reduce_dp_grads,
-    build_chunks,
     forward_backward,
     split_microbatches,
-    sync_tied_embedding_grads,
     unique_parameters,
 )
+from deepspeech.parallel.sharded_checkpoint import load_checkpoint, save_checkpoint
+from deepspeech.parallel.tensor_parallel import clip_grad_norm, sync_sequence_parallel_grads
+from lm.gpt import GPT, SHAPE_FIELDS, GPTConfig, gpt_tiny
+from lm.stages import build_chunks, sync_tied_embedding_grads
 from lm.tokenizer import CharTokenizer
 
 log = logging.getLogger(__name__)
@@ -142,7 +142,7 @@ def train(cfg: LMTrainConfig, state: ParallelState, text: str,
     batches = TextBatches(ids, mcfg.seq_len, cfg.batch_size, cfg.seed, state.dp_rank, state.dims.dp)
     start = 0
     if cfg.load_dir:
-        start = load_checkpoint(cfg.load_dir, named, optimizer, state, mcfg)
+        start = load_checkpoint(cfg.load_dir, named, optimizer, state, {k: getattr(mcfg, k) for k in SHAPE_FIELDS})
         for _ in range(start):  # the batch stream resumes where the checkpointed run stood
             batches.next()
     torch.manual_seed(cfg.seed + 7919 * (state.dp_rank + 1) + start)  # dropout: shared by TP peers, per DP rank

@@ -10,9 +10,11 @@ between any two steps.
 Results go back through each stream's ``emit`` callback, called on the worker thread; the server passes one that
 schedules delivery on the event loop (``loop.call_soon_threadsafe``).
 
-Each stream keeps a :class:`deepspeech.silence.SpeechDetector` over the audio stepped so far: until it has heard
-speech, partial results are empty, and a stream that never held speech ends with empty text and no words (what
-offline transcription gives for the same audio), not the network's guess at silence.
+A stream's audio arrives at its own rate; the engine's front end resamples it (:mod:`deepspeech.frontend`, the
+resampler of files and uploads too). Each stream's session keeps a :class:`deepspeech.silence.SpeechDetector` over
+the audio stepped so far: until it has heard speech, partial results are empty, and a stream that never held speech
+ends with empty text and no words (what offline transcription gives for the same audio), not the network's guess at
+silence. Partial and final texts are post-processed as every route's are (a pinyin model writes characters).
 """
 
 from __future__ import annotations
@@ -29,8 +31,8 @@ import numpy as np
 import torch
 
 from deepspeech.audio import SAMPLE_RATE
-from deepspeech.beam import BeamSearchDecoder
-from deepspeech.silence import SpeechDetector
+from deepspeech.decoding import Decoder
+from deepspeech.silence import DEFAULT_GATE
 from deepspeech.streaming import StreamingModel, StreamSession
 from deepspeech.transcribe import frame_seconds, timed_words
 from serving.config import ServerConfig
@@ -50,6 +52,7 @@ class Stream:
     id: int
     session: StreamSession
     emit: Emit
+    rate: int = SAMPLE_RATE  # Hz of the audio fed to it
     pending: list[np.ndarray] = field(default_factory=list)
     pending_samples: int = 0
     pending_since: float | None = None  # arrival time of the oldest unprocessed audio
@@ -57,7 +60,6 @@ class Stream:
     ended_at: float | None = None  # when the client said "end"
     abandoned: bool = False
     done: bool = False
-    speech: SpeechDetector = field(default_factory=SpeechDetector)  # over the audio stepped so far
 
     def ready(self) -> bool:
         return not self.done and not self.abandoned and (self.pending_samples > 0 or self.ended_at is not None)
@@ -65,7 +67,7 @@ class Stream:
 
 class BatchDispatcher:
     def __init__(self, engine: StreamingModel, cfg: ServerConfig, metrics: Metrics,
-                 decoder: BeamSearchDecoder | None = None) -> None:
+                 decoder: Decoder | None = None) -> None:
         self.engine, self.cfg, self.metrics, self.decoder = engine, cfg, metrics, decoder
         self.frame_s = frame_seconds(engine.am)
         self._cond = threading.Condition()
@@ -106,20 +108,21 @@ class BatchDispatcher:
         with self._cond:
             return len(self._streams)
 
-    def open(self, emit: Emit, limit: int | None = None) -> Stream:
-        """A new stream; raises :class:`Overloaded` when ``limit`` streams are open or the server is draining."""
+    def open(self, emit: Emit, limit: int | None = None, sample_rate: int = SAMPLE_RATE) -> Stream:
+        """A new stream of audio at ``sample_rate`` Hz; raises :class:`Overloaded` when ``limit`` streams are open
+        or the server is draining."""
         with self._cond:
             if self.draining:
                 raise Overloaded("server is shutting down")
             if limit is not None and len(self._streams) >= limit:
                 raise Overloaded(f"too many concurrent streams (limit {limit})")
-            s = Stream(next(self._ids), self.engine.new_session(), emit)
+            s = Stream(next(self._ids), self.engine.new_session(sample_rate, DEFAULT_GATE), emit, sample_rate)
             self._streams[s.id] = s
             self.metrics.active_streams.set(len(self._streams))
             return s
 
     def feed(self, s: Stream, audio: np.ndarray) -> None:
-        """Queue 16 kHz float32 audio for ``s``."""
+        """Queue float32 audio at the stream's rate for ``s``."""
         if audio.size == 0:
             return
         with self._cond:
@@ -178,9 +181,9 @@ class BatchDispatcher:
                 self._cond.wait(left)
                 ready = [s for s in self._streams.values() if s.ready()]
         ready.sort(key=lambda s: s.pending_since if s.pending_since is not None else s.ended_at or 0.0)
-        cap = int(self.cfg.max_step_s * SAMPLE_RATE)
         batch = []
         for s in ready[: self.cfg.max_batch]:
+            cap = int(self.cfg.max_step_s * s.rate)
             audio = np.concatenate(s.pending) if s.pending else np.zeros(0, np.float32)
             take, rest = audio[:cap], audio[cap:]
             s.pending = [rest] if rest.size else []
@@ -214,18 +217,17 @@ class BatchDispatcher:
         t1 = time.perf_counter()
         self.metrics.step_seconds.observe(t1 - t0)
         self.metrics.batch_size.observe(len(batch))
-        self.metrics.audio_seconds.inc(sum(a.size for _, a, _ in batch) / SAMPLE_RATE)
+        self.metrics.audio_seconds.inc(sum(a.size / s.rate for s, a, _ in batch))
         for s, audio, final in batch:
-            audio_ms = round(s.session.samples * 1000 / SAMPLE_RATE, 3)
-            s.speech.update(audio)
+            audio_ms = round(s.session.seconds * 1000, 3)
             if audio.size:
-                text = self.engine.partial_text(s.session) if s.speech.speech else ""
+                text = self.engine.partial_text(s.session) if s.session.speech else ""
                 s.emit({"type": "partial", "text": text, "audio_ms": audio_ms})
                 if since[s.id] is not None:
                     self.metrics.partial_latency.observe(time.perf_counter() - since[s.id])
             if final:
                 text, words = "", []
-                if s.speech.speech:
+                if s.session.speech:
                     logp = s.session.all_log_probs(self.engine.vocab)
                     hyp = self.engine.final_hypothesis(s.session, self.decoder)
                     text = hyp.text

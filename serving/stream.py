@@ -2,6 +2,7 @@
 
 Protocol (see :mod:`serving.app`): binary frames of 16-bit little-endian mono PCM at ``?sample_rate=`` (default
 16000), then the text frame ``{"type": "end"}``; partial results as audio is processed, one final result, close 1000.
+The PCM goes to the dispatcher at the client's rate: the engine's front end resamples it (:mod:`deepspeech.frontend`).
 
 A stream holds one of ``max_streams`` slots, so it must keep moving: a message at least every ``idle_timeout_s``;
 from ``stream_grace_s`` after it opened, audio at ``min_audio_rate`` x real time or better (empty or tiny frames do
@@ -20,7 +21,6 @@ import time
 from typing import Any
 
 import numpy as np
-import soxr
 from fastapi import WebSocket
 from starlette.websockets import WebSocketDisconnect, WebSocketState
 
@@ -72,7 +72,8 @@ async def serve_stream(ws: WebSocket, dispatcher: BatchDispatcher, cfg: ServerCo
     loop = asyncio.get_running_loop()
     outbox: asyncio.Queue[dict[str, Any]] = asyncio.Queue()
     try:
-        s = dispatcher.open(lambda m: loop.call_soon_threadsafe(outbox.put_nowait, m), limit=cfg.max_streams)
+        s = dispatcher.open(lambda m: loop.call_soon_threadsafe(outbox.put_nowait, m), limit=cfg.max_streams,
+                            sample_rate=rate)
     except Overloaded as e:
         return await close_with(1013, str(e), "too_many_streams")
     sender = asyncio.create_task(_send_results(ws, outbox))
@@ -106,8 +107,7 @@ async def serve_stream(ws: WebSocket, dispatcher: BatchDispatcher, cfg: ServerCo
 async def _receive_audio(ws: WebSocket, dispatcher: BatchDispatcher, s: Stream, cfg: ServerConfig,
                          rate: int) -> None:
     """Read frames until ``{"type": "end"}``; raise :class:`_Closing` on protocol or limit violations."""
-    resampler = soxr.ResampleStream(rate, SAMPLE_RATE, 1, dtype="float32") if rate != SAMPLE_RATE else None
-    max_samples = int(cfg.max_audio_s * SAMPLE_RATE)
+    max_samples = int(cfg.max_audio_s * rate)
     opened = time.monotonic()
     received_s = 0.0  # audio received, in seconds at the client's rate
     while True:
@@ -135,10 +135,9 @@ async def _receive_audio(ws: WebSocket, dispatcher: BatchDispatcher, s: Stream, 
                 raise _Closing(1007, "binary frames must hold whole 16-bit little-endian samples", "bad_frame")
             pcm = np.frombuffer(data, dtype="<i2").astype(np.float32) / 32768.0
             received_s += pcm.size / rate
-            audio = resampler.resample_chunk(pcm) if resampler is not None else pcm
-            if s.received_samples + audio.size > max_samples:
+            if s.received_samples + pcm.size > max_samples:
                 raise _Closing(1008, f"stream longer than {cfg.max_audio_s:g} s", "too_long")
-            dispatcher.feed(s, audio)
+            dispatcher.feed(s, pcm)
         elif text is not None:
             try:
                 obj = json.loads(text)
@@ -147,10 +146,6 @@ async def _receive_audio(ws: WebSocket, dispatcher: BatchDispatcher, s: Stream, 
                 kind = None
             if kind != "end":
                 raise _Closing(1003, 'text frames must be {"type": "end"}', "bad_frame")
-            if resampler is not None:
-                tail = resampler.resample_chunk(np.zeros(0, np.float32), last=True)
-                if tail.size:
-                    dispatcher.feed(s, tail)
             dispatcher.end(s)
             return
 

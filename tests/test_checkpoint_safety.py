@@ -1,6 +1,6 @@
 """Loading model and checkpoint directories that were damaged or crafted (issue 29): nothing in them is unpickled
 or executed, nothing is allocated before the weights' header matches the config, and every fault is one clear
-error line (CheckpointError / LMCheckpointError), never a traceback, a silent partial load or empty output.
+error line (CheckpointError / ShardedCheckpointError), never a traceback, a silent partial load or empty output.
 """
 
 from __future__ import annotations
@@ -24,7 +24,7 @@ import deepspeech.checkpoint as ckpt
 from deepspeech.checkpoint import CheckpointError, load_model_dir
 from deepspeech.model import DeepSpeech2
 from deepspeech.parallel import ParallelDims, ParallelState
-from lm.checkpoint import LMCheckpointError, latest_checkpoint, step_dir
+from deepspeech.parallel.sharded_checkpoint import ShardedCheckpointError, latest_checkpoint, step_dir
 from lm.gpt import GPTConfig, gpt_tiny
 from lm.train import LMTrainConfig, train
 from tests.conftest import REPO, run_cli
@@ -271,7 +271,7 @@ def test_a_metadata_pickle_cannot_run_code(tmp_path: Path, lm_ckpt: Path, kind: 
         (src / ".metadata").write_bytes(buf.getvalue())
     else:
         (src / ".metadata").write_bytes(payloads(marker)[kind])
-    with pytest.raises(LMCheckpointError, match="refusing") as e:
+    with pytest.raises(ShardedCheckpointError, match="refusing") as e:
         resume(src)
     one_line(e)
     assert not marker.exists()
@@ -292,12 +292,12 @@ def test_cli_lm_train_load_refuses_a_crafted_metadata(tmp_path: Path) -> None:
 
 def test_lm_resume_refuses_a_checkpoint_of_another_model(lm_ckpt: Path) -> None:
     """Issue 29: a 4-layer checkpoint loaded into a 2-layer model without a word; here the other way round too."""
-    with pytest.raises(LMCheckpointError, match="checkpoint has layers=2, this model has layers=4") as e:
+    with pytest.raises(ShardedCheckpointError, match="checkpoint has layers=2, this model has layers=4") as e:
         resume(lm_ckpt, replace(SMALL, layers=4))
     one_line(e)
-    with pytest.raises(LMCheckpointError, match="checkpoint has hidden=32, this model has hidden=64"):
+    with pytest.raises(ShardedCheckpointError, match="checkpoint has hidden=32, this model has hidden=64"):
         resume(lm_ckpt, replace(SMALL, hidden=64))
-    with pytest.raises(LMCheckpointError, match="checkpoint has tie_embeddings=True, this model has "
+    with pytest.raises(ShardedCheckpointError, match="checkpoint has tie_embeddings=True, this model has "
                                                 "tie_embeddings=False"):
         resume(lm_ckpt, replace(SMALL, tie_embeddings=False))
     assert [r["step"] for r in resume(lm_ckpt)] == [2]  # the matching model resumes
@@ -310,15 +310,15 @@ def test_lm_resume_refuses_missing_unexpected_or_reshaped_entries(tmp_path: Path
     meta = json.loads((four / "config.json").read_text())
     meta["config"]["model"]["layers"] = 4
     (four / "config.json").write_text(json.dumps(meta))
-    with pytest.raises(LMCheckpointError, match="does not fit this model: missing model.layers.2"):
+    with pytest.raises(ShardedCheckpointError, match="does not fit this model: missing model.layers.2"):
         resume(four, replace(SMALL, layers=4))
     untied = lm_checkpoint(tmp_path / "untied", replace(SMALL, tie_embeddings=False))
     meta = json.loads((untied / "config.json").read_text())
     meta["config"]["model"]["tie_embeddings"] = True
     (untied / "config.json").write_text(json.dumps(meta))
-    with pytest.raises(LMCheckpointError, match="unexpected model.output.weight"):
+    with pytest.raises(ShardedCheckpointError, match="unexpected model.output.weight"):
         resume(untied)
-    with pytest.raises(LMCheckpointError, match=r"model.embedding.weight has shape \[\d+, 32\] in the checkpoint"):
+    with pytest.raises(ShardedCheckpointError, match=r"model.embedding.weight has shape \[\d+, 32\] in the checkpoint"):
         resume(lm_ckpt, text=TEXT + "0123456789XYZ!?")  # another text: another vocabulary
 
 
@@ -328,5 +328,5 @@ def test_an_unfinished_lm_save_is_not_a_checkpoint(tmp_path: Path, lm_ckpt: Path
     shutil.copytree(lm_ckpt, step_dir(root, 2))
     (step_dir(root, 2) / "config.json").unlink()  # written last: the save of step 2 did not finish
     assert latest_checkpoint(root) == step_dir(root, 1)
-    with pytest.raises(LMCheckpointError, match="incomplete checkpoint"):
+    with pytest.raises(ShardedCheckpointError, match="incomplete checkpoint"):
         latest_checkpoint(step_dir(root, 2))

@@ -15,8 +15,9 @@ import torch
 
 from deepspeech.beam import Hypothesis, Word
 from deepspeech.hanzi import HanziConfig, HanziError, PinyinToHanzi, hypothesis_to_characters
+from deepspeech.kenlm import KenLMError
 from deepspeech.text import to_pinyin
-from lm.ngram import KenLMError, kenlm_binary
+from lm.ngram import kenlm_binary
 from tests.conftest import run_cli
 
 pytest.importorskip("pypinyin")
@@ -148,8 +149,8 @@ def test_syllable_lm_beam_search_then_characters(lm_dir: Path, tmp_path: Path) -
     (``lm ngram --lang zh-pinyin``) fixes a misheard letter, then the character LM writes the sentence."""
     from deepspeech.beam import BeamConfig, BeamSearchDecoder
     from deepspeech.decoding import greedy_decode_logp
+    from deepspeech.kenlm import NgramLM
     from deepspeech.text import pinyin_tokenizer
-    from lm.ngram import NgramLM
     from tests.test_lm_decoding import emissions, spell
 
     res = run_cli("lm", "ngram", "--text", str(lm_dir.parent / "text.txt"), "--lang", "zh-pinyin", "--order", "3",

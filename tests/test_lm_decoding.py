@@ -23,8 +23,10 @@ from deepspeech.beam import (
     prune_cumulative,
 )
 from deepspeech.decoding import greedy_decode_logp
+from deepspeech.kenlm import KenLMError, NgramLM
+from deepspeech.language_model import LanguageModel
 from deepspeech.text import english_tokenizer, mandarin_tokenizer
-from lm.ngram import KenLMError, NgramConfig, NgramLM, build_ngram, kenlm_binary
+from lm.ngram import NgramConfig, build_ngram, kenlm_binary
 from tests.conftest import REPO, run_cli
 
 TEXT_EN = ["the cat sat on the mat", "the dog sat on the log", "a cat and a dog", "the cat ate the rat",
@@ -134,6 +136,18 @@ def test_nbest_lists_carry_acoustic_and_lm_scores(en_lm: NgramLM) -> None:
         assert rat.lm_score > mat.lm_score  # "the rat" is in the LM text, "ate the mat" is not
         assert mat.am_score < rat.am_score  # and the ear prefers "rat" too, by log(0.54 / 0.45)
         assert rat.am_score - mat.am_score == pytest.approx(math.log(0.54 / 0.45), abs=0.05), backend
+
+
+
+def test_ngram_lm_is_the_decoders_language_model(en_lm: NgramLM, zh_lm: NgramLM) -> None:
+    """NgramLM implements the core's LanguageModel protocol, and its log P_lm is the one the decoder reports."""
+    cases = ((en_lm, english_tokenizer(), "the cat sat on the mat"),
+             (zh_lm, mandarin_tokenizer(TEXT_ZH), "我们今天去学校"))
+    for lm, tok, text in cases:
+        assert isinstance(lm, LanguageModel)
+        dec = BeamSearchDecoder(tok, lm, BeamConfig(backend="pyctcdecode"))
+        assert lm.log_prob(text) == pytest.approx(dec.lm_logprob(text), abs=1e-9)  # the same KenLM query
+    assert en_lm.log_prob("the cat sat on the mat") > en_lm.log_prob("mat the on sat cat the") + 3 * math.log(10)
 
 
 def test_alpha_zero_keeps_acoustic_choice(en_lm: NgramLM) -> None:

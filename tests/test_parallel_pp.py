@@ -16,10 +16,10 @@ import pytest
 import torch
 
 from deepspeech.parallel import ParallelDims, ParallelState, init_parallel
+from deepspeech.parallel.pipeline import bubble_fraction, schedule
+from deepspeech.parallel.sharded_checkpoint import latest_checkpoint, step_dir
 from deepspeech.parallel.workers import GlooWorkers
-from lm.checkpoint import latest_checkpoint, step_dir
 from lm.gpt import GPTConfig
-from lm.pipeline import bubble_fraction, schedule
 from lm.train import LMTrainConfig, train
 from tests.test_parallel_tp import TEXT
 
@@ -147,7 +147,7 @@ def test_cli_rejects_interleaving_without_pipeline() -> None:
 def test_a_layer_count_that_does_not_split_over_the_pipeline_says_so() -> None:
     """The README's --tp 2 --pp 2 --vpp 2 with gpt-tiny's 2 layers: the message read "layers over pipeline chunks
     (pp * vpp) 2 is not divisible by 4"."""
-    from lm.pipeline import chunk_layers
+    from deepspeech.parallel.pipeline import chunk_layers
 
     with pytest.raises(ValueError, match=r"^model layers 2 is not divisible by pp \* vpp = 4 \(pp 2, vpp 2\)"):
         chunk_layers(2, 2, 2, 0, 0)

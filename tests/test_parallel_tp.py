@@ -290,7 +290,7 @@ def test_one_rank_checkpoint_resumes_at_tp2_and_a_mismatch_is_refused_on_every_r
              LMTrainConfig(model=replace(model, layers=4), steps=4, batch_size=4, load_dir=src)]
     for rank in gloo2.run(_job_resume, cases):
         assert rank[0] == pytest.approx([r["loss"] for r in ref[2:]], rel=1e-5)
-        assert rank[1].startswith("LMCheckpointError"), rank[1]
+        assert rank[1].startswith("ShardedCheckpointError"), rank[1]
         assert "checkpoint has layers=2, this model has layers=4" in rank[1]
 
 

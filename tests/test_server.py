@@ -105,6 +105,29 @@ def test_8khz_stream_is_resampled(server: str) -> None:
     assert r.final["audio_ms"] == pytest.approx(1000 * len(pcm) / 8000, abs=2)
 
 
+@pytest.mark.parametrize("rate", [22_050, 44_100, 48_000])
+def test_stream_at_its_own_rate_equals_offline_transcription(server: str, rate: int, tmp_path: Path) -> None:
+    """The server hands a stream's PCM to the engine's front end at the client's rate; the file of the same PCM,
+    transcribed offline, goes through the same resampler: the same text and words (tests/test_one_path.py checks
+    the engine alone at 8-48 kHz, log-probabilities included)."""
+    import numpy as np
+    import soundfile as sf
+    import soxr
+
+    wav, sr = sf.read(str(FSDD / FILES[2]), dtype="float32")
+    pad = np.zeros(int(0.3 * rate), np.float32)
+    pcm = np.clip(np.round(np.concatenate([pad, soxr.resample(wav, sr, rate, quality="HQ"), pad]) * 32768),
+                  -32768, 32767).astype("<i2")
+    path = tmp_path / f"{rate}.wav"
+    sf.write(str(path), pcm, rate, subtype="PCM_16")
+    (ref,) = transcribe_files(load_model_dir(REPO / "models" / "streaming-en"), [path], progress=False)
+    r = asyncio.run(stream_pcm(pcm.tobytes(), f"ws://{server}/v1/stream?sample_rate={rate}", realtime=0))
+    assert r.final is not None and r.close_code == 1000
+    assert ref.text and r.final["text"] == ref.text
+    assert words_equal(r.final["words"], ref.to_json()["words"])
+    assert r.final["audio_ms"] == pytest.approx(1000 * pcm.size / rate, abs=0.01)
+
+
 def test_abuse_leaves_server_and_other_streams_intact(server: str, wavs: list[Path], offline: dict) -> None:
     url = f"ws://{server}/v1/stream"
 

@@ -8,7 +8,8 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from data_synthesis.noise import (
+from deepspeech.augment import AugmentConfig, augment_waveform
+from deepspeech.noise import (
     NoiseSources,
     coloured_noise,
     load_noise_clips,
@@ -17,8 +18,7 @@ from data_synthesis.noise import (
     superimpose,
     superimpose_parts,
 )
-from data_synthesis.reverb import ReverbConfig, reverberate, synthetic_rir
-from deepspeech.augment import AugmentConfig, augment_waveform
+from deepspeech.reverb import ReverbConfig, reverberate, synthetic_rir
 from tests.conftest import REPO
 
 

@@ -206,7 +206,7 @@ def test_eval_reads_a_long_utterance_as_transcribe_does(am, tmp_path: Path,  # t
     now takes transcribe's long-recording path past the segmenting threshold: the same text (CLI and library), the
     network never sees more than one segment, and the file is never loaded whole. Here the threshold is 2 s and
     segments at most 4 s, so a 20 s recording padded with 10 s of silence stands for hours."""
-    import deepspeech.data.dataset as dataset
+    import deepspeech.frontend as frontend
     from deepspeech.data.manifest import Utterance
     from deepspeech.inference import evaluate_manifest
 
@@ -230,9 +230,9 @@ def test_eval_reads_a_long_utterance_as_transcribe_does(am, tmp_path: Path,  # t
 
     frames: list[int] = []
     loaded: list[str] = []
-    forward, load = am.forward, dataset.load_audio
+    forward, load = am.forward, frontend.load_audio
     monkeypatch.setattr(am, "forward", lambda x, n: (frames.append(int(x.shape[1])), forward(x, n))[1])
-    monkeypatch.setattr(dataset, "load_audio", lambda p: (loaded.append(str(p)), load(p))[1])
+    monkeypatch.setattr(frontend, "load_audio", lambda p: (loaded.append(str(p)), load(p))[1])  # whole files
     cc = ChunkConfig(min_segment_s=2.0, max_segment_s=4.0)
     utts = [Utterance(str(short), "four", 0.5), Utterance(str(long), ref, 30.0)]
     _, records = evaluate_manifest(am, utts, progress=False, chunk=cc)

@@ -1,4 +1,5 @@
-"""Utterances -> normalised features and label ids, and padded batches."""
+"""Utterances -> normalised features (through :class:`deepspeech.frontend.FrontEnd`) and label ids, and padded
+batches."""
 
 from __future__ import annotations
 
@@ -9,14 +10,32 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from data_synthesis.noise import NoiseSources, load_noise_clips
-from deepspeech.audio import AudioError, load_audio
+from deepspeech.audio import AudioError
 from deepspeech.augment import AugmentConfig, augment_waveform, spec_augment, vtlp
 from deepspeech.data.manifest import Utterance
-from deepspeech.features import FeatureConfig, FeatureStats, extract
+from deepspeech.features import FeatureConfig, FeatureStats
+from deepspeech.frontend import FrontEnd
+from deepspeech.noise import NoiseSources, load_noise_clips
 from deepspeech.text import CharTokenizer
 
 log = logging.getLogger(__name__)
+
+
+class _Augment:
+    """The training augmentation of one item at the front end's hooks (:class:`deepspeech.frontend.Augmentation`),
+    drawing from one generator in a fixed order: waveform transforms, VTLP's factor, SpecAugment's masks."""
+
+    def __init__(self, cfg: AugmentConfig, rng: np.random.Generator, noise: NoiseSources | None) -> None:
+        self.cfg, self.rng, self.noise = cfg, rng, noise
+
+    def waveform(self, wav: np.ndarray) -> np.ndarray:
+        return augment_waveform(wav, self.cfg, self.rng, self.noise)
+
+    def log_power(self, feats: torch.Tensor) -> torch.Tensor:
+        return vtlp(feats, float(self.rng.uniform(*self.cfg.vtlp))) if self.cfg.vtlp != (1.0, 1.0) else feats
+
+    def normalised(self, feats: torch.Tensor) -> torch.Tensor:
+        return spec_augment(feats, self.cfg, self.rng)
 
 
 @dataclass
@@ -76,6 +95,7 @@ class SpeechDataset:
                  seed: int = 0) -> None:
         self.utts = list(utts)
         self.tokenizer, self.fcfg, self.stats, self.cache = tokenizer, fcfg, stats, cache
+        self.frontend = FrontEnd(fcfg, stats)
         self.augment = augment if augment is not None and augment.enabled else None
         self.seed, self.epoch = seed, 0
         self._cache: dict[int, tuple[torch.Tensor, torch.Tensor, str]] = {}
@@ -102,12 +122,13 @@ class SpeechDataset:
         return [u.duration_s for u in self.utts]
 
     def raw_features(self, i: int) -> torch.Tensor:
-        return extract(load_audio(self.utts[i].audio), self.fcfg)
+        """(T, F) endpointed, utterance-normalised log power before the global statistics (to compute them)."""
+        return FrontEnd(self.fcfg).features(self.frontend.load(self.utts[i].audio))[0]
 
     def _waveform(self, i: int) -> np.ndarray:
         wav = self._wav_cache.get(i)
         if wav is None:
-            wav = load_audio(self.utts[i].audio)
+            wav = self.frontend.load(self.utts[i].audio)
             if self.cache:
                 self._wav_cache[i] = wav
         return wav
@@ -123,20 +144,12 @@ class SpeechDataset:
             log.warning("skipping utterance: %s", e)
             self._bad.add(i)
             return None
-        rng = None
+        augment = None
         if self.augment is not None:
             rng = np.random.default_rng([self.seed, self.epoch, i])
             if rng.random() < self.augment.prob:
-                wav = augment_waveform(wav, self.augment, rng, self.noise)
-            else:
-                rng = None
-        feats = extract(wav, self.fcfg)
-        if rng is not None and self.augment is not None and self.augment.vtlp != (1.0, 1.0):
-            feats = vtlp(feats, float(rng.uniform(*self.augment.vtlp)))
-        if self.stats is not None:
-            feats = self.stats.normalize(feats)
-        if rng is not None and self.augment is not None:
-            feats = spec_augment(feats, self.augment, rng)
+                augment = _Augment(self.augment, rng, self.noise)
+        feats, _ = self.frontend.features(wav, augment)
         text = self.tokenizer.normalize(self.utts[i].text)
         item = (feats, torch.tensor(self.tokenizer.encode(text), dtype=torch.long), text)
         if self.cache and self.augment is None:

@@ -12,22 +12,19 @@ from __future__ import annotations
 
 import csv
 import logging
-import os
 import re
 import unicodedata
 from collections.abc import Callable, Iterable
 from pathlib import Path
 
-from tqdm import tqdm
-
-from deepspeech.audio import AUDIO_SUFFIXES, AudioError, audio_duration
+from deepspeech.audio import AUDIO_SUFFIXES
+from deepspeech.data.corpora import CORPORA
 from deepspeech.data.manifest import LANGS, ManifestError, Utterance, write_manifest
+from deepspeech.data.reading import SPLITS, PathLike, _Candidate, _finish, _read_text, _root
 from deepspeech.text import _CJK, normalize_en
 
 log = logging.getLogger(__name__)
 
-PathLike = str | os.PathLike[str]
-SPLITS = ("train", "dev", "test")
 AISHELL_SPLITS = SPLITS
 AISHELL_TRANSCRIPT = Path("transcript") / "aishell_transcript_v0.8.txt"
 DIGIT_WORDS = ("zero", "one", "two", "three", "four", "five", "six", "seven", "eight", "nine")
@@ -37,51 +34,9 @@ FSDD_SPLITS: dict[str, tuple[str, ...]] = {
 MINI_LIBRISPEECH_SPLITS: dict[str, tuple[str, ...]] = {"dev": ("226", "2136", "6272"), "test": ("19", "1867", "3947")}
 _FSDD_NAME = re.compile(r"^(\d)_([A-Za-z0-9]+)_(\d+)\.(wav|flac)$", re.IGNORECASE)
 
-# (audio path, raw text, speaker) found by a layout scan, before the audio is opened
-_Candidate = tuple[Path, str, str | None]
-
-
-def _root(root: PathLike) -> Path:
-    path = Path(root).expanduser().resolve()
-    if not path.is_dir():
-        raise FileNotFoundError(f"dataset folder not found: {root}")
-    return path
-
-
 def _check_lang(lang: str) -> None:
     if lang not in LANGS:
         raise ValueError(f"lang must be one of {LANGS}, got {lang!r}")
-
-
-def _finish(cands: Iterable[_Candidate], lang: str, progress: bool, desc: str) -> list[Utterance]:
-    """Open each candidate's audio for its duration; skip (with a warning) empty text and unreadable audio."""
-    cands = list(cands)
-    utts: list[Utterance] = []
-    for audio, text, speaker in tqdm(cands, desc=desc, unit="file", disable=not progress):
-        text = text.strip()
-        if not text:
-            log.warning("%s: skipped: empty transcript", audio)
-            continue
-        if not audio.is_file():
-            log.warning("%s: skipped: audio file not found", audio)
-            continue
-        try:
-            duration = audio_duration(audio)
-        except AudioError as e:
-            log.warning("%s: skipped: %s", audio, e)
-            continue
-        utts.append(Utterance(str(audio), text, float(duration), speaker, lang))
-    if len(utts) < len(cands):
-        log.warning("%s: %d of %d entries skipped", desc, len(cands) - len(utts), len(cands))
-    return utts
-
-
-def _read_text(path: Path) -> str | None:
-    try:
-        return path.read_text(encoding="utf-8-sig")
-    except (OSError, UnicodeDecodeError) as e:
-        log.warning("%s: skipped: cannot read transcript (%s)", path, e)
-        return None
 
 
 def import_librispeech(root: PathLike, lang: str = "en", *, split: str | None = None,
@@ -289,8 +244,6 @@ IMPORTERS: dict[str, Callable[..., list[Utterance]]] = {
 
 def importer_kinds() -> dict[str, Callable[..., list[Utterance]]]:
     """Every corpus kind ``run_import`` knows: :data:`IMPORTERS` and :data:`deepspeech.data.corpora.CORPORA`."""
-    from deepspeech.data.corpora import CORPORA  # corpora builds on this module's helpers: imported when used
-
     return {**IMPORTERS, **CORPORA}
 
 

@@ -14,7 +14,9 @@ from dataclasses import dataclass
 
 import numpy as np
 
-FRAMES_PER_SECOND = 100  # 10 ms hop
+from deepspeech.features import FeatureConfig
+
+FRAMES_PER_SECOND = 1000.0 / FeatureConfig.hop_ms  # feature frames per second at the default hop (10 ms: 100)
 
 
 @dataclass(frozen=True)
@@ -28,9 +30,11 @@ class BatchPlan:
     seed: int = 0
     min_batch: int = 1
     jitter: float = 0.1  # relative duration jitter used to vary batch composition after the first epoch
+    hop_ms: float = FeatureConfig.hop_ms  # feature hop: d seconds of audio are ceil(d * 1000 / hop_ms) frames
 
     def __post_init__(self) -> None:
-        if self.max_frames < 1 or self.max_batch < 1 or self.min_batch < 1 or self.min_batch > self.max_batch:
+        if self.max_frames < 1 or self.max_batch < 1 or self.min_batch < 1 or self.min_batch > self.max_batch \
+                or not self.hop_ms > 0:
             raise ValueError(f"invalid batch plan {self}")
 
 
@@ -66,7 +70,7 @@ def _pack(order: np.ndarray, frames: np.ndarray, plan: BatchPlan) -> list[list[i
 def epoch_batches(durations: Sequence[float], plan: BatchPlan, epoch: int) -> list[list[int]]:
     """Global batches (lists of utterance indices) for ``epoch``; identical on every rank."""
     d = np.asarray(durations, dtype=np.float64)
-    frames = np.ceil(d * FRAMES_PER_SECOND).astype(np.int64)
+    frames = np.ceil(d * (1000.0 / plan.hop_ms)).astype(np.int64)
     if len(d) < plan.min_batch:
         raise ValueError(f"{len(d)} utterances cannot fill a batch for {plan.min_batch} data-parallel ranks")
     if epoch == 0 and plan.sortagrad:

@@ -1,6 +1,9 @@
-"""The shared parallel core: layout and process groups, communication functions, data parallelism.
+"""The shared parallel core: layout and process groups (dims), communication functions (mappings), data
+parallelism, Megatron tensor-parallel layers (tensor_parallel), pipeline schedules (pipeline) and sharded
+checkpoints (sharded_checkpoint), and the local gloo workers that test them (workers).
 
-Used by the acoustic-model trainer (deepspeech.training) and by the LM trainer; never copied.
+Used by the acoustic-model trainer (deepspeech.training) and by the LM trainer; never copied. This package imports
+only its light modules; pipeline and sharded_checkpoint are imported by name where they are used.
 """
 
 from deepspeech.parallel.data_parallel import dp_loss_scale, wrap_data_parallel

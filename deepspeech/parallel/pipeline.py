@@ -1,4 +1,4 @@
-"""Pipeline parallelism for the GPT LM: stage chunks, 1F1B and interleaved 1F1B schedules over P2P sends.
+"""Pipeline parallelism: 1F1B and interleaved 1F1B schedules over point-to-point sends, for any model cut into chunks.
 
 Megatron-LM, arXiv 2104.04473:
 
@@ -9,15 +9,15 @@ Megatron-LM, arXiv 2104.04473:
   p * v chunks), cutting the bubble to (p - 1) / (v m) for v times the point-to-point traffic. Micro-batches go
   through the chunks in groups of p, so m must be a multiple of p.
 
-The layers are split evenly over the p * v chunks; the embedding lives on chunk 0 (rank 0), the final LayerNorm,
-output layer and loss on the last chunk (rank p - 1). With tied embeddings the last stage keeps a copy of the
-embedding matrix (built from the same seed) whose gradient is summed with the first stage's over the pipeline group
-after the backward passes, so both copies stay equal (Megatron's embedding group, section 4).
+A model family supplies its chunks (the GPT LM's: lm.stages): ``nn.Module``s called as ``chunk(inputs, targets)``,
+where the first chunk takes the micro-batch's inputs and every other chunk the previous chunk's activations, and the
+last chunk returns the mean loss (``targets`` is None elsewhere); ``chunk.boundary_shape(microbatch, seq_len)`` is
+the shape of the activations that cross a stage boundary. A parameter held twice along the pipeline (a tied
+embedding's second copy) carries ``pipeline_copy = True``.
 
-Activations cross a stage boundary as (s, b_mb, h) tensors, or this tensor-parallel rank's (s/t, b_mb, h) sequence
-shard under sequence parallelism; each goes to the same (dp, tp) coordinates on the next stage. Sends are
-asynchronous (isend; completed at the end of the step), receives block, and every message carries a tag unique to
-(direction, chunk, micro-batch), so the order of matching never depends on the schedule.
+Activations go to the same (dp, tp) coordinates on the next stage. Sends are asynchronous (isend; completed at the
+end of the step), receives block, and every message carries a tag unique to (direction, chunk, micro-batch), so the
+order of matching never depends on the schedule.
 """
 
 from __future__ import annotations
@@ -33,14 +33,6 @@ from torch import nn
 
 from deepspeech.parallel.dims import ParallelState
 from deepspeech.parallel.mappings import all_reduce_sum, divide, group_size
-from deepspeech.parallel.tensor_parallel import (
-    ColumnParallelLinear,
-    Group,
-    VocabParallelEmbedding,
-    mark,
-    sharded_normal,
-)
-from lm.gpt import GPT, GPTConfig, TransformerLayer, _layer_norm
 
 log = logging.getLogger(__name__)
 
@@ -68,57 +60,6 @@ def chunk_layers(layers: int, pp: int, vpp: int, pp_rank: int, v: int) -> range:
     per = layers // (pp * vpp)
     c = v * pp + pp_rank
     return range(c * per, (c + 1) * per)
-
-
-class GPTChunk(GPT):
-    """A contiguous slice of :class:`GPT`: optional embedding, some layers, optional head.
-
-    Parameter names equal the full model's ("embedding.weight", "layers.5.mlp.fc1.weight", "final_norm.bias"), and
-    every weight is drawn from (seed, name), so a chunk holds exactly those parameters of the one-rank model.
-    ``forward``: tokens (b, s) on the first chunk, activations (s, b, h) (or (s/t, b, h)) elsewhere -> activations,
-    or the mean loss on the last chunk.
-    """
-
-    def __init__(self, cfg: GPTConfig, tp_group: Group, seed: int, layer_ids: range, first: bool,
-                 last: bool) -> None:
-        nn.Module.__init__(self)
-        self.cfg, self.group, self.first, self.last = cfg, tp_group, first, last
-        self.embedding = (VocabParallelEmbedding(cfg.vocab_size, cfg.hidden, tp_group, seed=seed, name="embedding",
-                                                 std=cfg.init_std)
-                          if first or (last and cfg.tie_embeddings) else None)
-        if self.embedding is not None and not first:
-            self.embedding.weight.pipeline_copy = True  # type: ignore[attr-defined]  # the last stage's tied copy
-        self.positions = None
-        if first and cfg.positions == "learned":
-            self.positions = mark(nn.Parameter(sharded_normal((cfg.seq_len, cfg.hidden), cfg.init_std, seed,
-                                                              "positions", None, None)))
-        self.layers = nn.ModuleDict({str(i): TransformerLayer(cfg, tp_group, seed, i) for i in layer_ids})
-        self.final_norm = _layer_norm(cfg, tp_group) if last else None
-        self.output = None
-        if last and not cfg.tie_embeddings:
-            self.output = ColumnParallelLinear(cfg.hidden, cfg.vocab_size, tp_group, seed=seed, name="output",
-                                               std=cfg.init_std, bias=False, sequence_parallel=cfg.sequence_parallel)
-
-    def forward(self, x: torch.Tensor, targets: torch.Tensor | None = None  # type: ignore[override]
-                ) -> torch.Tensor:
-        if self.first:
-            x = self.embed(x)
-        for layer in self.layers.values():
-            x = layer(x)
-        if not self.last:
-            return x
-        _, loss = self.head(x, targets)
-        assert loss is not None, "the last chunk needs targets"
-        return loss
-
-
-def build_chunks(cfg: GPTConfig, state: ParallelState, vpp: int, seed: int) -> nn.ModuleList:
-    """This pipeline rank's ``vpp`` chunks (local index v holds global chunk v * pp + pp_rank)."""
-    pp, r = state.dims.pp, state.pp_rank
-    last = pp * vpp - 1
-    return nn.ModuleList(
-        GPTChunk(cfg, state.tp_group, seed, chunk_layers(cfg.layers, pp, vpp, r, v), first=v * pp + r == 0,
-                 last=v * pp + r == last) for v in range(vpp))
 
 
 def schedule(pp: int, vpp: int, microbatches: int, pp_rank: int) -> list[Action]:
@@ -182,17 +123,16 @@ class _P2P:
 
 def forward_backward(chunks: nn.ModuleList, batches: Sequence[tuple[torch.Tensor, torch.Tensor]],
                      state: ParallelState, counter: CommCounter | None = None, bf16: bool = False) -> torch.Tensor:
-    """Run every micro-batch (tokens (b_mb, s), targets (b_mb, s)) forward and backward through the pipeline.
+    """Run every micro-batch (inputs (b_mb, s, ...), targets (b_mb, s, ...)) forward and backward through the
+    pipeline, in the order of :func:`schedule`.
 
     Gradients accumulate into the chunks' parameters as the gradient of the mean loss over the micro-batches.
     Returns that mean loss on the rank holding the last chunk, 0 elsewhere (a float32 scalar).
     """
     pp, r, vpp, m = state.dims.pp, state.pp_rank, len(chunks), len(batches)
     n_chunks = pp * vpp
-    cfg: GPTConfig = chunks[0].cfg
-    b_mb, s = batches[0][0].shape
-    s_local = s // group_size(state.tp_group) if cfg.sequence_parallel else s
-    act_shape = (s_local, b_mb, cfg.hidden)
+    b_mb, s = batches[0][0].shape[:2]
+    act_shape = chunks[0].boundary_shape(b_mb, s)
     comm_dtype = torch.bfloat16 if bf16 else torch.float32
     p2p = _P2P(state, vpp, m, counter)
     inputs: dict[tuple[int, int], torch.Tensor] = {}
@@ -231,31 +171,9 @@ def forward_backward(chunks: nn.ModuleList, batches: Sequence[tuple[torch.Tensor
 
 def split_microbatches(x: torch.Tensor, y: torch.Tensor, microbatches: int
                        ) -> list[tuple[torch.Tensor, torch.Tensor]]:
-    """(b, s) tokens and targets -> ``microbatches`` equal pairs of (b / m, s) along the batch."""
+    """(b, s) inputs and targets -> ``microbatches`` equal pairs of (b / m, s) along the batch."""
     divide(x.shape[0], microbatches, "local batch over micro-batches")
     return list(zip(x.chunk(microbatches), y.chunk(microbatches), strict=True))
-
-
-def sync_tied_embedding_grads(chunks: nn.ModuleList, state: ParallelState, counter: CommCounter | None = None
-                              ) -> None:
-    """Sum the gradients of the tied embedding's two copies (first and last stage) over the pipeline group.
-
-    Middle stages contribute zeros, so one all-reduce over the pipeline group serves every layout.
-    """
-    cfg: GPTConfig = chunks[0].cfg
-    if state.dims.pp == 1 or not cfg.tie_embeddings:
-        return
-    # With pp > 1 chunk 0 and the last chunk sit on different ranks: a rank holds one copy or none.
-    weight = next((c.embedding.weight for c in chunks if c.embedding is not None), None)
-    if weight is not None:
-        grad = torch.zeros_like(weight) if weight.grad is None else weight.grad
-    else:
-        grad = torch.zeros(cfg.vocab_size // group_size(state.tp_group), cfg.hidden, device=state.device)
-    all_reduce_sum(grad, state.pp_group)
-    if counter is not None:
-        counter.add("pp_embedding_allreduce", 2 * (state.dims.pp - 1) / state.dims.pp * grad.numel() * 4)
-    if weight is not None:
-        weight.grad = grad
 
 
 def all_reduce_dp_grads(params: Iterable[nn.Parameter], state: ParallelState, counter: CommCounter | None = None
@@ -274,7 +192,7 @@ def all_reduce_dp_grads(params: Iterable[nn.Parameter], state: ParallelState, co
 
 
 def unique_parameters(chunks: Iterable[nn.Module]) -> Iterator[tuple[str, nn.Parameter]]:
-    """(full-model name, parameter) of every chunk, without the last stage's tied-embedding copy."""
+    """(full-model name, parameter) of every chunk, without the parameters marked ``pipeline_copy``."""
     for chunk in chunks:
         for name, p in chunk.named_parameters():
             if not getattr(p, "pipeline_copy", False):
@@ -286,6 +204,5 @@ def bubble_fraction(pp: int, vpp: int, microbatches: int) -> float:
     return (pp - 1) / (vpp * microbatches) if pp > 1 else 0.0
 
 
-__all__ = ["CommCounter", "GPTChunk", "build_chunks", "schedule", "forward_backward", "split_microbatches",
-           "sync_tied_embedding_grads", "all_reduce_dp_grads", "unique_parameters", "bubble_fraction",
-           "chunk_layers"]
+__all__ = ["CommCounter", "schedule", "forward_backward", "split_microbatches", "all_reduce_dp_grads",
+           "unique_parameters", "bubble_fraction", "chunk_layers"]

@@ -18,8 +18,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from data_synthesis.noise import energy
 from deepspeech.audio import SAMPLE_RATE
+from deepspeech.noise import energy
 
 
 @dataclass(frozen=True)

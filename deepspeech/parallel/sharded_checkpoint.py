@@ -1,11 +1,13 @@
-"""Sharded, layout-independent checkpoints of the GPT LM with torch.distributed.checkpoint (DCP).
+"""Sharded, layout-independent training checkpoints with torch.distributed.checkpoint (DCP), for any model whose
+tensor-parallel shards mark their split dimension (``tp_dim``, deepspeech.parallel.tensor_parallel).
 
 Every parameter and its AdamW moments are stored under the full model's name ("model.layers.3.attn.qkv.weight",
 "optim.layers.3.attn.qkv.weight.exp_avg") with the UNSHARDED shape: a tensor-parallel shard is wrapped as a DTensor
 (Shard(tp_dim) on a 1-D mesh over the tensor-parallel group), so DCP records each rank's chunk with its offsets
 (ChunkStorageMetadata) and any other layout (tp, pp, vpp, dp) reads back the slices it needs. Replicated copies
 (data-parallel replicas, tensor-parallel replicated LayerNorms) are written once (DCP de-duplicates equal chunks);
-the last pipeline stage's copy of the tied embedding is not written, and is read from the first stage's.
+a parameter marked ``pipeline_copy`` (the last pipeline stage's copy of a tied embedding) is not written, and is
+read from the first stage's.
 
 Layout: ``DIR/step-000010/`` holds the DCP files (``.metadata``, ``__*.distcp``) and ``config.json`` (the full
 training config and the parallel layout it was written at; written last, so it marks a complete checkpoint).
@@ -15,8 +17,9 @@ Loading trusts nothing in the directory. DCP's ``.metadata`` is a pickle: it is 
 only the DCP metadata classes and the few torch types they hold (``torch.Size``, dtypes, layouts), so a crafted
 file cannot run code; entries that DCP would read with ``torch.load(weights_only=False)`` (non-tensor "bytes"
 items) are refused, and tensor data is read with ``weights_only=True``. Before any tensor is read, the checkpoint's
-model shape (config.json) is compared with this model's, and its tensor names and global shapes (.metadata) with
-this layout's state dict: a difference is an :class:`LMCheckpointError` naming it, never a partial load.
+model shape (the fields of config.json's "model" that the caller names: the GPT LM's are lm.gpt.SHAPE_FIELDS) is
+compared with this model's, and its tensor names and global shapes (.metadata) with this layout's state dict: a
+difference is a :class:`ShardedCheckpointError` naming it, never a partial load.
 """
 
 from __future__ import annotations
@@ -27,10 +30,10 @@ import logging
 import os
 import pickle
 import warnings
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from dataclasses import asdict
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import torch
 import torch.distributed as dist
@@ -45,20 +48,14 @@ from torch.distributed.tensor import DTensor, Replicate, Shard
 from deepspeech.parallel.dims import ParallelState
 from deepspeech.parallel.mappings import group_size
 
-if TYPE_CHECKING:
-    from lm.gpt import GPTConfig
-
 log = logging.getLogger(__name__)
 
 MOMENTS = ("exp_avg", "exp_avg_sq")
 METADATA, CONFIG = ".metadata", "config.json"
-# GPTConfig fields that decide the parameters' names, shapes or meaning (the vocabulary is checked by shape: it
-# depends on the training text).
-SHAPE_FIELDS = ("layers", "hidden", "heads", "seq_len", "positions", "tie_embeddings")
 
 
-class LMCheckpointError(ValueError):
-    """An LM checkpoint that is unsafe to read, incomplete, or written for another model."""
+class ShardedCheckpointError(ValueError):
+    """A checkpoint that is unsafe to read, incomplete, or written for another model."""
 
 
 # What a DCP .metadata pickle may build: DCP's metadata dataclasses and the torch types inside them.
@@ -82,25 +79,25 @@ class _MetadataUnpickler(pickle.Unpickler):
 
 def read_metadata(path: str | Path) -> Metadata:
     """A DCP ``.metadata`` file, unpickled with :class:`_MetadataUnpickler` and checked: tensor entries only, data
-    files inside the checkpoint directory. Anything else is an LMCheckpointError."""
+    files inside the checkpoint directory. Anything else is an ShardedCheckpointError."""
     p = Path(path)
     try:
         md = _MetadataUnpickler(io.BytesIO(p.read_bytes())).load()
     except FileNotFoundError:
-        raise LMCheckpointError(f"{p.parent}: not a checkpoint (no {p.name})") from None
+        raise ShardedCheckpointError(f"{p.parent}: not a checkpoint (no {p.name})") from None
     except Exception as e:  # noqa: BLE001 -- any failure to build the metadata means the same: refuse the file
-        raise LMCheckpointError(f"{p}: refusing to load checkpoint metadata ({type(e).__name__}: {e})") from None
+        raise ShardedCheckpointError(f"{p}: refusing to load checkpoint metadata ({type(e).__name__}: {e})") from None
     if not isinstance(md, Metadata) or not isinstance(md.state_dict_metadata, dict) or \
             not isinstance(md.storage_data, dict):
-        raise LMCheckpointError(f"{p}: not DCP checkpoint metadata ({type(md).__name__})")
+        raise ShardedCheckpointError(f"{p}: not DCP checkpoint metadata ({type(md).__name__})")
     for key, entry in md.state_dict_metadata.items():
         if not isinstance(key, str) or not isinstance(entry, TensorStorageMetadata):
-            raise LMCheckpointError(f"{p}: entry {key!r} is not a tensor ({type(entry).__name__}); refusing it")
+            raise ShardedCheckpointError(f"{p}: entry {key!r} is not a tensor ({type(entry).__name__}); refusing it")
     for info in md.storage_data.values():
         rel = getattr(info, "relative_path", None)
         inside = isinstance(rel, str) and rel and not rel.startswith(".") and "/" not in rel and "\\" not in rel
         if not inside or not all(isinstance(getattr(info, k, None), int) for k in ("offset", "length")):
-            raise LMCheckpointError(f"{p}: a data entry points outside the checkpoint ({rel!r}); refusing it")
+            raise ShardedCheckpointError(f"{p}: a data entry points outside the checkpoint ({rel!r}); refusing it")
     return md
 
 
@@ -120,7 +117,7 @@ class _TensorsOnlyPlanner(DefaultLoadPlanner):
     """DCP's load planner without its one unpickling path (non-tensor items; read_metadata refuses them too)."""
 
     def load_bytes(self, read_item: Any, value: io.BytesIO) -> None:
-        raise LMCheckpointError(f"checkpoint entry {read_item.dest_index.fqn!r} is not a tensor; refusing it")
+        raise ShardedCheckpointError(f"checkpoint entry {read_item.dest_index.fqn!r} is not a tensor; refusing it")
 
 
 def step_dir(root: str | Path, step: int) -> Path:
@@ -136,7 +133,7 @@ def latest_checkpoint(path: str | Path) -> Path:
     path = Path(path)
     if (path / METADATA).is_file():
         if not (path / CONFIG).is_file():
-            raise LMCheckpointError(f"{path}: incomplete checkpoint (no {CONFIG}; the save was interrupted)")
+            raise ShardedCheckpointError(f"{path}: incomplete checkpoint (no {CONFIG}; the save was interrupted)")
         return path
     steps = sorted(p for p in path.glob("step-*") if _complete(p))
     if not steps:
@@ -212,18 +209,19 @@ def save_checkpoint(path: str | Path, named: Iterable[tuple[str, nn.Parameter]],
     return out
 
 
-def check_model_config(src: Path, model: GPTConfig) -> None:
-    """Compare the checkpoint's saved model shape (config.json) with ``model``; a difference is an error."""
+def check_model_config(src: Path, model: Mapping[str, Any]) -> None:
+    """Compare the checkpoint's saved model config (config.json's "model") with the fields of ``model`` (name ->
+    this model's value); a difference is an error."""
     try:
         saved = json.loads((src / CONFIG).read_text(encoding="utf-8"))["config"]["model"]
         if not isinstance(saved, dict):
             raise TypeError("config.model is not an object")
     except (OSError, ValueError, KeyError, TypeError) as e:
-        raise LMCheckpointError(f"{src / CONFIG}: missing or malformed ({e})") from None
-    diff = [f"checkpoint has {k}={saved.get(k)!r}, this model has {k}={getattr(model, k)!r}"
-            for k in SHAPE_FIELDS if saved.get(k) != getattr(model, k)]
+        raise ShardedCheckpointError(f"{src / CONFIG}: missing or malformed ({e})") from None
+    diff = [f"checkpoint has {k}={saved.get(k)!r}, this model has {k}={v!r}" for k, v in model.items()
+            if saved.get(k) != v]
     if diff:
-        raise LMCheckpointError(f"{src}: written for another model: {'; '.join(diff)}")
+        raise ShardedCheckpointError(f"{src}: written for another model: {'; '.join(diff)}")
 
 
 def _check_entries(src: Path, md: Metadata, sd: dict[str, Any]) -> None:
@@ -241,13 +239,14 @@ def _check_entries(src: Path, md: Metadata, sd: dict[str, Any]) -> None:
                  for k in sorted(set(want) & set(have)) if have[k] != want[k]]
     if problems:
         more = f" (and {len(problems) - 3} more)" if len(problems) > 3 else ""
-        raise LMCheckpointError(f"{src}: does not fit this model: {'; '.join(problems[:3])}{more}")
+        raise ShardedCheckpointError(f"{src}: does not fit this model: {'; '.join(problems[:3])}{more}")
 
 
 def load_checkpoint(path: str | Path, named: Iterable[tuple[str, nn.Parameter]], optimizer: torch.optim.Optimizer,
-                    state: ParallelState, model: GPTConfig | None = None) -> int:
+                    state: ParallelState, model: Mapping[str, Any] | None = None) -> int:
     """Read model and optimizer state into this layout's shards (any layout may have written it); returns the step.
-    ``model`` (the GPTConfig being trained) is compared with the checkpoint's before anything is read."""
+    ``model`` (the model config fields that decide parameter names and shapes, name -> value) is compared with the
+    checkpoint's before anything is read."""
     src = latest_checkpoint(path)
     if model is not None:
         check_model_config(src, model)
