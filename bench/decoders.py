@@ -42,11 +42,11 @@ log = logging.getLogger("bench.decoders")
 def d1_decoders(model: str, manifest: str, n: int, beams: list[int]) -> list[dict[str, object]]:
     import torch
 
-    from deepspeech.beam import BACKENDS, build_decoder
     from deepspeech.checkpoint import load_model_dir
     from deepspeech.data.manifest import read_manifest
-    from deepspeech.decoding import greedy_decode_logp
-    from deepspeech.inference import collect_log_probs
+    from deepspeech.decoding.beam import BACKENDS, build_decoder
+    from deepspeech.decoding.greedy import greedy_decode_logp
+    from deepspeech.inference.evaluate import collect_log_probs
     from deepspeech.metrics import ErrorCounts, error_rates
     from deepspeech.text import normalize_zh
 
@@ -98,12 +98,12 @@ def d2_rtf(model: str, manifest: str, n: int) -> list[dict[str, object]]:
     import torch
     from pocketsphinx import Decoder
 
-    from deepspeech.audio import load_audio
     from deepspeech.checkpoint import load_model_dir
     from deepspeech.data.manifest import read_manifest
+    from deepspeech.frontend.audio import load_audio
+    from deepspeech.inference.transcribe import transcribe_files
     from deepspeech.metrics import error_rates
     from deepspeech.text import normalize_en
-    from deepspeech.transcribe import transcribe_files
 
     torch.set_num_threads(1)
     utts = read_manifest(manifest)[:n]
@@ -137,8 +137,8 @@ def d2_rtf(model: str, manifest: str, n: int) -> list[dict[str, object]]:
 def d3_long(model: str, manifest: str, hours: float) -> dict[str, object]:
     import soundfile as sf
 
-    from deepspeech.audio import load_audio
     from deepspeech.data.manifest import read_manifest
+    from deepspeech.frontend.audio import load_audio
 
     utts = read_manifest(manifest)
     with tempfile.TemporaryDirectory() as tmp:

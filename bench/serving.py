@@ -38,7 +38,7 @@ import numpy as np
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from deepspeech.audio import load_audio  # noqa: E402
+from deepspeech.frontend.audio import load_audio  # noqa: E402
 from serving.client import stream_pcm, to_pcm16  # noqa: E402
 from tests.serving_util import running_server  # noqa: E402
 

@@ -236,7 +236,7 @@ def active_streams(host: str) -> float:
 
 def soak(model: Path, minutes: float, quiet_minutes: float, streams: int, tmp: Path) -> dict[str, Any]:
     from deepspeech.checkpoint import load_model_dir
-    from deepspeech.transcribe import transcribe_files
+    from deepspeech.inference.transcribe import transcribe_files
 
     pcms = stream_audio(min(streams, 16), CLIP_S, seed=12)
     paths = []

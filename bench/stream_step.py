@@ -23,7 +23,7 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
 from deepspeech.checkpoint import load_model_dir  # noqa: E402
-from deepspeech.streaming import StreamingModel  # noqa: E402
+from deepspeech.inference.streaming import StreamingModel  # noqa: E402
 
 
 def bench(engine: StreamingModel, n: int, chunk: int, rounds: int = 9, warmup: int = 2, steps: int = 5

@@ -36,7 +36,7 @@ def _fsdd(n: int) -> list:
 def synthesis_rows(reps: int = 5) -> list[dict]:
     from data_synthesis.offline import augment_corpus
     from data_synthesis.tts import synthesize_corpus, voice_split
-    from deepspeech.augment import AugmentConfig
+    from deepspeech.augment.perturb import AugmentConfig
     from deepspeech.presets import digits_en
 
     rows = []
@@ -70,7 +70,7 @@ def _loader_rows(aug, reps: int) -> list[dict]:
     import numpy as np
 
     from deepspeech.data.dataset import SpeechDataset
-    from deepspeech.features import FeatureConfig
+    from deepspeech.frontend.features import FeatureConfig
     from deepspeech.text import english_tokenizer
 
     utts = _fsdd(32)

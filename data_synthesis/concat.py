@@ -17,8 +17,8 @@ from pathlib import Path
 import numpy as np
 from tqdm import tqdm
 
-from deepspeech.audio import SAMPLE_RATE, AudioError, load_audio, save_audio
 from deepspeech.data.manifest import Utterance, write_manifest
+from deepspeech.frontend.audio import SAMPLE_RATE, AudioError, load_audio, save_audio
 
 log = logging.getLogger(__name__)
 

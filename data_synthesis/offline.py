@@ -1,6 +1,6 @@
 """Offline augmentation: write a noisy (reverberant, perturbed) copy of a whole corpus, audio + manifest.
 
-The same pipeline as the online loader (:func:`deepspeech.augment.augment_waveform`), run once: copy ``c`` of
+The same pipeline as the online loader (:func:`deepspeech.augment.perturb.augment_waveform`), run once: copy ``c`` of
 utterance ``i`` uses a generator seeded by (seed, c, i), so the output does not depend on the number of worker
 processes or their scheduling. Babble is made from other utterances of the input corpus.
 """
@@ -16,10 +16,10 @@ import numpy as np
 import soundfile as sf
 
 from data_synthesis.parallel import imap_jobs
-from deepspeech.audio import SAMPLE_RATE, AudioError, load_audio
-from deepspeech.augment import AugmentConfig, augment_waveform
+from deepspeech.augment.noise import NoiseSources, load_noise_clips
+from deepspeech.augment.perturb import AugmentConfig, augment_waveform
 from deepspeech.data.manifest import Utterance, write_manifest
-from deepspeech.noise import NoiseSources, load_noise_clips
+from deepspeech.frontend.audio import SAMPLE_RATE, AudioError, load_audio
 
 log = logging.getLogger(__name__)
 

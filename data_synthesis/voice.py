@@ -31,8 +31,8 @@ import numpy as np
 import soxr
 from tqdm import tqdm
 
-from deepspeech.audio import SAMPLE_RATE, AudioError, load_audio, save_audio
 from deepspeech.data.manifest import Utterance, write_manifest
+from deepspeech.frontend.audio import SAMPLE_RATE, AudioError, load_audio, save_audio
 
 __all__ = ["VoiceConfig", "VoiceError", "convert_corpus", "convert_voice"]
 

@@ -3,7 +3,7 @@
 A model directory holds everything inference needs and nothing executable:
 ``model.safetensors`` (weights and batch-norm statistics), ``config.json`` (the full TrainConfig),
 ``tokenizer.json``, ``feature_stats.json``; optionally ``lm/`` (the beam search's KenLM, ``decoder.json``) and, for
-a pinyin-unit Mandarin model, ``hanzi/`` (character LM + pinyin lexicon, :mod:`deepspeech.hanzi`). A training
+a pinyin-unit Mandarin model, ``hanzi/`` (character LM + pinyin lexicon, :mod:`deepspeech.decoding.hanzi`). A training
 checkpoint adds ``train_state/`` (optimizer state, trainer position, RNG, averaged weights), kept apart from the
 weights: the trainer writes it with :func:`capture_train_state` and resumes with :func:`restore_training_checkpoint`.
 Loading never unpickles: safetensors for weights and ``torch.load(weights_only=True)`` for optimizer state. Loading
@@ -40,8 +40,9 @@ from safetensors.torch import load_file
 from safetensors.torch import save as safetensors_bytes
 
 from deepspeech.config import TrainConfig, drop_retired, from_dict, to_dict
-from deepspeech.features import FeatureStats
-from deepspeech.model import DeepSpeech2, ModelConfig
+from deepspeech.frontend.features import FeatureStats
+from deepspeech.model.config import ModelConfig
+from deepspeech.model.ds2 import DeepSpeech2
 from deepspeech.text import CharTokenizer
 
 if TYPE_CHECKING:
@@ -86,8 +87,8 @@ class AcousticModel:
     @torch.no_grad()
     def forward(self, feats: torch.Tensor, lengths: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """(B, T, F) features normalised by ``stats`` -> (B, T', V) logits and (B,) lengths: the network alone.
-        What decodes a loaded model is :func:`deepspeech.warp_search.acoustic_forward`, which adds the test-time
-        warp search where the config asks for it."""
+        What decodes a loaded model is :func:`deepspeech.inference.warp_search.acoustic_forward`, which adds the
+        test-time warp search where the config asks for it."""
         return self.model(feats, lengths)
 
     @property
@@ -414,8 +415,8 @@ def load_model_dir(path: str | Path, device: str | torch.device = "cpu",
         raise CheckpointError(f"{d}: tokenizer ({tokenizer.lang}, {len(tokenizer)}) does not match the config")
     model = _load_weights(d, cfg, device, stats_group)
     hanzi = None
-    from deepspeech.hanzi import LEXICON, HanziError, PinyinToHanzi  # lazy: only model loading needs it
-    from deepspeech.kenlm import KenLMError
+    from deepspeech.decoding.hanzi import LEXICON, HanziError, PinyinToHanzi  # lazy: only model loading needs it
+    from deepspeech.decoding.kenlm import KenLMError
 
     if tokenizer.units == "pinyin" and (d / HANZI / LEXICON).is_file():
         try:

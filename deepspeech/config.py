@@ -14,9 +14,9 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-from deepspeech.augment import AugmentConfig
-from deepspeech.features import FeatureConfig
-from deepspeech.model import ModelConfig
+from deepspeech.augment.perturb import AugmentConfig
+from deepspeech.frontend.features import FeatureConfig
+from deepspeech.model.config import ModelConfig
 
 
 @dataclass(frozen=True)
@@ -24,7 +24,7 @@ class DataConfig:
     train: str = ""  # training manifest(s), comma-separated
     dev: str = ""  # validation manifest(s), comma-separated; used for best-model selection
     lang: str = "en"  # en | zh: selects the tokenizer and normaliser
-    units: str = "char"  # output units: char | pinyin (zh only: numbered-pinyin letters, see deepspeech.hanzi)
+    units: str = "char"  # output units: char | pinyin (zh only: numbered-pinyin letters, see deepspeech.decoding.hanzi)
     min_duration_s: float = 0.05  # shorter utterances are skipped
     max_duration_s: float = 30.0  # longer utterances are skipped (DS2 trained on utterances up to ~16 s)
     max_frames: int = 24_000  # global batch budget: batch size x longest utterance, in 10 ms feature frames

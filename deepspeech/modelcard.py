@@ -12,13 +12,13 @@ from typing import Any
 from safetensors import safe_open
 from safetensors.torch import load_file, save_file
 
-from deepspeech.beam import DECODER_JSON, MODEL_LM_DIR, build_decoder
 from deepspeech.checkpoint import CONFIG, HANZI, STATS, TOKENIZER, WEIGHTS, load_model_dir
 from deepspeech.config import to_dict
 from deepspeech.data.manifest import read_manifest
-from deepspeech.hanzi import LEXICON, SETTINGS
-from deepspeech.inference import evaluate_manifest
-from deepspeech.kenlm import LM_BINARY, LM_META, UNIGRAMS
+from deepspeech.decoding.beam import DECODER_JSON, MODEL_LM_DIR, build_decoder
+from deepspeech.decoding.hanzi import LEXICON, SETTINGS
+from deepspeech.decoding.kenlm import LM_BINARY, LM_META, UNIGRAMS
+from deepspeech.inference.evaluate import evaluate_manifest
 
 SHIP_LIMIT_BYTES = 20_000_000  # shipped models over 20 MB are stored in half precision
 
@@ -72,13 +72,13 @@ def export_model(src: str | Path, dst: str | Path, command: str, evals: dict[str
         meta = dst / HANZI / LM_META
         hz = json.loads(meta.read_text(encoding="utf-8")) if meta.is_file() else {}
         lm_text += (f"\nOutputs are numbered-pinyin letters; `hanzi/` turns them into characters "
-                    f"(`deepspeech.hanzi`: pinyin lexicon and a {hz.get('order', '?')}-gram character KenLM, "
+                    f"(`deepspeech.decoding.hanzi`: pinyin lexicon and a {hz.get('order', '?')}-gram character KenLM, "
                     f"{hz.get('binary_bytes', 0) / 1e6:.1f} MB). WER and CER above are on those characters.\n")
     warps = cfg["features"].get("warp_search") or []
     if warps:
         lm_text += (f"\nEvery figure decodes each utterance under the most confident of the frequency warps "
-                    f"{', '.join(f'{a:g}' for a in warps)} (`features.warp_search`, `deepspeech/warp_search.py`), as "
-                    "`eval` and `transcribe` do with this model.\n")
+                    f"{', '.join(f'{a:g}' for a in warps)} (`features.warp_search`, "
+                    "`deepspeech/inference/warp_search.py`), as `eval` and `transcribe` do with this model.\n")
     precision = (" Weights are stored in float16 (to stay under 20 MB) and computed in float32; the figures below "
                  "are measured on the stored weights.") if half else ""
     card = f"""# {cfg['name']}

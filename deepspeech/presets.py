@@ -11,9 +11,9 @@ from __future__ import annotations
 import dataclasses
 from collections.abc import Callable
 
-from deepspeech.augment import AugmentConfig
+from deepspeech.augment.perturb import AugmentConfig
 from deepspeech.config import DataConfig, OptimConfig, TrainConfig
-from deepspeech.model import ConvSpec, ModelConfig, ds2_convs
+from deepspeech.model.config import ConvSpec, ModelConfig, ds2_convs
 
 
 def _tiny_model() -> ModelConfig:
@@ -85,7 +85,7 @@ def digits_en() -> TrainConfig:
     cross-validation over two seeds read 20.5% with it against 23.4% without (4 of 6 folds won).
 
     SVOX Pico's six voices (``data/tts_digits_pico``, 1,000 digits: two English, four reading respelled digits) and
-    the test-time warp search (``features.warp_search``, :mod:`deepspeech.warp_search`: each utterance decoded
+    the test-time warp search (``features.warp_search``, :mod:`deepspeech.inference.warp_search`: each utterance decoded
     under the most confident of five frequency warps, 0.9-1.1) came together: over the same two seeds they read
     17.0% against 20.5% (5 of 6 folds won). Alone, the voices read 18.9% (4 of 6) and the warp search 18.9% on
     the recipe's own models (6 of 6); it lowered the held-out WER of all twelve fold models it was tried on.

@@ -1,7 +1,7 @@
 """Text: normalisers and character tokenizers for English and Mandarin (DS2 section 3: characters as outputs;
 English uses letters, space and apostrophe; Mandarin uses the few thousand characters seen in training, or, with
 ``units="pinyin"``, the letters and tone digits of numbered pinyin, mapped back to characters by
-:mod:`deepspeech.hanzi`).
+:mod:`deepspeech.decoding.hanzi`).
 
 Index 0 is always the CTC blank. A tokenizer is saved as JSON beside the model weights.
 """

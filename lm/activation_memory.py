@@ -15,7 +15,7 @@ plus, for reference, selective recomputation without sequence parallelism sbh (1
 2sbh (2sbh/t with sequence parallelism). The small rest is LayerNorm's saved mean and 1/std (4 fp32 numbers per
 token and layer). Rows with t > 1 run in t local gloo processes.
 
-    deepspeech lm memory --tp 2          (the command and its options: deepspeech.cli_lm)
+    deepspeech lm memory --tp 2          (the command and its options: deepspeech.cli.lm)
 """
 
 from __future__ import annotations

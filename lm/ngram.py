@@ -2,7 +2,7 @@
 
 ``build_ngram`` normalises a text corpus the way the acoustic model's transcripts are normalised, runs KenLM's
 ``lmplz`` (modified Kneser-Ney) and ``build_binary``, and writes one LM directory (its files:
-:mod:`deepspeech.kenlm`, which also reads it back for the decoders)::
+:mod:`deepspeech.decoding.kenlm`, which also reads it back for the decoders)::
 
     DIR/lm.arpa       the ARPA model (kept unless keep_arpa=False)
     DIR/lm.binary     KenLM's binary format (probing or quantised trie): what the decoders load
@@ -26,7 +26,7 @@ from collections.abc import Iterable, Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
-from deepspeech.kenlm import LM_ARPA, LM_BINARY, LM_META, UNIGRAMS, KenLMError
+from deepspeech.decoding.kenlm import LM_ARPA, LM_BINARY, LM_META, UNIGRAMS, KenLMError
 from deepspeech.text import normalize_en, normalize_pinyin, normalize_zh
 
 log = logging.getLogger(__name__)

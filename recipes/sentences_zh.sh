@@ -6,7 +6,7 @@
 # cmn-latn-pinyin voice is a test voice. Reported: CER on the unseen-voice synthetic test set and on AISHELL S0252.
 # About 5 minutes of synthesis and 90-100 minutes of training on 2 CPU cores. Re-running resumes.
 # Outputs are numbered-pinyin letters (data.units=pinyin); the character 4-gram LM and a pinyin lexicon made from
-# the same text (`lm ngram --pinyin-lexicon`) turn the recognised syllables into characters (deepspeech.hanzi).
+# the same text (`lm ngram --pinyin-lexicon`) turn the recognised syllables into characters (deepspeech.decoding.hanzi).
 # An earlier run with character outputs (~4,500 symbols over ~70k training characters) mostly emitted blanks:
 # greedy CER 92.0% dev, 90.7% unseen-voice test, 99.4% AISHELL S0252.
 set -euo pipefail

@@ -37,7 +37,7 @@ from starlette.exceptions import HTTPException
 from starlette.formparsers import MultiPartException
 from starlette.requests import ClientDisconnect
 
-from deepspeech.audio import SAMPLE_RATE, AudioError, load_audio
+from deepspeech.frontend.audio import SAMPLE_RATE, AudioError, load_audio
 from serving.config import ServerConfig
 from serving.dispatch import BatchDispatcher, Overloaded
 from serving.metrics import Metrics

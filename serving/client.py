@@ -21,7 +21,7 @@ from typing import Any
 import numpy as np
 import websockets
 
-from deepspeech.audio import SAMPLE_RATE, load_audio
+from deepspeech.frontend.audio import SAMPLE_RATE, load_audio
 
 
 @dataclass

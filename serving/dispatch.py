@@ -2,7 +2,7 @@
 
 Connections (on the asyncio event loop) append audio to their stream and return at once. One worker thread loops:
 take the streams that have unprocessed audio (or have ended), oldest audio first, up to ``max_batch``; run ONE
-batched streaming step for all of them (:class:`deepspeech.streaming.StreamingModel`); hand each stream its
+batched streaming step for all of them (:class:`deepspeech.inference.streaming.StreamingModel`); hand each stream its
 partial result; repeat as soon as the step is done ("eager": a request never waits for a batch to fill, it only
 waits for the step in flight). ``max_wait_ms`` > 0 trades latency for larger batches. Streams join and leave
 between any two steps.
@@ -10,9 +10,9 @@ between any two steps.
 Results go back through each stream's ``emit`` callback, called on the worker thread; the server passes one that
 schedules delivery on the event loop (``loop.call_soon_threadsafe``).
 
-A stream's audio arrives at its own rate; the engine's front end resamples it (:mod:`deepspeech.frontend`, the
-resampler of files and uploads too). Each stream's session keeps a :class:`deepspeech.silence.SpeechDetector` over
-the audio stepped so far: until it has heard speech, partial results are empty, and a stream that never held speech
+A stream's audio arrives at its own rate; the engine's front end resamples it (:mod:`deepspeech.frontend.front_end`, the
+resampler of files and uploads too). Each stream's session keeps a :class:`deepspeech.frontend.silence.SpeechDetector`
+over the audio stepped so far: until it has heard speech, partial results are empty, and a stream that never held speech
 ends with empty text and no words (what offline transcription gives for the same audio), not the network's guess at
 silence. Partial and final texts are post-processed as every route's are (a pinyin model writes characters).
 """
@@ -30,11 +30,11 @@ from typing import Any
 import numpy as np
 import torch
 
-from deepspeech.audio import SAMPLE_RATE
-from deepspeech.decoding import Decoder
-from deepspeech.silence import DEFAULT_GATE
-from deepspeech.streaming import StreamingModel, StreamSession
-from deepspeech.transcribe import frame_seconds, timed_words
+from deepspeech.decoding.hypothesis import Decoder
+from deepspeech.frontend.audio import SAMPLE_RATE
+from deepspeech.frontend.silence import DEFAULT_GATE
+from deepspeech.inference.streaming import StreamingModel, StreamSession
+from deepspeech.inference.transcribe import frame_seconds, timed_words
 from serving.config import ServerConfig
 from serving.metrics import Metrics
 

@@ -17,9 +17,9 @@ from types import FrameType
 import uvicorn
 from fastapi import FastAPI
 
-from deepspeech.beam import build_decoder
 from deepspeech.checkpoint import load_model_dir
-from deepspeech.streaming import StreamingModel
+from deepspeech.decoding.beam import build_decoder
+from deepspeech.inference.streaming import StreamingModel
 from serving.app import create_app
 from serving.config import ServerConfig
 from serving.dispatch import BatchDispatcher

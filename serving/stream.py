@@ -2,7 +2,8 @@
 
 Protocol (see :mod:`serving.app`): binary frames of 16-bit little-endian mono PCM at ``?sample_rate=`` (default
 16000), then the text frame ``{"type": "end"}``; partial results as audio is processed, one final result, close 1000.
-The PCM goes to the dispatcher at the client's rate: the engine's front end resamples it (:mod:`deepspeech.frontend`).
+The PCM goes to the dispatcher at the client's rate: the engine's front end resamples it
+(:mod:`deepspeech.frontend.front_end`).
 
 A stream holds one of ``max_streams`` slots, so it must keep moving: a message at least every ``idle_timeout_s``;
 from ``stream_grace_s`` after it opened, audio at ``min_audio_rate`` x real time or better (empty or tiny frames do
@@ -24,7 +25,7 @@ import numpy as np
 from fastapi import WebSocket
 from starlette.websockets import WebSocketDisconnect, WebSocketState
 
-from deepspeech.audio import SAMPLE_RATE
+from deepspeech.frontend.audio import SAMPLE_RATE
 from serving.config import ServerConfig
 from serving.dispatch import BatchDispatcher, Overloaded, Stream
 from serving.metrics import Metrics

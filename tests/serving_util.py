@@ -15,7 +15,7 @@ import httpx
 import numpy as np
 import soundfile as sf
 
-from deepspeech.audio import load_audio
+from deepspeech.frontend.audio import load_audio
 
 REPO = Path(__file__).resolve().parents[1]
 

@@ -13,11 +13,11 @@ from pathlib import Path
 
 import pytest
 
-from deepspeech.audio import load_audio
 from deepspeech.cli import main
 from deepspeech.data.importers import importer_kinds
 from deepspeech.data.manifest import read_manifest
-from deepspeech.model import DeepSpeech2
+from deepspeech.frontend.audio import load_audio
+from deepspeech.model.ds2 import DeepSpeech2
 from deepspeech.modelcard import SHIP_LIMIT_BYTES
 from deepspeech.presets import get_preset, small, tiny
 from deepspeech.training.trainer import train

@@ -1,5 +1,5 @@
-"""deepspeech.audio: every readable format, rate and channel count -> mono float32 at 16 kHz; every failure is an
-AudioError that names its source."""
+"""deepspeech.frontend.audio: every readable format, rate and channel count -> mono float32 at 16 kHz; every failure is
+an AudioError that names its source."""
 
 from __future__ import annotations
 
@@ -14,8 +14,8 @@ import pytest
 import soundfile as sf
 import soxr
 
-from deepspeech import audio
-from deepspeech.audio import (
+from deepspeech.frontend import audio
+from deepspeech.frontend.audio import (
     MAX_CHANNELS,
     MAX_SAMPLE_RATE,
     MIN_SAMPLE_RATE,

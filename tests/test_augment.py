@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 import torch
 
-from deepspeech.augment import AugmentConfig, augment_waveform, spec_augment, speed_perturb
+from deepspeech.augment.perturb import AugmentConfig, augment_waveform, spec_augment, speed_perturb
 
 
 def test_speed_perturbation_changes_length_by_the_factor() -> None:
@@ -51,8 +51,8 @@ def test_invalid_augment_configs() -> None:
 
 
 def test_vtlp_moves_a_formant_by_the_warp_factor_and_keeps_the_ends() -> None:
-    from deepspeech.augment import vtlp
-    from deepspeech.features import FeatureConfig, log_spectrogram
+    from deepspeech.augment.perturb import vtlp
+    from deepspeech.frontend.features import FeatureConfig, log_spectrogram
 
     t = np.arange(16000) / 16000
     feats = log_spectrogram(np.sin(2 * np.pi * 2000 * t).astype(np.float32), FeatureConfig())  # bin 40 of 161

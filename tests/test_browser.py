@@ -16,9 +16,9 @@ import pytest
 import soundfile as sf
 import soxr
 
-from deepspeech.audio import load_audio
 from deepspeech.checkpoint import load_model_dir
-from deepspeech.transcribe import transcribe_files
+from deepspeech.frontend.audio import load_audio
+from deepspeech.inference.transcribe import transcribe_files
 from tests.serving_util import REPO, running_server
 
 MODEL = REPO / "models" / "streaming-en"

@@ -28,8 +28,9 @@ from safetensors.torch import load_file
 import deepspeech.checkpoint as ckpt
 from deepspeech.checkpoint import CheckpointError, find_checkpoint, load_train_state, recover_checkpoint
 from deepspeech.config import TrainConfig, apply_overrides
-from deepspeech.features import FeatureStats
-from deepspeech.model import ConvSpec, DeepSpeech2, ModelConfig
+from deepspeech.frontend.features import FeatureStats
+from deepspeech.model.config import ConvSpec, ModelConfig
+from deepspeech.model.ds2 import DeepSpeech2
 from deepspeech.presets import tiny
 from deepspeech.text import english_tokenizer
 from deepspeech.training import trainer

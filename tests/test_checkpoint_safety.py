@@ -22,7 +22,7 @@ from safetensors.torch import load_file, save_file
 
 import deepspeech.checkpoint as ckpt
 from deepspeech.checkpoint import CheckpointError, load_model_dir
-from deepspeech.model import DeepSpeech2
+from deepspeech.model.ds2 import DeepSpeech2
 from deepspeech.parallel import ParallelDims, ParallelState
 from deepspeech.parallel.sharded_checkpoint import ShardedCheckpointError, latest_checkpoint, step_dir
 from lm.gpt import GPTConfig, gpt_tiny

@@ -89,7 +89,7 @@ def test_core_imports_without_optional_extras() -> None:
         "import sys\n"
         "for m in ('tensorboard', 'fastapi', 'uvicorn', 'kenlm', 'pyctcdecode', 'jiwer', 'hypothesis'):\n"
         "    sys.modules[m] = None\n"
-        "import deepspeech.cli, deepspeech.training.trainer, deepspeech.inference, deepspeech.data.importers\n"
+        "import deepspeech.cli, deepspeech.training.trainer, deepspeech.inference.evaluate, deepspeech.data.importers\n"
         "print('ok')\n"
     )
     res = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=REPO)

@@ -9,8 +9,8 @@ import numpy as np
 import pytest
 
 from data_synthesis.concat import ConcatConfig, concat_corpus
-from deepspeech.audio import load_audio
 from deepspeech.data.manifest import read_manifest
+from deepspeech.frontend.audio import load_audio
 from tests.conftest import FSDD, cut_manifest
 
 

@@ -10,7 +10,8 @@ import pytest
 import torch
 
 from deepspeech.config import DataConfig, OptimConfig, TrainConfig, apply_overrides, from_dict, to_dict
-from deepspeech.model import ConvSpec, DeepSpeech2, ModelConfig
+from deepspeech.model.config import ConvSpec, ModelConfig
+from deepspeech.model.ds2 import DeepSpeech2
 from deepspeech.presets import PRESETS, get_preset
 
 pytestmark = pytest.mark.usefixtures("one_thread")

@@ -1,4 +1,5 @@
-"""deepspeech.features: DS2 log spectrogram shapes, a numpy reference, streaming == whole utterance, statistics."""
+"""deepspeech.frontend.features: DS2 log spectrogram shapes, a numpy reference, streaming == whole utterance,
+statistics."""
 
 from __future__ import annotations
 
@@ -12,7 +13,13 @@ import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from deepspeech.features import FeatureConfig, FeatureStats, StreamState, log_spectrogram, stream_log_spectrogram
+from deepspeech.frontend.features import (
+    FeatureConfig,
+    FeatureStats,
+    StreamState,
+    log_spectrogram,
+    stream_log_spectrogram,
+)
 
 CFG = FeatureConfig()
 
@@ -212,7 +219,7 @@ def test_smooth_mean_removes_a_channel_tilt_and_keeps_a_words_formants() -> None
     of ``norm_smooth_hz``). A channel's broad colouring (a tilt of 20 dB across the band, here on synthetic log
     power) goes where the smoother reproduces it, away from the band's edges, as does any gain; a formant-scale
     bump of the word's average spectrum (100 Hz wide, 3 nats high) mostly stays, where a per-bin mean removes it."""
-    from deepspeech.features import smoothing_matrix, utterance_normalize
+    from deepspeech.frontend.features import smoothing_matrix, utterance_normalize
 
     cfg = FeatureConfig(utterance_norm="smooth_mean", norm_smooth_hz=300.0)
     gen = torch.Generator().manual_seed(0)
@@ -239,7 +246,7 @@ def test_endpointing_cuts_loose_recordings_to_the_same_frames_as_tight_ones() ->
     exactly the frames of the same recording cut 20 ms around the word (the margin), so a speaker who leaves long
     pauses and one who leaves none look alike; off (0 dB), nothing is cut. Both cuts are whole hops, so the two
     spectrograms read the same samples and are compared exactly."""
-    from deepspeech.features import extract, trim_bounds
+    from deepspeech.frontend.features import extract, trim_bounds
 
     rng = np.random.default_rng(1)
     t = np.arange(8000) / 16000

@@ -1,9 +1,9 @@
 """Property tests (hypothesis) for the two readers of untrusted input (issue 29).
 
-deepspeech.audio.load_audio, on arbitrary bytes and on real WAV/FLAC/OGG bytes with bits flipped, cut short or header
-fields rewritten (Ogg pages get their checksum recomputed, so the change reaches the decoder): it returns a finite
-float32 mono array within the duration limit or raises AudioError, nothing else. deepspeech.data.manifest on arbitrary
-byte lines mixed with good ones: it never raises, and keeps every good line in order.
+deepspeech.frontend.audio.load_audio, on arbitrary bytes and on real WAV/FLAC/OGG bytes with bits flipped, cut short or
+header fields rewritten (Ogg pages get their checksum recomputed, so the change reaches the decoder): it returns a
+finite float32 mono array within the duration limit or raises AudioError, nothing else. deepspeech.data.manifest on
+arbitrary byte lines mixed with good ones: it never raises, and keeps every good line in order.
 """
 
 from __future__ import annotations
@@ -20,9 +20,9 @@ import soundfile as sf
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from deepspeech.audio import SAMPLE_RATE, AudioError, load_audio
 from deepspeech.data import manifest as manifest_module
 from deepspeech.data.manifest import LANGS, Utterance, read_manifest_report
+from deepspeech.frontend.audio import SAMPLE_RATE, AudioError, load_audio
 
 LIMIT_S = 1.0  # small, so that no example decodes for long
 FUZZ = settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow])

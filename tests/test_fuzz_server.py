@@ -24,7 +24,7 @@ import websockets
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from deepspeech.audio import load_audio
+from deepspeech.frontend.audio import load_audio
 from tests.serving_util import REPO, running_server
 
 MODEL = REPO / "models" / "streaming-en"

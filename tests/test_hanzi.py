@@ -1,4 +1,4 @@
-"""deepspeech.hanzi: numbered pinyin -> characters with a real KenLM character n-gram and a pinyin lexicon, and
+"""deepspeech.decoding.hanzi: numbered pinyin -> characters with a real KenLM character n-gram and a pinyin lexicon, and
 its wiring into evaluation and transcription of a pinyin-unit model."""
 
 from __future__ import annotations
@@ -13,9 +13,9 @@ import pytest
 import soundfile as sf
 import torch
 
-from deepspeech.beam import Hypothesis, Word
-from deepspeech.hanzi import HanziConfig, HanziError, PinyinToHanzi, hypothesis_to_characters
-from deepspeech.kenlm import KenLMError
+from deepspeech.decoding.beam import Hypothesis, Word
+from deepspeech.decoding.hanzi import HanziConfig, HanziError, PinyinToHanzi, hypothesis_to_characters
+from deepspeech.decoding.kenlm import KenLMError
 from deepspeech.text import to_pinyin
 from lm.ngram import kenlm_binary
 from tests.conftest import run_cli
@@ -92,9 +92,9 @@ def test_pinyin_model_is_scored_and_transcribed_in_characters(tmp_path: Path, lm
     import shutil
 
     from deepspeech.checkpoint import load_model_dir, save_model_dir
-    from deepspeech.features import FeatureStats
-    from deepspeech.inference import evaluate_manifest
-    from deepspeech.model import DeepSpeech2
+    from deepspeech.frontend.features import FeatureStats
+    from deepspeech.inference.evaluate import evaluate_manifest
+    from deepspeech.model.ds2 import DeepSpeech2
     from deepspeech.presets import tiny
     from deepspeech.text import pinyin_tokenizer
 
@@ -147,9 +147,9 @@ def test_pinyin_model_is_scored_and_transcribed_in_characters(tmp_path: Path, lm
 def test_syllable_lm_beam_search_then_characters(lm_dir: Path, tmp_path: Path) -> None:
     """The full Mandarin pinyin path on a constructed emission: beam search with a pinyin-syllable KenLM
     (``lm ngram --lang zh-pinyin``) fixes a misheard letter, then the character LM writes the sentence."""
-    from deepspeech.beam import BeamConfig, BeamSearchDecoder
-    from deepspeech.decoding import greedy_decode_logp
-    from deepspeech.kenlm import NgramLM
+    from deepspeech.decoding.beam import BeamConfig, BeamSearchDecoder
+    from deepspeech.decoding.greedy import greedy_decode_logp
+    from deepspeech.decoding.kenlm import NgramLM
     from deepspeech.text import pinyin_tokenizer
     from tests.test_lm_decoding import emissions, spell
 

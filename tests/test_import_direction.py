@@ -12,10 +12,9 @@ core: ``deepspeech.*``    core
 ``lm.*``                  core, lm, data_synthesis
 ``data_synthesis.*``      core, data_synthesis, lm
 ``serving.*``             core, lm, data_synthesis, serving
-cli                       anything. The CLI modules: ``deepspeech.cli``, ``deepspeech.cli_lm``, any future
-                          ``deepspeech.cli.*`` package, and ``serving.cli`` (the ``deepspeech serve`` and
-                          ``deepspeech stream`` parsers that deepspeech.cli mounts: CLI code kept beside the
-                          server it starts, so no server module may import it)
+cli                       anything. The CLI modules: the ``deepspeech.cli`` package and every
+                          ``deepspeech.cli.*`` module in it (one per subcommand, ``serve`` and ``stream``
+                          included: no server module may import them)
 ========================  =============================================================================
 
 and no module reaches itself through its imports (no cycles, of any length). An import names the deepest module
@@ -33,7 +32,9 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 PACKAGES = ("deepspeech", "lm", "serving", "data_synthesis")
-CLI_MODULES = frozenset({"deepspeech.cli", "deepspeech.cli_lm", "serving.cli"})
+CLI_PACKAGE = "deepspeech.cli"
+CLI_MODULES = frozenset({CLI_PACKAGE, *(f"{CLI_PACKAGE}.{f.stem}" for f in (ROOT / "deepspeech" / "cli").glob("*.py")
+                                       if f.stem != "__init__")})
 ALLOWED = {
     "core": frozenset({"core"}),
     "lm": frozenset({"core", "lm", "data_synthesis"}),
@@ -54,7 +55,7 @@ class Edge:
 
 
 def layer(module: str) -> str:
-    if module in CLI_MODULES or module.startswith("deepspeech.cli."):
+    if module in CLI_MODULES or module.startswith(f"{CLI_PACKAGE}."):  # prefix: also any subpackage of it
         return "cli"
     top = module.split(".")[0]
     return "core" if top == "deepspeech" else top
@@ -192,4 +193,6 @@ def test_the_checks_catch_a_wrong_way_import_and_a_cycle(tmp_path: Path) -> None
         "lm/ngram.py:1: lm.ngram imports lm.util",
         "lm/util.py:3: lm.util imports deepspeech.beam",
     }
-    assert layer("deepspeech.cli.train") == layer("serving.cli") == "cli" and layer("deepspeech.parallel") == "core"
+    assert layer("deepspeech.cli.train") == layer("deepspeech.cli") == "cli" and layer("deepspeech.parallel") == "core"
+    assert {"deepspeech.cli.common", "deepspeech.cli.serve", "deepspeech.cli.lm"} <= CLI_MODULES
+    assert layer("serving.server") == "serving"

@@ -13,7 +13,6 @@ import numpy as np
 import pytest
 import soundfile as sf
 
-from deepspeech.audio import load_audio
 from deepspeech.data.corpora import AN4_DEV_SPEAKERS, import_an4, import_kit, import_speech_commands
 from deepspeech.data.importers import (
     FSDD_SPLITS,
@@ -30,6 +29,7 @@ from deepspeech.data.importers import (
     split_by_speaker,
 )
 from deepspeech.data.manifest import ManifestError, Utterance, read_manifest
+from deepspeech.frontend.audio import load_audio
 
 SR = 16_000
 REPO = Path(__file__).resolve().parents[1]

@@ -13,7 +13,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from deepspeech.beam import (
+from deepspeech.decoding.beam import (
     PRUNED_LOGP,
     BeamConfig,
     BeamSearchDecoder,
@@ -22,9 +22,9 @@ from deepspeech.beam import (
     log_softmax_np,
     prune_cumulative,
 )
-from deepspeech.decoding import greedy_decode_logp
-from deepspeech.kenlm import KenLMError, NgramLM
-from deepspeech.language_model import LanguageModel
+from deepspeech.decoding.greedy import greedy_decode_logp
+from deepspeech.decoding.kenlm import KenLMError, NgramLM
+from deepspeech.decoding.language_model import LanguageModel
 from deepspeech.text import english_tokenizer, mandarin_tokenizer
 from lm.ngram import NgramConfig, build_ngram, kenlm_binary
 from tests.conftest import REPO, run_cli

@@ -8,7 +8,9 @@ import pytest
 import torch
 from torch import nn
 
-from deepspeech.model import ConvSpec, DeepSpeech2, MaskedBatchNorm, ModelConfig, ctc_loss, ds2_convs
+from deepspeech.model.config import ConvSpec, ModelConfig, ds2_convs
+from deepspeech.model.ds2 import DeepSpeech2, ctc_loss
+from deepspeech.model.layers import MaskedBatchNorm
 
 # float32 through a few layers: per-utterance vs padded-batch results differ only by summation order inside
 # BLAS/conv kernels (different batch shapes pick different blockings), i.e. a few ulps amplified by depth.

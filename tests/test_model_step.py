@@ -8,7 +8,9 @@ import numpy as np
 import pytest
 import torch
 
-from deepspeech.model import ConvSpec, DeepSpeech2, FrameBuffer, ModelConfig, StepState
+from deepspeech.model.config import ConvSpec, ModelConfig
+from deepspeech.model.ds2 import DeepSpeech2
+from deepspeech.model.state import FrameBuffer, StepState
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 

@@ -24,16 +24,16 @@ import torch
 
 from deepspeech.checkpoint import AcousticModel, load_model_dir
 from deepspeech.data.manifest import Utterance
-from deepspeech.features import FeatureStats
-from deepspeech.frontend import MODEL_RATE, FrontEnd, Resampler, resample
-from deepspeech.inference import evaluate_manifest
-from deepspeech.longform import ChunkConfig
-from deepspeech.model import DeepSpeech2
+from deepspeech.frontend.features import FeatureStats
+from deepspeech.frontend.front_end import MODEL_RATE, FrontEnd, Resampler, resample
+from deepspeech.frontend.silence import DEFAULT_GATE
+from deepspeech.inference.evaluate import evaluate_manifest
+from deepspeech.inference.longform import ChunkConfig
+from deepspeech.inference.recognizer import Recognizer
+from deepspeech.inference.streaming import StreamingModel
+from deepspeech.inference.transcribe import frame_seconds, timed_words, transcribe_files
+from deepspeech.model.ds2 import DeepSpeech2
 from deepspeech.presets import get_preset
-from deepspeech.recognize import Recognizer
-from deepspeech.silence import DEFAULT_GATE
-from deepspeech.streaming import StreamingModel
-from deepspeech.transcribe import frame_seconds, timed_words, transcribe_files
 
 REPO = Path(__file__).resolve().parents[1]
 FSDD = REPO / "data" / "fsdd" / "audio"
@@ -63,7 +63,7 @@ def test_chunked_resampling_equals_whole_signal(rate: int) -> None:
 
 
 def test_front_end_refuses_another_model_rate() -> None:
-    from deepspeech.features import FeatureConfig
+    from deepspeech.frontend.features import FeatureConfig
 
     with pytest.raises(ValueError, match="16000"):
         FrontEnd(FeatureConfig(sample_rate=8000))
@@ -120,9 +120,9 @@ def test_training_features_through_the_front_end_are_unchanged() -> None:
     """The dataset's augmented and plain items equal the order of operations the trainer used before the front
     end: waveform augmentation, spectrogram, endpointing and utterance normalisation, VTLP, statistics, SpecAugment,
     all drawing from one generator seeded by (seed, epoch, index)."""
-    from deepspeech.augment import AugmentConfig, augment_waveform, spec_augment, vtlp
+    from deepspeech.augment.perturb import AugmentConfig, augment_waveform, spec_augment, vtlp
     from deepspeech.data.dataset import SpeechDataset
-    from deepspeech.features import FeatureConfig, extract
+    from deepspeech.frontend.features import FeatureConfig, extract
     from deepspeech.text import english_tokenizer
 
     fcfg = FeatureConfig(utterance_norm="smooth_mean", trim_db=40.0)
@@ -155,7 +155,7 @@ def test_training_features_through_the_front_end_are_unchanged() -> None:
 def pinyin_streaming() -> AcousticModel:
     """A tiny unidirectional pinyin model (random weights that emit letters, not only blanks) with the shipped
     ``sentences-zh`` converter: a streaming Mandarin model as the server would serve it."""
-    from deepspeech.hanzi import PinyinToHanzi
+    from deepspeech.decoding.hanzi import PinyinToHanzi
     from deepspeech.text import pinyin_tokenizer
 
     tok = pinyin_tokenizer()

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from deepspeech.model import DeepSpeech2
+from deepspeech.model.ds2 import DeepSpeech2
 from deepspeech.presets import get_preset
 
 ROOT = Path(__file__).resolve().parents[1]

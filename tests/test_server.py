@@ -19,7 +19,7 @@ import pytest
 import websockets
 
 from deepspeech.checkpoint import load_model_dir
-from deepspeech.transcribe import transcribe_files
+from deepspeech.inference.transcribe import transcribe_files
 from serving.client import StreamResult, stream_file, stream_pcm
 from tests.serving_util import REPO, pcm16_wav, running_server
 
@@ -201,7 +201,7 @@ def test_abuse_leaves_server_and_other_streams_intact(server: str, wavs: list[Pa
 def test_upload_queue_is_bounded(server: str, tmp_path: Path, wavs: list[Path]) -> None:
     import numpy as np
 
-    from deepspeech.audio import load_audio, save_audio
+    from deepspeech.frontend.audio import load_audio, save_audio
 
     long = tmp_path / "long.wav"
     save_audio(long, np.tile(load_audio(wavs[0]), 25))  # ~25 s, 0.8 MB: each upload takes a while

@@ -10,12 +10,12 @@ import numpy as np
 import pytest
 import soundfile as sf
 
-from deepspeech.audio import load_audio
 from deepspeech.checkpoint import load_model_dir
 from deepspeech.data.manifest import Utterance
-from deepspeech.inference import evaluate_manifest
-from deepspeech.longform import GATE, ChunkConfig
-from deepspeech.transcribe import transcribe_files
+from deepspeech.frontend.audio import load_audio
+from deepspeech.inference.evaluate import evaluate_manifest
+from deepspeech.inference.longform import GATE, ChunkConfig
+from deepspeech.inference.transcribe import transcribe_files
 from tests.conftest import FSDD, REPO
 
 MODELS = ("digits-en", "sentences-en", "sentences-zh", "streaming-en")

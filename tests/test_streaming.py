@@ -1,4 +1,4 @@
-"""deepspeech.streaming: batched, chunked streaming equals the whole-utterance forward pass."""
+"""deepspeech.inference.streaming: batched, chunked streaming equals the whole-utterance forward pass."""
 
 from __future__ import annotations
 
@@ -11,11 +11,12 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from deepspeech.checkpoint import AcousticModel
-from deepspeech.decoding import greedy_decode_logp
-from deepspeech.features import FeatureStats, extract
-from deepspeech.model import DeepSpeech2, ds2_convs
+from deepspeech.decoding.greedy import greedy_decode_logp
+from deepspeech.frontend.features import FeatureStats, extract
+from deepspeech.inference.streaming import StreamingError, StreamingModel
+from deepspeech.model.config import ds2_convs
+from deepspeech.model.ds2 import DeepSpeech2
 from deepspeech.presets import get_preset, tiny
-from deepspeech.streaming import StreamingError, StreamingModel
 from deepspeech.text import english_tokenizer
 
 # The streamed and whole-utterance passes compute the same sums over the same frames, but through different GEMM

@@ -10,10 +10,10 @@ import numpy as np
 import pytest
 import soundfile as sf
 
-from deepspeech.audio import load_audio
-from deepspeech.beam import build_decoder
 from deepspeech.checkpoint import load_model_dir
-from deepspeech.transcribe import transcribe_files
+from deepspeech.decoding.beam import build_decoder
+from deepspeech.frontend.audio import load_audio
+from deepspeech.inference.transcribe import transcribe_files
 from serving.client import stream_file
 from tests.serving_util import REPO, running_server
 

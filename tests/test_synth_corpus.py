@@ -13,12 +13,12 @@ import pytest
 from data_synthesis.corpus import CorpusConfig, pick, text_protocol, usable
 from data_synthesis.offline import augment_corpus
 from data_synthesis.tts import ENGLISH_TEST_VOICES, list_variants, split_variants, voice_split
-from deepspeech.audio import load_audio
-from deepspeech.augment import AugmentConfig
+from deepspeech.augment.noise import snr_db
+from deepspeech.augment.perturb import AugmentConfig
 from deepspeech.data.dataset import SpeechDataset
 from deepspeech.data.manifest import Utterance, read_manifest
-from deepspeech.features import FeatureConfig
-from deepspeech.noise import snr_db
+from deepspeech.frontend.audio import load_audio
+from deepspeech.frontend.features import FeatureConfig
 from deepspeech.text import english_tokenizer, normalize_en, normalize_zh
 from tests.conftest import FSDD, REPO, cut_manifest, run_cli
 

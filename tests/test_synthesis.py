@@ -8,8 +8,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from deepspeech.augment import AugmentConfig, augment_waveform
-from deepspeech.noise import (
+from deepspeech.augment.noise import (
     NoiseSources,
     coloured_noise,
     load_noise_clips,
@@ -18,7 +17,8 @@ from deepspeech.noise import (
     superimpose,
     superimpose_parts,
 )
-from deepspeech.reverb import ReverbConfig, reverberate, synthetic_rir
+from deepspeech.augment.perturb import AugmentConfig, augment_waveform
+from deepspeech.augment.reverb import ReverbConfig, reverberate, synthetic_rir
 from tests.conftest import REPO
 
 

@@ -11,8 +11,9 @@ import torch
 
 from deepspeech.checkpoint import CheckpointError, capture_train_state, restore_training_checkpoint, save_model_dir
 from deepspeech.config import TrainConfig
-from deepspeech.features import FeatureStats
-from deepspeech.model import ConvSpec, DeepSpeech2, ModelConfig
+from deepspeech.frontend.features import FeatureStats
+from deepspeech.model.config import ConvSpec, ModelConfig
+from deepspeech.model.ds2 import DeepSpeech2
 from deepspeech.text import english_tokenizer
 from deepspeech.training.ema import WeightEMA
 from deepspeech.training.trainer import make_optimizer

@@ -71,7 +71,7 @@ class DeepSpeechInit:
     @staticmethod
     def state(run: Path) -> dict[str, torch.Tensor]:
         from deepspeech.checkpoint import load_config
-        from deepspeech.model import DeepSpeech2
+        from deepspeech.model.ds2 import DeepSpeech2
 
         cfg = load_config(run / "last")
         torch.manual_seed(cfg.seed)

@@ -10,14 +10,14 @@ import pytest
 import soundfile as sf
 import torch
 
-from deepspeech.audio import load_audio
 from deepspeech.checkpoint import load_model_dir
-from deepspeech.decoding import greedy_decode_logp
-from deepspeech.features import log_spectrogram, prepare_utterance
-from deepspeech.longform import ChunkConfig, quietest_cut, segment_features, transcribe_long
-from deepspeech.silence import speech_present
-from deepspeech.transcribe import TimedWord, cues, frame_seconds, render, transcribe_files
-from deepspeech.warp_search import acoustic_forward
+from deepspeech.decoding.greedy import greedy_decode_logp
+from deepspeech.frontend.audio import load_audio
+from deepspeech.frontend.features import log_spectrogram, prepare_utterance
+from deepspeech.frontend.silence import speech_present
+from deepspeech.inference.longform import ChunkConfig, quietest_cut, segment_features, transcribe_long
+from deepspeech.inference.transcribe import TimedWord, cues, frame_seconds, render, transcribe_files
+from deepspeech.inference.warp_search import acoustic_forward
 from tests.conftest import FSDD, REPO, run_cli
 
 MODEL = REPO / "models" / "digits-en"
@@ -153,7 +153,7 @@ def test_srt_and_vtt_per_file_outputs_and_resume(tmp_path: Path) -> None:
 def test_cues_and_render() -> None:
     words = [TimedWord("one", 0.0, 0.4, 0.9), TimedWord("two", 0.5, 0.9, 0.8), TimedWord("three", 3.0, 3.5, 0.7)]
     assert cues(words, "en") == [(0.0, 0.9, "one two"), (3.0, 3.5, "three")]  # the pause splits the cue
-    from deepspeech.transcribe import Transcript
+    from deepspeech.inference.transcribe import Transcript
 
     t = Transcript("a.wav", "one two three", None, 4.0, words, 0.8)
     assert render(t, "srt", "en").startswith("1\n00:00:00,000 --> 00:00:00,900\none two\n\n2\n")
@@ -206,9 +206,9 @@ def test_eval_reads_a_long_utterance_as_transcribe_does(am, tmp_path: Path,  # t
     now takes transcribe's long-recording path past the segmenting threshold: the same text (CLI and library), the
     network never sees more than one segment, and the file is never loaded whole. Here the threshold is 2 s and
     segments at most 4 s, so a 20 s recording padded with 10 s of silence stands for hours."""
-    import deepspeech.frontend as frontend
+    import deepspeech.frontend.front_end as frontend
     from deepspeech.data.manifest import Utterance
-    from deepspeech.inference import evaluate_manifest
+    from deepspeech.inference.evaluate import evaluate_manifest
 
     long = tmp_path / "long.wav"
     concat_digits(long, DIGITS * 2)

@@ -30,8 +30,8 @@ from data_synthesis.tts import (
     trim,
     voice_command,
 )
-from deepspeech.audio import load_audio
 from deepspeech.data.manifest import read_manifest
+from deepspeech.frontend.audio import load_audio
 
 needs_espeak = pytest.mark.skipif(shutil.which("espeak-ng") is None, reason="espeak-ng is not installed")
 needs_cmu = pytest.mark.skipif(shutil.which("flite") is None or shutil.which("text2wave") is None,

@@ -1,4 +1,5 @@
-"""Test-time frequency-warp search (deepspeech/warp_search.py): the most confident warp's output, per utterance."""
+"""Test-time frequency-warp search (deepspeech/inference/warp_search.py): the most confident warp's output, per
+utterance."""
 
 from __future__ import annotations
 
@@ -7,13 +8,13 @@ import dataclasses
 import pytest
 import torch
 
-from deepspeech.augment import vtlp
+from deepspeech.augment.perturb import vtlp
 from deepspeech.checkpoint import AcousticModel
-from deepspeech.features import FeatureConfig, FeatureStats
-from deepspeech.model import DeepSpeech2
+from deepspeech.frontend.features import FeatureConfig, FeatureStats
+from deepspeech.inference.warp_search import WarpSearch, acoustic_forward, warp_search
+from deepspeech.model.ds2 import DeepSpeech2
 from deepspeech.presets import tiny
 from deepspeech.text import english_tokenizer
-from deepspeech.warp_search import WarpSearch, acoustic_forward, warp_search
 
 WARPS = (0.9, 0.95, 1.0, 1.05, 1.1)
 

@@ -4,8 +4,8 @@ A user with a full corpus runs the same recipe as on the small data kit (../shar
 (:func:`import_an4`), Speech Commands v0.02 (:func:`import_speech_commands`) and the kit's own manifests
 (:func:`import_kit`); LibriSpeech, Common Voice (both layouts), AISHELL-1 and FSDD are read by
 :mod:`deepspeech.data.importers`. Each reader follows the importers' contract (:mod:`deepspeech.data.reading`):
-absolute audio paths, the source's transcript, ``duration_s`` from :func:`deepspeech.audio.audio_duration`; a bad
-entry is reported in one warning and skipped. ``run_import(kind, root, out, split=...)`` normalises the transcripts
+absolute audio paths, the source's transcript, ``duration_s`` from :func:`deepspeech.frontend.audio.audio_duration`; a
+bad entry is reported in one warning and skipped. ``run_import(kind, root, out, split=...)`` normalises the transcripts
 and writes the manifest.
 """
 
@@ -20,9 +20,9 @@ from pathlib import Path
 import numpy as np
 import soundfile as sf
 
-from deepspeech.audio import AUDIO_SUFFIXES
 from deepspeech.data.manifest import ManifestError, Utterance, parse_line
 from deepspeech.data.reading import SPLITS, PathLike, _Candidate, _finish, _read_text, _root
+from deepspeech.frontend.audio import AUDIO_SUFFIXES
 
 log = logging.getLogger(__name__)
 

@@ -1,4 +1,4 @@
-"""Utterances -> normalised features (through :class:`deepspeech.frontend.FrontEnd`) and label ids, and padded
+"""Utterances -> normalised features (through :class:`deepspeech.frontend.front_end.FrontEnd`) and label ids, and padded
 batches."""
 
 from __future__ import annotations
@@ -10,20 +10,21 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from deepspeech.audio import AudioError
-from deepspeech.augment import AugmentConfig, augment_waveform, spec_augment, vtlp
+from deepspeech.augment.noise import NoiseSources, load_noise_clips
+from deepspeech.augment.perturb import AugmentConfig, augment_waveform, spec_augment, vtlp
 from deepspeech.data.manifest import Utterance
-from deepspeech.features import FeatureConfig, FeatureStats
-from deepspeech.frontend import FrontEnd
-from deepspeech.noise import NoiseSources, load_noise_clips
+from deepspeech.frontend.audio import AudioError
+from deepspeech.frontend.features import FeatureConfig, FeatureStats
+from deepspeech.frontend.front_end import FrontEnd
 from deepspeech.text import CharTokenizer
 
 log = logging.getLogger(__name__)
 
 
 class _Augment:
-    """The training augmentation of one item at the front end's hooks (:class:`deepspeech.frontend.Augmentation`),
-    drawing from one generator in a fixed order: waveform transforms, VTLP's factor, SpecAugment's masks."""
+    """The training augmentation of one item at the front end's hooks
+    (:class:`deepspeech.frontend.front_end.Augmentation`), drawing from one generator in a fixed order: waveform
+    transforms, VTLP's factor, SpecAugment's masks."""
 
     def __init__(self, cfg: AugmentConfig, rng: np.random.Generator, noise: NoiseSources | None) -> None:
         self.cfg, self.rng, self.noise = cfg, rng, noise

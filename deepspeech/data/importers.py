@@ -1,7 +1,7 @@
 """Dataset importers: scan a corpus' on-disk layout and turn it into :class:`Utterance` lists / manifests.
 
 Every importer returns utterances with absolute audio paths, the source's transcript with surrounding
-whitespace stripped, ``duration_s`` from :func:`deepspeech.audio.audio_duration`, a speaker id and a language.
+whitespace stripped, ``duration_s`` from :func:`deepspeech.frontend.audio.audio_duration`, a speaker id and a language.
 Bad entries (unreadable audio, a transcript line without audio, audio without transcript, empty text) are
 reported with a warning on this module's logger and skipped; they never abort the import. ``run_import``
 normalises the transcripts (:func:`normalize_transcript`) and writes a manifest. More corpora (CMU AN4, Speech
@@ -17,10 +17,10 @@ import unicodedata
 from collections.abc import Callable, Iterable
 from pathlib import Path
 
-from deepspeech.audio import AUDIO_SUFFIXES
 from deepspeech.data.corpora import CORPORA
 from deepspeech.data.manifest import LANGS, ManifestError, Utterance, write_manifest
 from deepspeech.data.reading import SPLITS, PathLike, _Candidate, _finish, _read_text, _root
+from deepspeech.frontend.audio import AUDIO_SUFFIXES
 from deepspeech.text import _CJK, normalize_en
 
 log = logging.getLogger(__name__)

@@ -13,8 +13,8 @@ from pathlib import Path
 
 from tqdm import tqdm
 
-from deepspeech.audio import AudioError, audio_duration
 from deepspeech.data.manifest import Utterance
+from deepspeech.frontend.audio import AudioError, audio_duration
 
 log = logging.getLogger("deepspeech.data.importers")
 

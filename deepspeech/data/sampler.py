@@ -14,7 +14,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from deepspeech.features import FeatureConfig
+from deepspeech.frontend.features import FeatureConfig
 
 FRAMES_PER_SECOND = 1000.0 / FeatureConfig.hop_ms  # feature frames per second at the default hop (10 ms: 100)
 

@@ -39,10 +39,10 @@ from deepspeech.config import OptimConfig, TrainConfig
 from deepspeech.data.dataset import SpeechDataset, select_utterances
 from deepspeech.data.manifest import Utterance, read_manifest
 from deepspeech.data.sampler import BatchPlan, epoch_batches, shard
-from deepspeech.features import FeatureStats
-from deepspeech.inference import evaluate_dataset
+from deepspeech.frontend.features import FeatureStats
+from deepspeech.inference.evaluate import evaluate_dataset
 from deepspeech.metrics import ErrorCounts
-from deepspeech.model import DeepSpeech2, ctc_loss
+from deepspeech.model.ds2 import DeepSpeech2, ctc_loss
 from deepspeech.parallel import (
     ParallelState,
     all_reduce_sum,
