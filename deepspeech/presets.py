@@ -62,39 +62,15 @@ def tiny_streaming(lang: str = "en") -> TrainConfig:
 
 
 def digits_en() -> TrainConfig:
-    """The main job: ``tiny`` on the Free Spoken Digit Dataset train speakers plus synthetic digits: 1,500 spoken
-    by espeak-ng voices (``data/tts_digits``), 1,500 by the CMU voices of flite and Festival
-    (``data/tts_digits_cmu``) and 998 by Festival's Czech, Finnish, Italian, Catalan and Russian voices reading
-    respelled English digits (``data/tts_digits_accented``) and 1,000 by SVOX Pico's voices
-    (``data/tts_digits_pico``); validated on george. With three real speakers the
-    model meets unseen speakers mostly through the synthetic voices, level-invariant features and augmentation.
-    The mean held-out-speaker WER of ``recipes/digits_cv.sh`` went from 45.1% (espeak-ng only) to 34.4% with the
-    CMU voices and 27.9% with the accented ones.
-
-    Noise synthesis is on: 80% of utterances are augmented and half of those (40% in all, DS2's share, arXiv
-    1512.02595 section 5.1) get 1-3 superimposed tracks at 0-30 dB SNR, drawn from the shipped training noise
-    clips (``data/noise``), coloured noise and babble of the training corpus.
-
-    The final epoch is kept (``select="last"``) and each recurrent layer's output gets dropout 0.3: scored at the
-    final epoch over three seeds, cross-validation read 23.8% with dropout against 26.3% without (6 of 9 folds
-    won); george's pick of the best epoch had read the held-out speakers worse than the final epoch in 13 of 15
-    runs.
-
-    Endpointing is on (``features.trim_db=40``): leading and trailing frames more than 40 dB below the loudest are
-    cut before normalisation, so the utterance mean describes speech, not the recording's silence. Final-epoch
-    cross-validation over two seeds read 20.5% with it against 23.4% without (4 of 6 folds won).
-
-    SVOX Pico's six voices (``data/tts_digits_pico``, 1,000 digits: two English, four reading respelled digits) and
-    the test-time warp search (``features.warp_search``, :mod:`deepspeech.inference.warp_search`: each utterance decoded
-    under the most confident of five frequency warps, 0.9-1.1) came together: over the same two seeds they read
-    17.0% against 20.5% (5 of 6 folds won). Alone, the voices read 18.9% (4 of 6) and the warp search 18.9% on
-    the recipe's own models (6 of 6); it lowered the held-out WER of all twelve fold models it was tried on.
-
-    Smoothed mean normalisation (``features.utterance_norm="smooth_mean"``, ``norm_smooth_hz=150``): the per-bin
-    utterance mean is smoothed across frequency by a 150 Hz Gaussian before it is subtracted, so the channel's broad
-    colouring goes and the formants of the word's own vowels stay (the unseen speakers' errors were mostly between
-    words told apart by their vowel, four -> five, three -> eight). Over the same two seeds it read 13.9% against
-    17.0% (6 of 6 folds won); 300 Hz smoothing read 15.8% against 16.8% over three seeds (6 of 9)."""
+    """The main job: ``tiny`` on the Free Spoken Digit Dataset train speakers plus 4,998 synthetic digits
+    (``data/tts_digits``: espeak-ng; ``tts_digits_cmu``: flite and Festival's CMU voices; ``tts_digits_accented``:
+    Festival's Czech, Finnish, Italian, Catalan and Russian voices; ``tts_digits_pico``: SVOX Pico), validated on
+    george. Three real speakers, so unseen speakers are met through the synthetic voices, augmentation (40% of
+    utterances with 1-3 noise tracks at 0-30 dB SNR, DS2 arXiv 1512.02595 section 5.1), endpointing
+    (``features.trim_db=40``), smoothed mean normalisation (``utterance_norm="smooth_mean"``, 150 Hz) and the
+    test-time warp search (``features.warp_search``, :mod:`deepspeech.inference.warp_search`). Dropout 0.3, final
+    epoch kept. Each choice won a cross-validation over held-out speakers (``recipes/digits_cv.sh``); the figures
+    are in docs/digits-en-experiments.md and the model card."""
     base = tiny("en")
     data = dataclasses.replace(
         base.data, train="data/fsdd/train.jsonl,data/tts_digits/manifest.jsonl,data/tts_digits_cmu/manifest.jsonl,"
