@@ -1,8 +1,17 @@
-"""A GPT-style decoder language model with Megatron tensor and sequence parallelism and selective recomputation.
+"""The decoder LM of the parallel core: GPT and the families that are configurations of it, with Megatron tensor
+and sequence parallelism and selective recomputation.
+
+One module, shared blocks; a family is a :class:`GPTConfig` (presets in lm.families):
+* GPT / MT-NLG (arXiv 2201.11990 section 3): learned positions, GeLU MLP, biases, tied embeddings.
+* BLOOM (arXiv 2211.05100 section 3.2.2-3.2.3): ALiBi positions (a per-head linear bias on the attention scores) and
+  a LayerNorm right after the word embedding ("embedding layernorm").
+* Nemotron-4 (arXiv 2402.16819 section 2.2): rotary positions, grouped-query attention (kv_heads < heads), a
+  squared-ReLU MLP, no bias terms and untied input and output embeddings.
 
 * Tensor parallelism (arXiv 1909.08053 section 3): attention heads are split over the tensor-parallel ranks (QKV is
-  column-parallel, the output projection row-parallel); the MLP is column-parallel h -> 4h, GeLU, row-parallel
-  4h -> h; the vocabulary is split in the embedding, the (tied) output layer and the cross-entropy.
+  column-parallel, the output projection row-parallel; with GQA each rank holds a/t query heads and the g/t key/value
+  heads of their groups); the MLP is column-parallel h -> f (f = 4h by default), GeLU or squared ReLU, row-parallel
+  f -> h; the vocabulary is split in the embedding, the (tied) output layer and the cross-entropy.
 * Sequence parallelism (arXiv 2205.05198 section 4.2.2): LayerNorms, dropouts and residuals run on a 1/t slice of
   the sequence; all-gather enters and reduce-scatter leaves each tensor-parallel block.
 * Recomputation (2205.05198 section 5): "selective" checkpoints only the attention core (QK^T, softmax, softmax
@@ -16,14 +25,13 @@ size. The model is an embedding stage, a list of self-contained layers and a hea
 from __future__ import annotations
 
 import math
-from collections.abc import Callable
 from dataclasses import dataclass
 
 import torch
 from torch import nn
 from torch.utils.checkpoint import checkpoint
 
-from deepspeech.parallel.mappings import group_size, scatter_to_sp
+from deepspeech.parallel.mappings import group_rank, group_size, scatter_to_sp
 from deepspeech.parallel.tensor_parallel import (
     ColumnParallelLinear,
     Group,
@@ -36,11 +44,15 @@ from deepspeech.parallel.tensor_parallel import (
     vocab_parallel_cross_entropy,
 )
 
-POSITIONS = ("learned", "rotary")
+POSITIONS = ("learned", "rotary", "alibi")
 RECOMPUTE = ("none", "selective", "full")
+ACTIVATIONS = ("gelu", "squared_relu")
 # GPTConfig fields that decide the parameters' names, shapes or meaning: a checkpoint must agree on them (the
 # vocabulary is checked by shape: it depends on the training text)
 SHAPE_FIELDS = ("layers", "hidden", "heads", "seq_len", "positions", "tie_embeddings")
+# The family fields: checked too where the checkpoint's config has them or the model departs from GPT's defaults,
+# so that GPT checkpoints written before these fields existed keep loading (lm.train.shape_fields).
+FAMILY_FIELDS = ("kv_heads", "ffn_hidden", "activation", "bias", "embedding_norm")
 
 
 @dataclass(frozen=True)
@@ -57,10 +69,21 @@ class GPTConfig:
     tie_embeddings: bool = True  # output layer = embedding matrix (as GPT-2 and Megatron)
     init_std: float = 0.02  # N(0, std) weights; output projections use std / sqrt(2 * layers) (GPT-2)
     rotary_base: float = 10000.0
+    kv_heads: int | None = None  # g, grouped-query attention's key/value heads (None: = heads, multi-head attention)
+    ffn_hidden: int | None = None  # f, the MLP's inner size (None: 4h)
+    activation: str = "gelu"  # MLP non-linearity: "gelu" or "squared_relu" (relu(x)^2, Nemotron-4)
+    bias: bool = True  # biases in the linear layers and LayerNorms (Nemotron-4 has none)
+    embedding_norm: bool = False  # LayerNorm after the word embedding (BLOOM)
 
     def __post_init__(self) -> None:
         if self.positions not in POSITIONS:
             raise ValueError(f"positions must be one of {POSITIONS}, got {self.positions!r}")
+        if self.activation not in ACTIVATIONS:
+            raise ValueError(f"activation must be one of {ACTIVATIONS}, got {self.activation!r}")
+        if self.kv_heads is not None and (self.kv_heads < 1 or self.heads % self.kv_heads):
+            raise ValueError(f"heads {self.heads} is not divisible by kv_heads = {self.kv_heads}")
+        if self.ffn_hidden is not None and self.ffn_hidden < 1:
+            raise ValueError("ffn_hidden must be >= 1")
         if self.recompute not in RECOMPUTE:
             raise ValueError(f"recompute must be one of {RECOMPUTE}, got {self.recompute!r}")
         if not 0.0 <= self.dropout < 1.0:
@@ -77,6 +100,16 @@ class GPTConfig:
     def head_dim(self) -> int:
         return self.hidden // self.heads
 
+    @property
+    def groups(self) -> int:
+        """g, the key/value heads (query groups): heads for multi-head attention."""
+        return self.heads if self.kv_heads is None else self.kv_heads
+
+    @property
+    def ffn(self) -> int:
+        """f, the MLP's inner size."""
+        return 4 * self.hidden if self.ffn_hidden is None else self.ffn_hidden
+
 
 def gpt_tiny() -> GPTConfig:
     """A debug model that trains for a few steps on 2 CPU cores in seconds."""
@@ -86,9 +119,6 @@ def gpt_tiny() -> GPTConfig:
 def gpt_small() -> GPTConfig:
     """A character LM of nanoGPT's Shakespeare size (about 10M parameters)."""
     return GPTConfig(layers=6, hidden=384, heads=8, seq_len=256, dropout=0.1)
-
-
-PRESETS: dict[str, Callable[[], GPTConfig]] = {"gpt-tiny": gpt_tiny, "gpt-small": gpt_small}
 
 
 def rotary_tables(seq_len: int, dim: int, base: float) -> tuple[torch.Tensor, torch.Tensor]:
@@ -104,59 +134,97 @@ def apply_rotary(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch
     return x * cos.to(x.dtype) + torch.cat((-x2, x1), dim=-1) * sin.to(x.dtype)
 
 
+def alibi_slopes(heads: int) -> torch.Tensor:
+    """ALiBi's per-head slopes (a,) (Press et al., arXiv 2108.12409 section 3; BLOOM 2211.05100 section 3.2.2).
+
+    For a power of two n: the geometric sequence starting at 2^(-8/n) with that ratio. Otherwise, with m the largest
+    power of two below n: the m slopes of m heads, then every other slope of 2m heads, n - m of them.
+    """
+    def power_of_two(n: int) -> list[float]:
+        start = 2.0 ** (-8.0 / n)
+        return [start ** (i + 1) for i in range(n)]
+
+    m = 2 ** math.floor(math.log2(heads))
+    slopes = power_of_two(m) + (power_of_two(2 * m)[0::2][: heads - m] if m < heads else [])
+    return torch.tensor(slopes, dtype=torch.float32)
+
+
+def alibi_bias(slopes: torch.Tensor, seq_len: int) -> torch.Tensor:
+    """The additive score bias (a, s, s): -slope * (i - j) for query i and key j (future keys are masked anyway)."""
+    pos = torch.arange(seq_len, dtype=torch.float32)
+    return -slopes[:, None, None] * (pos[:, None] - pos[None, :]).clamp(min=0)
+
+
 def attention_core(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, causal: torch.Tensor,
                    rotary: tuple[torch.Tensor, torch.Tensor] | None, dropout: float, training: bool,
-                   group: Group) -> torch.Tensor:
-    """softmax(QK^T / sqrt(d) + causal mask), dropout, times V: q, k, v (s, b, a/t, d) -> (s, b, a/t * d).
+                   group: Group, alibi: torch.Tensor | None = None) -> torch.Tensor:
+    """softmax(QK^T / sqrt(d) + bias + causal mask), dropout, times V: q (s, b, a/t, d), k, v (s, b, g/t, d)
+    -> (s, b, a/t * d). ``alibi``: this rank's (a/t, s, s) score bias, or None.
 
-    This is the part "selective" recomputation recomputes (2205.05198 section 5): it stores the softmax output
-    (2as^2b bytes in 16-bit), its dropout mask (as^2b) and the dropout output (2as^2b) otherwise. The softmax
-    dropout draws the mask of all a heads and keeps this rank's a/t (see sharded_dropout).
+    With grouped-query attention (g < a, Nemotron-4 2402.16819 section 2.2; Ainslie et al. 2305.13245) each of the
+    g/t key/value heads serves a/g consecutive query heads. This is the part "selective" recomputation recomputes
+    (2205.05198 section 5): it stores the softmax output (2as^2b bytes in 16-bit), its dropout mask (as^2b) and the
+    dropout output (2as^2b) otherwise. The softmax dropout draws the mask of all a heads and keeps this rank's a/t
+    (see sharded_dropout).
     """
     s, b, a, d = q.shape
     if rotary is not None:
         q, k = apply_rotary(q, *rotary), apply_rotary(k, *rotary)
+    if k.shape[2] != a:  # grouped-query: repeat each key/value head for its a/g query heads
+        k, v = (t.repeat_interleave(a // k.shape[2], dim=2) for t in (k, v))
     qb = q.reshape(s, b * a, d).transpose(0, 1)  # (b a, s, d), a view of the QKV output
     kb = k.reshape(s, b * a, d).transpose(0, 1)
     vb = v.reshape(s, b * a, d).transpose(0, 1)
     scores = torch.bmm(qb, kb.transpose(1, 2)) * (1.0 / math.sqrt(d))  # (b a, s, s)
+    if alibi is not None:
+        scores = (scores.view(b, a, s, s) + alibi).view(b * a, s, s)
     probs = torch.softmax(scores.masked_fill(causal, float("-inf")), dim=-1)
     probs = sharded_dropout(probs.view(b, a, s, s), dropout, training, dim=1, group=group).view(b * a, s, s)
     return torch.bmm(probs, vb).transpose(0, 1).reshape(s, b, a * d)
 
 
 class ParallelAttention(nn.Module):
-    """Causal self-attention with a/t heads per rank: (s, b, h) -> (s, b, h); (s/t, b, h) sequence-parallel."""
+    """Causal self-attention with a/t query heads and g/t key/value heads per rank: (s, b, h) -> (s, b, h);
+    (s/t, b, h) sequence-parallel."""
 
     def __init__(self, cfg: GPTConfig, group: Group, seed: int, prefix: str) -> None:
         super().__init__()
         self.cfg, self.group = cfg, group
-        if cfg.heads % group_size(group):
-            raise ValueError(f"heads {cfg.heads} is not divisible by the tensor-parallel size tp = {group_size(group)}")
-        self.heads_local = cfg.heads // group_size(group)
-        sp, std = cfg.sequence_parallel, cfg.init_std
-        # Output rows ordered (head, q|k|v, d): a contiguous slice of rows is a set of whole heads.
-        self.qkv = ColumnParallelLinear(cfg.hidden, 3 * cfg.hidden, group, seed=seed, name=f"{prefix}.qkv", std=std,
-                                        sequence_parallel=sp)
+        t = group_size(group)
+        if cfg.heads % t or cfg.groups % t:
+            raise ValueError(f"heads {cfg.heads} and kv_heads {cfg.groups} must be divisible by the tensor-parallel "
+                             f"size tp = {t}")
+        self.heads_local, self.groups_local = cfg.heads // t, cfg.groups // t
+        sp, std, d = cfg.sequence_parallel, cfg.init_std, cfg.head_dim
+        # Output rows ordered (group, [a/g queries | key | value], d), Megatron's GQA layout: a contiguous slice of
+        # rows is a set of whole groups with their query heads. For g = a it is GPT's (head, q|k|v, d).
+        self.qkv = ColumnParallelLinear(cfg.hidden, (cfg.heads + 2 * cfg.groups) * d, group, seed=seed,
+                                        name=f"{prefix}.qkv", std=std, bias=cfg.bias, sequence_parallel=sp)
         self.proj = RowParallelLinear(cfg.hidden, cfg.hidden, group, seed=seed, name=f"{prefix}.proj",
-                                      std=std / math.sqrt(2 * cfg.layers), sequence_parallel=sp)
+                                      std=std / math.sqrt(2 * cfg.layers), bias=cfg.bias, sequence_parallel=sp)
         self.register_buffer("causal", torch.ones(cfg.seq_len, cfg.seq_len, dtype=torch.bool).triu(1),
                              persistent=False)
         if cfg.positions == "rotary":
             cos, sin = rotary_tables(cfg.seq_len, cfg.head_dim, cfg.rotary_base)
             self.register_buffer("cos", cos, persistent=False)
             self.register_buffer("sin", sin, persistent=False)
+        if cfg.positions == "alibi":
+            # Slopes of the GLOBAL head count; this rank keeps its heads' slice (BLOOM's TP layout).
+            slopes = alibi_slopes(cfg.heads)[group_rank(group) * self.heads_local:][: self.heads_local]
+            self.register_buffer("alibi", alibi_bias(slopes, cfg.seq_len), persistent=False)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        qkv = self.qkv(x)  # (s, b, 3h/t): all-gathered along s first when sequence-parallel
+        qkv = self.qkv(x)  # (s, b, (a + 2g) d / t): all-gathered along s first when sequence-parallel
         s, b = qkv.shape[:2]
-        d = self.cfg.head_dim
-        q, k, v = qkv.view(s, b, self.heads_local, 3 * d).split(d, dim=-1)  # each (s, b, a/t, d)
+        d, g, r = self.cfg.head_dim, self.groups_local, self.heads_local // self.groups_local
+        q, k, v = qkv.view(s, b, g, (r + 2) * d).split([r * d, d, d], dim=-1)
+        q = q.reshape(s, b, g * r, d)  # (s, b, a/t, d); k, v (s, b, g/t, d)
         rotary = (self.cos[:s], self.sin[:s]) if self.cfg.positions == "rotary" else None
+        alibi = self.alibi[:, :s, :s] if self.cfg.positions == "alibi" else None
         causal, p, training, group = self.causal[:s, :s], self.cfg.dropout, self.training, self.group
 
         def core(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
-            return attention_core(q, k, v, causal, rotary, p, training, group)
+            return attention_core(q, k, v, causal, rotary, p, training, group, alibi)
 
         if self.cfg.recompute == "selective" and torch.is_grad_enabled():
             # Reentrant: the checkpoint saves q, k, v through save_for_backward (as Megatron's CheckpointFunction),
@@ -168,23 +236,36 @@ class ParallelAttention(nn.Module):
 
 
 class ParallelMLP(nn.Module):
-    """h -> 4h (column-parallel, 4h/t per rank), GeLU, 4h -> h (row-parallel)."""
+    """h -> f (column-parallel, f/t per rank; f = 4h by default), GeLU or squared ReLU, f -> h (row-parallel)."""
 
     def __init__(self, cfg: GPTConfig, group: Group, seed: int, prefix: str) -> None:
         super().__init__()
         sp, std = cfg.sequence_parallel, cfg.init_std
-        self.fc1 = ColumnParallelLinear(cfg.hidden, 4 * cfg.hidden, group, seed=seed, name=f"{prefix}.fc1", std=std,
-                                        sequence_parallel=sp)
-        self.fc2 = RowParallelLinear(4 * cfg.hidden, cfg.hidden, group, seed=seed, name=f"{prefix}.fc2",
-                                     std=std / math.sqrt(2 * cfg.layers), sequence_parallel=sp)
+        self.squared_relu = cfg.activation == "squared_relu"
+        self.fc1 = ColumnParallelLinear(cfg.hidden, cfg.ffn, group, seed=seed, name=f"{prefix}.fc1", std=std,
+                                        bias=cfg.bias, sequence_parallel=sp)
+        self.fc2 = RowParallelLinear(cfg.ffn, cfg.hidden, group, seed=seed, name=f"{prefix}.fc2",
+                                     std=std / math.sqrt(2 * cfg.layers), bias=cfg.bias, sequence_parallel=sp)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.fc2(torch.nn.functional.gelu(self.fc1(x)))
+        y = self.fc1(x)  # (s, b, f/t)
+        y = torch.relu(y).square() if self.squared_relu else torch.nn.functional.gelu(y)
+        return self.fc2(y)
 
 
-def _layer_norm(cfg: GPTConfig, group: Group) -> nn.LayerNorm:
-    ln = nn.LayerNorm(cfg.hidden)
-    sp = cfg.sequence_parallel and group_size(group) > 1
+def build_mixer(cfg: GPTConfig, group: Group, seed: int, index: int) -> nn.Module:
+    """The sequence mixer of layer ``index``: (s, b, h) -> (s, b, h), (s/t, b, h) sequence-parallel.
+
+    The one place a layer's mixer is chosen: every family here uses attention; a hybrid (a per-layer pattern, e.g.
+    Mamba-2-Hybrid, arXiv 2406.07887) picks its mixer for ``index`` here.
+    """
+    return ParallelAttention(cfg, group, seed, f"layers.{index}.attn")
+
+
+def _layer_norm(cfg: GPTConfig, group: Group, sequence_parallel: bool | None = None) -> nn.LayerNorm:
+    """LayerNorm over h; its parameters see a sequence shard under sequence parallelism (unless told otherwise)."""
+    ln = nn.LayerNorm(cfg.hidden, bias=cfg.bias)
+    sp = (cfg.sequence_parallel if sequence_parallel is None else sequence_parallel) and group_size(group) > 1
     for p in ln.parameters():
         mark(p, None, sp)
     return ln
@@ -197,7 +278,7 @@ class TransformerLayer(nn.Module):
         super().__init__()
         self.cfg, self.group = cfg, group
         self.ln1 = _layer_norm(cfg, group)
-        self.attn = ParallelAttention(cfg, group, seed, f"layers.{index}.attn")
+        self.attn = build_mixer(cfg, group, seed, index)
         self.ln2 = _layer_norm(cfg, group)
         self.mlp = ParallelMLP(cfg, group, seed, f"layers.{index}.mlp")
 
@@ -230,6 +311,8 @@ class GPT(nn.Module):
                                                       None, None)) if cfg.positions == "learned" else None)
         if self.positions is not None:
             mark(self.positions)
+        # On the replicated (s, b, h) embedding output, before any sequence split: not sequence-parallel.
+        self.embedding_norm = _layer_norm(cfg, tp_group, sequence_parallel=False) if cfg.embedding_norm else None
         self.layers = nn.ModuleList(TransformerLayer(cfg, tp_group, seed, i) for i in range(cfg.layers))
         self.final_norm = _layer_norm(cfg, tp_group)
         self.output = None if cfg.tie_embeddings else ColumnParallelLinear(
@@ -244,6 +327,8 @@ class GPT(nn.Module):
         x = self.embedding(tokens.t())  # (s, b, h), replicated over the tensor-parallel group
         if self.positions is not None:
             x = x + self.positions[:s].unsqueeze(1)
+        if self.embedding_norm is not None:
+            x = self.embedding_norm(x)
         x = sharded_dropout(x, self.cfg.dropout, self.training)
         return scatter_to_sp(x, self.group) if self.cfg.sequence_parallel else x
 

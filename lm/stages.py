@@ -1,5 +1,5 @@
-"""The GPT LM cut into pipeline stages for the schedules of deepspeech.parallel.pipeline (1F1B and interleaved 1F1B,
-arXiv 2104.04473 section 2.2).
+"""The GPT LM (any family of lm.gpt's configuration) cut into pipeline stages for the schedules of
+deepspeech.parallel.pipeline (1F1B and interleaved 1F1B, arXiv 2104.04473 section 2.2).
 
 The layers are split evenly over the p * v chunks; the embedding lives on chunk 0 (rank 0), the final LayerNorm,
 output layer and loss on the last chunk (rank p - 1). With tied embeddings the last stage keeps a copy of the
@@ -33,7 +33,7 @@ log = logging.getLogger(__name__)
 
 
 class GPTChunk(GPT):
-    """A contiguous slice of :class:`GPT`: optional embedding, some layers, optional head.
+    """A contiguous slice of :class:`GPT`: optional embedding (with its LayerNorm), some layers, optional head.
 
     Parameter names equal the full model's ("embedding.weight", "layers.5.mlp.fc1.weight", "final_norm.bias"), and
     every weight is drawn from (seed, name), so a chunk holds exactly those parameters of the one-rank model.
@@ -54,6 +54,8 @@ class GPTChunk(GPT):
         if first and cfg.positions == "learned":
             self.positions = mark(nn.Parameter(sharded_normal((cfg.seq_len, cfg.hidden), cfg.init_std, seed,
                                                               "positions", None, None)))
+        self.embedding_norm = (_layer_norm(cfg, tp_group, sequence_parallel=False)
+                               if first and cfg.embedding_norm else None)
         self.layers = nn.ModuleDict({str(i): TransformerLayer(cfg, tp_group, seed, i) for i in layer_ids})
         self.final_norm = _layer_norm(cfg, tp_group) if last else None
         self.output = None

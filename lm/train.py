@@ -1,4 +1,5 @@
-"""Train the GPT character LM, single process or under ``torchrun`` with tensor and data parallelism.
+"""Train the character LM (GPT or another family of lm.gpt's configuration, presets in lm.families), single process
+or under ``torchrun`` with tensor, pipeline and data parallelism.
 
 Layout: world = dp * tp * pp (deepspeech.parallel.dims). With pp > 1, vpp > 1 or more than one micro-batch the
 step runs the GPT's stages (lm.stages) through deepspeech.parallel.pipeline (1F1B or interleaved 1F1B, arXiv
@@ -12,6 +13,7 @@ of the global-batch mean). Tensor-parallel peers see the same rows and the same 
 
 from __future__ import annotations
 
+import json
 import logging
 import math
 import time
@@ -30,9 +32,9 @@ from deepspeech.parallel.pipeline import (
     split_microbatches,
     unique_parameters,
 )
-from deepspeech.parallel.sharded_checkpoint import load_checkpoint, save_checkpoint
+from deepspeech.parallel.sharded_checkpoint import CONFIG, latest_checkpoint, load_checkpoint, save_checkpoint
 from deepspeech.parallel.tensor_parallel import clip_grad_norm, sync_sequence_parallel_grads
-from lm.gpt import GPT, SHAPE_FIELDS, GPTConfig, gpt_tiny
+from lm.gpt import FAMILY_FIELDS, GPT, SHAPE_FIELDS, GPTConfig, gpt_tiny
 from lm.stages import build_chunks, sync_tied_embedding_grads
 from lm.tokenizer import CharTokenizer
 
@@ -64,6 +66,26 @@ class LMTrainConfig:
             raise ValueError("vpp and microbatches must be >= 1, save_every >= 0")
         if not 0 <= self.min_lr <= self.lr:
             raise ValueError("need 0 <= min_lr <= lr")
+
+
+def shape_fields(model: GPTConfig, saved: dict[str, Any] | None = None) -> dict[str, Any]:
+    """The model fields a checkpoint must agree on: SHAPE_FIELDS always; each family field where the checkpoint's
+    saved model config has it (``saved``) or this model differs from GPT's default, so that a GPT checkpoint written
+    before those fields existed keeps loading."""
+    default = GPTConfig()
+    fields = {k: getattr(model, k) for k in SHAPE_FIELDS}
+    fields.update({k: getattr(model, k) for k in FAMILY_FIELDS
+                   if k in (saved or {}) or getattr(model, k) != getattr(default, k)})
+    return fields
+
+
+def saved_model_config(path: str) -> dict[str, Any]:
+    """The "model" object of a checkpoint's config.json ({} when unreadable: load_checkpoint then says why)."""
+    try:
+        saved = json.loads((latest_checkpoint(path) / CONFIG).read_text(encoding="utf-8"))["config"]["model"]
+    except (OSError, ValueError, KeyError, TypeError):
+        return {}
+    return saved if isinstance(saved, dict) else {}
 
 
 def lr_at(cfg: LMTrainConfig, step: int) -> float:
@@ -135,14 +157,17 @@ def train(cfg: LMTrainConfig, state: ParallelState, text: str,
         named = list(model.named_parameters())
         net = wrap_data_parallel(model, state)
     n_local = sum(p.numel() for p in model.parameters())
-    log.info("GPT: %d layers, h=%d, a=%d, s=%d; %d parameters on this rank (tp=%d pp=%d vpp=%d dp=%d, m=%d, sp=%s, "
-             "recompute=%s)", mcfg.layers, mcfg.hidden, mcfg.heads, mcfg.seq_len, n_local, state.dims.tp,
+    log.info("LM: %d layers, h=%d, a=%d, g=%d, f=%d, s=%d, %s positions; %d parameters on this rank "
+             "(tp=%d pp=%d vpp=%d dp=%d, m=%d, sp=%s, "
+             "recompute=%s)", mcfg.layers, mcfg.hidden, mcfg.heads, mcfg.groups, mcfg.ffn, mcfg.seq_len,
+             mcfg.positions, n_local, state.dims.tp,
              state.dims.pp, cfg.vpp, state.dims.dp, cfg.microbatches, mcfg.sequence_parallel, mcfg.recompute)
     optimizer = build_optimizer(model, cfg)
     batches = TextBatches(ids, mcfg.seq_len, cfg.batch_size, cfg.seed, state.dp_rank, state.dims.dp)
     start = 0
     if cfg.load_dir:
-        start = load_checkpoint(cfg.load_dir, named, optimizer, state, {k: getattr(mcfg, k) for k in SHAPE_FIELDS})
+        start = load_checkpoint(cfg.load_dir, named, optimizer, state,
+                                shape_fields(mcfg, saved_model_config(cfg.load_dir)))
         for _ in range(start):  # the batch stream resumes where the checkpointed run stood
             batches.next()
     torch.manual_seed(cfg.seed + 7919 * (state.dp_rank + 1) + start)  # dropout: shared by TP peers, per DP rank

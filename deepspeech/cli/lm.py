@@ -25,6 +25,7 @@ def add_parser(subparsers: Subparsers, argv: Sequence[str] | None = None) -> Non
     _add_hanzi_tune(lsub, argv)
     _add_tune(lsub, argv)
     _add_train(lsub, argv)
+    _add_params(lsub, argv)
     _add_memory(lsub, argv)
 
 
@@ -93,15 +94,18 @@ def _add_tune(lsub: Subparsers, argv: Sequence[str] | None) -> None:
 
 
 def _add_train(lsub: Subparsers, argv: Sequence[str] | None) -> None:
-    q = add_command(lsub, "train", "train the GPT character LM (torchrun for tensor/pipeline/data parallelism)",
-                    argv, run_train)
+    q = add_command(lsub, "train", "train a character LM of a family preset (torchrun for tensor/pipeline/data "
+                    "parallelism)", argv, run_train)
     if q is None:
         return
     from deepspeech.parallel import ParallelDims
     from lm.train import LMTrainConfig
 
     d, dims = LMTrainConfig(), ParallelDims()
-    q.add_argument("--preset", choices=["gpt-tiny", "gpt-small"], default="gpt-tiny")
+    from lm.families import TINY_PRESETS
+
+    q.add_argument("--preset", choices=list(TINY_PRESETS), default="gpt-tiny",
+                   help="model family and size (the full-size presets are counted by `lm params`)")
     q.add_argument("--tp", type=int, default=dims.tp, help="tensor-parallel size (dp = world size / (tp * pp))")
     q.add_argument("--pp", type=int, default=dims.pp, help="pipeline-parallel size (layers split over pp stages)")
     q.add_argument("--vpp", type=int, default=d.vpp, help="model chunks per pipeline rank (interleaved 1F1B when > 1)")
@@ -116,7 +120,7 @@ def _add_train(lsub: Subparsers, argv: Sequence[str] | None) -> None:
     q.add_argument("--load", help="resume from a checkpoint directory (or the newest step-* in it)")
     q.add_argument("--sp", action="store_true", help="sequence parallelism over the tensor-parallel group")
     q.add_argument("--recompute", choices=["none", "selective", "full"], help="activation recomputation")
-    q.add_argument("--positions", choices=["learned", "rotary"])
+    q.add_argument("--positions", choices=["learned", "rotary", "alibi"])
     q.add_argument("--dropout", type=float)
     q.add_argument("--steps", type=int)  # None: LMTrainConfig's (see run_train)
     q.add_argument("--batch-size", type=int, help="global sequences per step")
@@ -126,6 +130,22 @@ def _add_train(lsub: Subparsers, argv: Sequence[str] | None) -> None:
                    "to use (default: the data kit's Gutenberg sentences, else data/sentences_en transcripts)")
     q.add_argument("--out", help="write the tokenizer here")
     q.add_argument("--format", choices=["json", "text"], default="text", help="per-step lines on stdout")
+    add_common(q)
+
+
+def _add_params(lsub: Subparsers, argv: Sequence[str] | None) -> None:
+    q = add_command(lsub, "params", "parameters of a preset, per GPU of a tp x pp layout, and the weights + gradients "
+                    "+ Adam memory per GPU", argv, run_params)
+    if q is None:
+        return
+    from lm.families import BYTES_PER_PARAM, MTNLG_LAYOUT, PRESETS
+
+    q.add_argument("--preset", choices=list(PRESETS), default="mtnlg-530b")
+    q.add_argument("--tp", type=int, default=MTNLG_LAYOUT.tp)
+    q.add_argument("--pp", type=int, default=MTNLG_LAYOUT.pp)
+    q.add_argument("--bytes-per-param", type=int, default=BYTES_PER_PARAM,
+                   help="model-state bytes per parameter (default %(default)s: mixed-precision Adam, "
+                   "2 + 2 + 4 + 4 + 4)")
     add_common(q)
 
 
@@ -248,7 +268,7 @@ def run_train(args: argparse.Namespace) -> int:
     from dataclasses import replace
 
     from deepspeech.parallel import ParallelDims, destroy_parallel, init_parallel
-    from lm.gpt import PRESETS
+    from lm.families import PRESETS
     from lm.tokenizer import default_text_path, read_text
     from lm.train import LMTrainConfig, train
 
@@ -288,6 +308,15 @@ def run_train(args: argparse.Namespace) -> int:
             tokenizer.save(out / "tokenizer.json")
     finally:
         destroy_parallel()
+    return 0
+
+
+def run_params(args: argparse.Namespace) -> int:
+    from lm.families import PRESETS, model_state_memory
+
+    report = model_state_memory(PRESETS[args.preset](), args.tp, args.pp, args.bytes_per_param)
+    print(json.dumps({"preset": args.preset, "tp": args.tp, "pp": args.pp, **report.__dict__,
+                      "gib_per_gpu_max": round(report.bytes_per_gpu_max / 2**30, 2)}))
     return 0
 
 

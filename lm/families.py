@@ -1,0 +1,165 @@
+"""The documented language-model families as configurations of lm.gpt's one decoder, their presets, and the
+parameter and memory accounting of a tensor x pipeline layout.
+
+* BLOOM (arXiv 2211.05100, section 3.2 and table 3): ALiBi, embedding LayerNorm, GeLU, tied embeddings.
+* Nemotron-4 15B (arXiv 2402.16819, section 2.2 and table 1): RoPE, GQA (8 KV heads), squared ReLU, no biases,
+  untied embeddings.
+* MT-NLG 530B (arXiv 2201.11990, sections 2-3): GPT-3's architecture at 105 layers x 20480, trained with 8-way
+  tensor x 35-way pipeline x 8-way data parallelism on 2240 A100s. Counted, not trained.
+
+Every family has a tiny preset (trains here in seconds) and its published full-size preset. The full-size presets
+fix the architecture and shape only (parameters, memory); initialisation and training hyperparameters stay the
+config's defaults, not the papers' recipes.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+
+from deepspeech.parallel.mappings import divide
+from lm.gpt import GPTConfig, gpt_small, gpt_tiny
+
+# Mixed-precision Adam, per parameter (Megatron-LM, arXiv 2104.04473 section 5.8 / ZeRO 1910.02054 section 3.1):
+# 16-bit weights (2) + 16-bit gradients (2) + fp32 master weights (4) + Adam first and second moments (4 + 4).
+BYTES_PER_PARAM = 16
+
+
+def bloom_tiny() -> GPTConfig:
+    """BLOOM's architecture at debug size (trains on 2 CPU cores in seconds)."""
+    return GPTConfig(layers=2, hidden=64, heads=4, seq_len=64, positions="alibi", embedding_norm=True)
+
+
+def bloom_176b() -> GPTConfig:
+    """BLOOM 176B (2211.05100 table 3): 70 layers, h 14336, 112 heads, s 2048, vocabulary 250880."""
+    return GPTConfig(vocab_size=250880, layers=70, hidden=14336, heads=112, seq_len=2048, positions="alibi",
+                     embedding_norm=True)
+
+
+def nemotron4_tiny() -> GPTConfig:
+    """Nemotron-4's architecture at debug size: 4 query heads in 2 KV groups (TP=2 keeps one group per rank)."""
+    return GPTConfig(layers=2, hidden=64, heads=4, kv_heads=2, seq_len=64, positions="rotary",
+                     activation="squared_relu", bias=False, tie_embeddings=False)
+
+
+def nemotron4_15b() -> GPTConfig:
+    """Nemotron-4 15B (2402.16819 table 1): 32 layers, h 6144, 48 heads, 8 KV heads, f 24576, s 4096, v 256000."""
+    return GPTConfig(vocab_size=256000, layers=32, hidden=6144, heads=48, kv_heads=8, ffn_hidden=24576,
+                     seq_len=4096, positions="rotary", activation="squared_relu", bias=False, tie_embeddings=False)
+
+
+def mtnlg_530b() -> GPTConfig:
+    """MT-NLG 530B (2201.11990 section 3.1): 105 layers, h 20480, 128 heads, s 2048, GPT-2's BPE vocabulary padded to
+    51200 (a multiple of 8 * 128, Megatron's padding for t = 8). Its layout: :data:`MTNLG_LAYOUT`."""
+    return GPTConfig(vocab_size=51200, layers=105, hidden=20480, heads=128, seq_len=2048)
+
+
+PRESETS: dict[str, Callable[[], GPTConfig]] = {
+    "gpt-tiny": gpt_tiny, "gpt-small": gpt_small,
+    "bloom-tiny": bloom_tiny, "bloom-176b": bloom_176b,
+    "nemotron4-tiny": nemotron4_tiny, "nemotron4-15b": nemotron4_15b,
+    "mtnlg-530b": mtnlg_530b,
+}
+# The presets that train on these machines (the full-size ones are for counting and for GPU clusters).
+TINY_PRESETS = ("gpt-tiny", "gpt-small", "bloom-tiny", "nemotron4-tiny")
+
+
+@dataclass(frozen=True)
+class Layout:
+    """A published training layout: tp * pp * dp GPUs."""
+
+    tp: int
+    pp: int
+    dp: int
+
+    @property
+    def gpus(self) -> int:
+        return self.tp * self.pp * self.dp
+
+
+MTNLG_LAYOUT = Layout(tp=8, pp=35, dp=8)  # 2201.11990 section 2.3: 280 DGX A100 nodes, 2240 GPUs
+
+
+def layer_parameters(cfg: GPTConfig) -> int:
+    """Parameters of one transformer layer: attention h(a + 2g)d + h^2, MLP 2hf, plus biases and LayerNorms.
+
+    With g = a, f = 4h and biases this is GPT's 12h^2 + 13h (2104.04473 section 5.1).
+    """
+    h, d, f, b = cfg.hidden, cfg.head_dim, cfg.ffn, int(cfg.bias)
+    qkv = (cfg.heads + 2 * cfg.groups) * d
+    attention = h * qkv + h * h + b * (qkv + h)
+    mlp = 2 * h * f + b * (f + h)
+    norms = 2 * h * (1 + b)
+    return attention + mlp + norms
+
+
+def embedding_parameters(cfg: GPTConfig) -> int:
+    """Word embedding vh, learned positions sh, embedding LayerNorm."""
+    h = cfg.hidden
+    return (cfg.vocab_size * h + (cfg.seq_len * h if cfg.positions == "learned" else 0)
+            + (h * (1 + int(cfg.bias)) if cfg.embedding_norm else 0))
+
+
+def head_parameters(cfg: GPTConfig) -> int:
+    """Final LayerNorm and, untied, the output layer vh."""
+    h = cfg.hidden
+    return h * (1 + int(cfg.bias)) + (0 if cfg.tie_embeddings else cfg.vocab_size * h)
+
+
+def parameter_count(cfg: GPTConfig) -> int:
+    """Parameters of the whole model (the tied output layer counted once)."""
+    return embedding_parameters(cfg) + cfg.layers * layer_parameters(cfg) + head_parameters(cfg)
+
+
+def _split(n_sharded: int, n_replicated: int, tp: int) -> int:
+    return n_sharded // tp + n_replicated
+
+
+def stage_parameters(cfg: GPTConfig, tp: int, pp: int) -> list[int]:
+    """Parameters held by one GPU of each of the pp stages (tensor-parallel rank 0; all ranks of a stage hold the
+    same count up to the replicated LayerNorms), layers split evenly.
+
+    Matrices, the vocabulary and sharded biases divide by tp; LayerNorms, the row-parallel biases and the learned
+    position table are replicated. With tied embeddings and pp > 1 the last stage holds a copy of the word embedding
+    (Megatron's embedding group, 2104.04473 section 4).
+    """
+    h, d, b = cfg.hidden, cfg.head_dim, int(cfg.bias)
+    divide(cfg.heads, tp, "heads over tp")
+    divide(cfg.groups, tp, "kv_heads over tp")
+    per_stage = divide(cfg.layers, pp, "layers over pp")
+    qkv = (cfg.heads + 2 * cfg.groups) * d
+    layer = _split(h * qkv + h * h + b * qkv + 2 * h * cfg.ffn + b * cfg.ffn, b * 2 * h + 2 * h * (1 + b), tp)
+    vocab = cfg.vocab_size * h // tp
+    first = vocab + (cfg.seq_len * h if cfg.positions == "learned" else 0) + (
+        h * (1 + b) if cfg.embedding_norm else 0)
+    last = h * (1 + b) + (vocab if not cfg.tie_embeddings or pp > 1 else 0)
+    stages = [per_stage * layer for _ in range(pp)]
+    stages[0] += first
+    stages[-1] += last
+    return stages
+
+
+@dataclass(frozen=True)
+class MemoryReport:
+    """Model-state memory of a layout (weights, gradients and Adam states; activations not included)."""
+
+    parameters: int  # whole model
+    per_gpu_max: int  # parameters on the fullest GPU (a first or last stage)
+    per_gpu_min: int
+    bytes_per_param: int
+    bytes_per_gpu_max: int  # per_gpu_max * bytes_per_param
+    total_bytes: int  # parameters * bytes_per_param (the unsharded model's states)
+
+
+def model_state_memory(cfg: GPTConfig, tp: int, pp: int, bytes_per_param: int = BYTES_PER_PARAM) -> MemoryReport:
+    """Weights + gradients + Adam states per GPU: bytes = parameters on the GPU * bytes_per_param (16 for
+    mixed-precision Adam, :data:`BYTES_PER_PARAM`). Data parallelism replicates them (no ZeRO)."""
+    stages = stage_parameters(cfg, tp, pp)
+    total = parameter_count(cfg)
+    return MemoryReport(total, max(stages), min(stages), bytes_per_param, max(stages) * bytes_per_param,
+                        total * bytes_per_param)
+
+
+__all__ = ["BYTES_PER_PARAM", "MTNLG_LAYOUT", "PRESETS", "TINY_PRESETS", "Layout", "MemoryReport",
+           "bloom_176b", "bloom_tiny", "model_state_memory", "mtnlg_530b", "nemotron4_15b", "nemotron4_tiny",
+           "parameter_count", "stage_parameters"]
