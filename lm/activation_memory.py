@@ -15,6 +15,11 @@ plus, for reference, selective recomputation without sequence parallelism sbh (1
 2sbh (2sbh/t with sequence parallelism). The small rest is LayerNorm's saved mean and 1/std (4 fp32 numbers per
 token and layer). Rows with t > 1 run in t local gloo processes.
 
+Mamba-2 layers (a hybrid pattern's "M": x + mixer(RMSNorm(x)), lm.gpt.HybridLayer) are measured the same way
+against lm.mamba2.activation_bytes (the mixer, mixer config lm.mamba2.Mamba2Config() at d_model = h) plus the
+RMSNorm's saved fp32 tensors (its input upcast and normalised, 4h bytes each, and 1/rms, 4 bytes: (8h + 4) per token
+of the local sequence, in any activation dtype); full recomputation keeps the layer input only.
+
     deepspeech lm memory --tp 2          (the command and its options: deepspeech.cli.lm)
 """
 
@@ -25,12 +30,13 @@ import itertools
 import json
 import logging
 from collections.abc import Callable
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 
 import torch
 from torch import nn
 
-from lm.gpt import GPTConfig, TransformerLayer
+from lm.gpt import GPTConfig, build_layer
+from lm.mamba2 import Mamba2Config, activation_bytes
 
 log = logging.getLogger(__name__)
 
@@ -52,6 +58,7 @@ class Case:
     recompute: str
     formula: Callable[[LayerShape, int], float]  # bytes per layer for (shape, t)
     in_test: bool = True  # one of the four configurations of Table 2 checked by the tests
+    kind: str = "transformer"  # or "mamba": a Mamba-2 layer of a hybrid pattern
 
 
 def _sbh(x: LayerShape) -> float:
@@ -66,6 +73,24 @@ CASES: tuple[Case, ...] = (
     Case("tensor parallel + selective recompute", False, "selective", lambda x, t: _sbh(x) * (10 + 24 / t), False),
     Case("full recompute", False, "full", lambda x, t: _sbh(x) * 2, False),
     Case("tensor + sequence parallel + full recompute", True, "full", lambda x, t: _sbh(x) * 2 / t, False),
+)
+
+
+def _mamba_formula(x: LayerShape, t: int, sp: bool, recompute: str) -> float:
+    """A Mamba-2 layer's bytes in bf16: the mixer's activation_bytes plus the RMSNorm's (8h + 4) per local token."""
+    tokens = x.s * x.b // (t if sp else 1)
+    if recompute == "full":
+        return 2.0 * tokens * x.h
+    mixer = replace(Mamba2Config(), d_model=x.h, sequence_parallel=sp and t > 1)
+    return float(activation_bytes(mixer, x.s, x.b, t, element_bytes=2) + (8 * x.h + 4) * tokens)
+
+
+MAMBA_CASES: tuple[Case, ...] = (
+    Case("Mamba-2 layer", False, "none", lambda x, t: _mamba_formula(x, t, False, "none"), False, "mamba"),
+    Case("Mamba-2 layer + sequence parallel", True, "none", lambda x, t: _mamba_formula(x, t, True, "none"),
+         False, "mamba"),
+    Case("Mamba-2 layer + full recompute", False, "full", lambda x, t: _mamba_formula(x, t, False, "full"),
+         False, "mamba"),
 )
 
 
@@ -91,7 +116,9 @@ def measure_layer(shape: LayerShape, case: Case, group: torch.distributed.Proces
     t = 1 if group is None else torch.distributed.get_world_size(group)
     cfg = GPTConfig(vocab_size=8, layers=1, hidden=shape.h, heads=shape.a, seq_len=shape.s, dropout=0.1,
                     recompute=case.recompute, sequence_parallel=case.sp and t > 1)
-    layer = TransformerLayer(cfg, group, seed=0, index=0).to(torch.bfloat16).train()
+    if case.kind == "mamba":  # dropout off: the transformer formulas' dropout masks are not the mixer's
+        cfg = replace(cfg, dropout=0.0, positions="none", hybrid_override_pattern="M", mamba=Mamba2Config())
+    layer = build_layer(cfg, group, seed=0, index=0).to(torch.bfloat16).train()
     s_local = shape.s // t if cfg.sequence_parallel else shape.s
     x = torch.randn(s_local, shape.b, shape.h, dtype=torch.bfloat16, requires_grad=True)
     n, out = saved_bytes(lambda: layer(x), layer)
@@ -110,13 +137,15 @@ def _tp_rows(shape: LayerShape, t: int) -> list[dict[str, object]]:
     from deepspeech.parallel import ParallelDims, init_parallel
 
     state = init_parallel(ParallelDims(tp=t))
-    return [_row(shape, c, t, measure_layer(shape, c, state.tp_group)) for c in CASES if c.name != "no parallelism"]
+    return [_row(shape, c, t, measure_layer(shape, c, state.tp_group))
+            for c in (*CASES, *MAMBA_CASES) if c.name not in ("no parallelism", "Mamba-2 layer + full recompute")]
 
 
 def memory_table(shape: LayerShape, tp: int = 2) -> list[dict[str, object]]:
     """Every case at t = 1 (this process) and, for tp > 1, the tensor-parallel cases at t = tp (tp processes)."""
     torch.manual_seed(0)
-    rows = [_row(shape, c, 1, measure_layer(shape, c)) for c in CASES if c.name == "no parallelism" or not c.sp]
+    rows = [_row(shape, c, 1, measure_layer(shape, c)) for c in (*CASES, *MAMBA_CASES)
+            if c.name == "no parallelism" or not c.sp]
     if tp > 1:
         from deepspeech.parallel.workers import GlooWorkers
 

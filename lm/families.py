@@ -4,6 +4,10 @@ parameter and memory accounting of a tensor x pipeline layout.
 * BLOOM (arXiv 2211.05100, section 3.2 and table 3): ALiBi, embedding LayerNorm, GeLU, tied embeddings.
 * Nemotron-4 15B (arXiv 2402.16819, section 2.2 and table 1): RoPE, GQA (8 KV heads), squared ReLU, no biases,
   untied embeddings.
+* Mamba-2 (arXiv 2405.21060 sections 7-9): every layer a pre-RMSNorm Mamba-2 mixer (lm.mamba2), no positions,
+  tied embeddings (pattern "M" * layers).
+* Mamba-2-Hybrid (arXiv 2406.07887 section 3): 43% Mamba-2, 7% attention (GQA, no positions) and 50% squared-ReLU
+  MLP layers, attention spread evenly over the depth (:func:`hybrid_pattern`); untied embeddings, no biases.
 * MT-NLG 530B (arXiv 2201.11990, sections 2-3): GPT-3's architecture at 105 layers x 20480, trained with 8-way
   tensor x 35-way pipeline x 8-way data parallelism on 2240 A100s. Counted, not trained.
 
@@ -18,7 +22,9 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 from deepspeech.parallel.mappings import divide
+from deepspeech.parallel.pipeline import chunk_layers
 from lm.gpt import GPTConfig, gpt_small, gpt_tiny
+from lm.mamba2 import Mamba2Config, mamba2_2p7b, mamba2_hybrid_8b
 
 # Mixed-precision Adam, per parameter (Megatron-LM, arXiv 2104.04473 section 5.8 / ZeRO 1910.02054 section 3.1):
 # 16-bit weights (2) + 16-bit gradients (2) + fp32 master weights (4) + Adam first and second moments (4 + 4).
@@ -54,14 +60,59 @@ def mtnlg_530b() -> GPTConfig:
     return GPTConfig(vocab_size=51200, layers=105, hidden=20480, heads=128, seq_len=2048)
 
 
+def hybrid_pattern(mamba: int, attention: int, mlp: int) -> str:
+    """A layer pattern of those counts with the attention layers spread evenly: the depth cut into ``attention``
+    equal segments, each with its attention layer in the middle; the rest alternates Mamba-2 and MLP layers (as
+    Megatron's allocation), Mamba-2 first, the surplus kind last."""
+    layers = mamba + attention + mlp
+    kinds = [""] * layers
+    for k in range(attention):
+        kinds[(2 * k + 1) * layers // (2 * attention)] = "*"
+    rest = iter(["M", "-"] * min(mamba, mlp) + ["M"] * (mamba - mlp) + ["-"] * (mlp - mamba))
+    return "".join(k or next(rest) for k in kinds)
+
+
+def mamba2_tiny() -> GPTConfig:
+    """Mamba-2 at the tiny GPT's size: 4 Mamba-2 layers, h 64 (8 heads of 16 in 2 groups, N 16, chunk 16)."""
+    return GPTConfig(layers=4, hidden=64, heads=4, seq_len=64, positions="none", bias=False,
+                     hybrid_override_pattern="MMMM", mamba=Mamba2Config())
+
+
+def mamba2_2p7b_lm() -> GPTConfig:
+    """Mamba-2 2.7B (2405.21060 section 9.2; the released state-spaces/mamba2-2.7b): 64 layers, h 2560, the mixer of
+    lm.mamba2.mamba2_2p7b, GPT-NeoX's vocabulary 50277 padded to 50288 (a multiple of 16), tied embeddings."""
+    return GPTConfig(vocab_size=50288, layers=64, hidden=2560, heads=4, seq_len=2048, positions="none", bias=False,
+                     hybrid_override_pattern="M" * 64, mamba=mamba2_2p7b())
+
+
+def mamba2_hybrid_tiny() -> GPTConfig:
+    """Mamba-2-Hybrid at debug size: 8 layers, 3 Mamba-2, 1 attention, 4 MLP, "M-M-*M--" (hybrid_pattern(3, 1, 4)),
+    h 64, 4 query heads in 2 KV groups, squared ReLU, no positions, untied embeddings."""
+    return GPTConfig(layers=8, hidden=64, heads=4, kv_heads=2, seq_len=64, positions="none", bias=False,
+                     activation="squared_relu", tie_embeddings=False,
+                     hybrid_override_pattern=hybrid_pattern(3, 1, 4), mamba=Mamba2Config())
+
+
+def mamba2_hybrid_8b_lm() -> GPTConfig:
+    """Mamba-2-Hybrid 8B (2406.07887 section 3 and table 1; Megatron-LM's examples/mamba): 56 layers = 24 Mamba-2 +
+    4 attention + 28 MLP, h 4096, 32 heads with 8 KV groups, f 16384 squared ReLU, no positions, no biases,
+    untied embeddings, s 4096, the 256000-token vocabulary. The pattern is :func:`hybrid_pattern`'s (attention
+    evenly spread), not a copy of the released checkpoint's."""
+    return GPTConfig(vocab_size=256000, layers=56, hidden=4096, heads=32, kv_heads=8, ffn_hidden=16384,
+                     seq_len=4096, positions="none", activation="squared_relu", bias=False, tie_embeddings=False,
+                     hybrid_override_pattern=hybrid_pattern(24, 4, 28), mamba=mamba2_hybrid_8b())
+
+
 PRESETS: dict[str, Callable[[], GPTConfig]] = {
     "gpt-tiny": gpt_tiny, "gpt-small": gpt_small,
     "bloom-tiny": bloom_tiny, "bloom-176b": bloom_176b,
     "nemotron4-tiny": nemotron4_tiny, "nemotron4-15b": nemotron4_15b,
     "mtnlg-530b": mtnlg_530b,
+    "mamba2-tiny": mamba2_tiny, "mamba2-2.7b": mamba2_2p7b_lm,
+    "mamba2-hybrid-tiny": mamba2_hybrid_tiny, "mamba2-hybrid-8b": mamba2_hybrid_8b_lm,
 }
 # The presets that train on these machines (the full-size ones are for counting and for GPU clusters).
-TINY_PRESETS = ("gpt-tiny", "gpt-small", "bloom-tiny", "nemotron4-tiny")
+TINY_PRESETS = ("gpt-tiny", "gpt-small", "bloom-tiny", "nemotron4-tiny", "mamba2-tiny", "mamba2-hybrid-tiny")
 
 
 @dataclass(frozen=True)
@@ -80,35 +131,63 @@ class Layout:
 MTNLG_LAYOUT = Layout(tp=8, pp=35, dp=8)  # 2201.11990 section 2.3: 280 DGX A100 nodes, 2240 GPUs
 
 
-def layer_parameters(cfg: GPTConfig) -> int:
-    """Parameters of one transformer layer: attention h(a + 2g)d + h^2, MLP 2hf, plus biases and LayerNorms.
+def _layer_split(cfg: GPTConfig, index: int) -> tuple[int, int]:
+    """Layer ``index``'s parameters as (split over tp, replicated on every tensor-parallel rank).
 
-    With g = a, f = 4h and biases this is GPT's 12h^2 + 13h (2104.04473 section 5.1).
+    Attention h(a + 2g)d + h^2, MLP 2hf (column-parallel biases split, row-parallel ones replicated); a norm h(1 + b)
+    (LayerNorm) or h (RMSNorm, hybrid patterns). Mamba-2 (lm.mamba2): in-projection h(2E + 2GN + H), convolution
+    (E + 2GN)(d_conv + 1), dt_bias, A_log and D (3H), the gated norm E, out-projection Eh, all split but the
+    out-projection bias.
     """
     h, d, f, b = cfg.hidden, cfg.head_dim, cfg.ffn, int(cfg.bias)
     qkv = (cfg.heads + 2 * cfg.groups) * d
-    attention = h * qkv + h * h + b * (qkv + h)
-    mlp = 2 * h * f + b * (f + h)
-    norms = 2 * h * (1 + b)
-    return attention + mlp + norms
+    attention = (h * qkv + h * h + b * qkv, b * h)
+    mlp = (2 * h * f + b * f, b * h)
+    kind = cfg.kind(index)
+    if kind == "transformer":
+        return attention[0] + mlp[0], attention[1] + mlp[1] + 2 * h * (1 + b)
+    if kind == "attention":
+        return attention[0], attention[1] + h
+    if kind == "mlp":
+        return mlp[0], mlp[1] + h
+    m = cfg.mamba_config
+    F = m.in_proj_features
+    mixer = (h * F + int(m.in_proj_bias) * F + m.conv_channels * (m.d_conv + int(m.conv_bias)) + 3 * m.nheads
+             + m.d_inner + m.d_inner * h)
+    return mixer, int(m.out_proj_bias) * h + h
+
+
+def layer_parameters(cfg: GPTConfig, index: int = 0) -> int:
+    """Parameters of layer ``index`` (any layer of a transformer): attention h(a + 2g)d + h^2, MLP 2hf, plus biases
+    and norms; a hybrid pattern's layer of its kind (:func:`_layer_split`).
+
+    With g = a, f = 4h and biases a transformer layer is GPT's 12h^2 + 13h (2104.04473 section 5.1).
+    """
+    return sum(_layer_split(cfg, index))
+
+
+def _norm_parameters(cfg: GPTConfig) -> int:
+    """One LayerNorm h(1 + b), or RMSNorm h in a hybrid-pattern model."""
+    return cfg.hidden * (1 + int(cfg.bias)) if cfg.hybrid_override_pattern is None else cfg.hidden
 
 
 def embedding_parameters(cfg: GPTConfig) -> int:
     """Word embedding vh, learned positions sh, embedding LayerNorm."""
     h = cfg.hidden
     return (cfg.vocab_size * h + (cfg.seq_len * h if cfg.positions == "learned" else 0)
-            + (h * (1 + int(cfg.bias)) if cfg.embedding_norm else 0))
+            + (_norm_parameters(cfg) if cfg.embedding_norm else 0))
 
 
 def head_parameters(cfg: GPTConfig) -> int:
     """Final LayerNorm and, untied, the output layer vh."""
     h = cfg.hidden
-    return h * (1 + int(cfg.bias)) + (0 if cfg.tie_embeddings else cfg.vocab_size * h)
+    return _norm_parameters(cfg) + (0 if cfg.tie_embeddings else cfg.vocab_size * h)
 
 
 def parameter_count(cfg: GPTConfig) -> int:
     """Parameters of the whole model (the tied output layer counted once)."""
-    return embedding_parameters(cfg) + cfg.layers * layer_parameters(cfg) + head_parameters(cfg)
+    return (embedding_parameters(cfg) + sum(layer_parameters(cfg, i) for i in range(cfg.layers))
+            + head_parameters(cfg))
 
 
 def _split(n_sharded: int, n_replicated: int, tp: int) -> int:
@@ -123,17 +202,19 @@ def stage_parameters(cfg: GPTConfig, tp: int, pp: int) -> list[int]:
     position table are replicated. With tied embeddings and pp > 1 the last stage holds a copy of the word embedding
     (Megatron's embedding group, 2104.04473 section 4).
     """
-    h, d, b = cfg.hidden, cfg.head_dim, int(cfg.bias)
-    divide(cfg.heads, tp, "heads over tp")
-    divide(cfg.groups, tp, "kv_heads over tp")
-    per_stage = divide(cfg.layers, pp, "layers over pp")
-    qkv = (cfg.heads + 2 * cfg.groups) * d
-    layer = _split(h * qkv + h * h + b * qkv + 2 * h * cfg.ffn + b * cfg.ffn, b * 2 * h + 2 * h * (1 + b), tp)
+    h = cfg.hidden
+    pattern = cfg.hybrid_override_pattern
+    if pattern is None or "*" in pattern:
+        divide(cfg.heads, tp, "heads over tp")
+        divide(cfg.groups, tp, "kv_heads over tp")
+    if pattern is not None and "M" in pattern:
+        divide(cfg.mamba_config.ngroups, tp, "Mamba-2 groups over tp")
     vocab = cfg.vocab_size * h // tp
     first = vocab + (cfg.seq_len * h if cfg.positions == "learned" else 0) + (
-        h * (1 + b) if cfg.embedding_norm else 0)
-    last = h * (1 + b) + (vocab if not cfg.tie_embeddings or pp > 1 else 0)
-    stages = [per_stage * layer for _ in range(pp)]
+        _norm_parameters(cfg) if cfg.embedding_norm else 0)
+    last = _norm_parameters(cfg) + (vocab if not cfg.tie_embeddings or pp > 1 else 0)
+    stages = [sum(_split(*_layer_split(cfg, i), tp) for i in chunk_layers(cfg.layers, pp, 1, r, 0))
+              for r in range(pp)]
     stages[0] += first
     stages[-1] += last
     return stages
@@ -161,5 +242,6 @@ def model_state_memory(cfg: GPTConfig, tp: int, pp: int, bytes_per_param: int = 
 
 
 __all__ = ["BYTES_PER_PARAM", "MTNLG_LAYOUT", "PRESETS", "TINY_PRESETS", "Layout", "MemoryReport",
-           "bloom_176b", "bloom_tiny", "model_state_memory", "mtnlg_530b", "nemotron4_15b", "nemotron4_tiny",
+           "bloom_176b", "bloom_tiny", "hybrid_pattern", "mamba2_2p7b_lm", "mamba2_hybrid_8b_lm",
+           "mamba2_hybrid_tiny", "mamba2_tiny", "model_state_memory", "mtnlg_530b", "nemotron4_15b", "nemotron4_tiny",
            "parameter_count", "stage_parameters"]

@@ -7,6 +7,10 @@ One module, shared blocks; a family is a :class:`GPTConfig` (presets in lm.famil
   a LayerNorm right after the word embedding ("embedding layernorm").
 * Nemotron-4 (arXiv 2402.16819 section 2.2): rotary positions, grouped-query attention (kv_heads < heads), a
   squared-ReLU MLP, no bias terms and untied input and output embeddings.
+* Mamba-2 and Mamba-2-Hybrid (arXiv 2405.21060 section 7; 2406.07887 section 3): a layer pattern
+  (``hybrid_override_pattern``, Megatron's notation: "M" Mamba-2, "*" attention, "-" MLP) makes layer i a pre-RMSNorm
+  residual block of one kind (:class:`HybridLayer`); the Mamba-2 mixer is lm.mamba2's, split over TP by its own
+  heads and groups.
 
 * Tensor parallelism (arXiv 1909.08053 section 3): attention heads are split over the tensor-parallel ranks (QKV is
   column-parallel, the output projection row-parallel; with GQA each rank holds a/t query heads and the g/t key/value
@@ -25,7 +29,7 @@ size. The model is an embedding stage, a list of self-contained layers and a hea
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import torch
 from torch import nn
@@ -43,8 +47,11 @@ from deepspeech.parallel.tensor_parallel import (
     sharded_normal,
     vocab_parallel_cross_entropy,
 )
+from lm.mamba2 import Mamba2Config, Mamba2Mixer
+from lm.positions import alibi_bias, alibi_slopes, apply_rotary, rotary_tables
 
-POSITIONS = ("learned", "rotary", "alibi")
+POSITIONS = ("learned", "rotary", "alibi", "none")  # "none": no position signal (Mamba-2-Hybrid's attention)
+LAYER_KINDS = {"M": "mamba", "*": "attention", "-": "mlp"}  # Megatron's hybrid notation
 RECOMPUTE = ("none", "selective", "full")
 ACTIVATIONS = ("gelu", "squared_relu")
 # GPTConfig fields that decide the parameters' names, shapes or meaning: a checkpoint must agree on them (the
@@ -52,7 +59,7 @@ ACTIVATIONS = ("gelu", "squared_relu")
 SHAPE_FIELDS = ("layers", "hidden", "heads", "seq_len", "positions", "tie_embeddings")
 # The family fields: checked too where the checkpoint's config has them or the model departs from GPT's defaults,
 # so that GPT checkpoints written before these fields existed keep loading (lm.train.shape_fields).
-FAMILY_FIELDS = ("kv_heads", "ffn_hidden", "activation", "bias", "embedding_norm")
+FAMILY_FIELDS = ("kv_heads", "ffn_hidden", "activation", "bias", "embedding_norm", "hybrid_override_pattern", "mamba")
 
 
 @dataclass(frozen=True)
@@ -74,6 +81,11 @@ class GPTConfig:
     activation: str = "gelu"  # MLP non-linearity: "gelu" or "squared_relu" (relu(x)^2, Nemotron-4)
     bias: bool = True  # biases in the linear layers and LayerNorms (Nemotron-4 has none)
     embedding_norm: bool = False  # LayerNorm after the word embedding (BLOOM)
+    # Layer i's kind, one character per layer ("M" Mamba-2, "*" attention, "-" MLP; Megatron's hybrid notation,
+    # arXiv 2406.07887 section 3). None: every layer is attention + MLP (the transformer). With a pattern every norm
+    # is an RMSNorm (as Mamba-2 and Mamba-2-Hybrid).
+    hybrid_override_pattern: str | None = None
+    mamba: Mamba2Config | None = None  # the Mamba-2 layers' mixer (d_model, layers, init, SP taken from this config)
 
     def __post_init__(self) -> None:
         if self.positions not in POSITIONS:
@@ -93,6 +105,13 @@ class GPTConfig:
                 raise ValueError(f"{name} must be >= 1")
         if self.hidden % self.heads:
             raise ValueError(f"hidden {self.hidden} is not divisible by heads = {self.heads}")
+        if self.hybrid_override_pattern is not None:
+            bad = set(self.hybrid_override_pattern) - set(LAYER_KINDS)
+            if bad or len(self.hybrid_override_pattern) != self.layers:
+                raise ValueError(f"hybrid_override_pattern must be {self.layers} characters of {''.join(LAYER_KINDS)}, "
+                                 f"got {self.hybrid_override_pattern!r}")
+            if "M" in self.hybrid_override_pattern:
+                self.mamba_config  # noqa: B018  (validates the derived mixer config)
         if self.positions == "rotary" and self.head_dim % 2:
             raise ValueError(f"rotary positions need an even head size, got {self.head_dim}")
 
@@ -104,6 +123,17 @@ class GPTConfig:
     def groups(self) -> int:
         """g, the key/value heads (query groups): heads for multi-head attention."""
         return self.heads if self.kv_heads is None else self.kv_heads
+
+    @property
+    def mamba_config(self) -> Mamba2Config:
+        """The Mamba-2 mixer's config: ``mamba`` (or its defaults) at this model's h, depth, init and SP."""
+        return replace(self.mamba or Mamba2Config(), d_model=self.hidden, layers=self.layers, init_std=self.init_std,
+                       sequence_parallel=self.sequence_parallel)
+
+    def kind(self, index: int) -> str:
+        """Layer ``index``'s kind: "transformer" (no pattern), else "mamba", "attention" or "mlp"."""
+        p = self.hybrid_override_pattern
+        return "transformer" if p is None else LAYER_KINDS[p[index]]
 
     @property
     def ffn(self) -> int:
@@ -119,40 +149,6 @@ def gpt_tiny() -> GPTConfig:
 def gpt_small() -> GPTConfig:
     """A character LM of nanoGPT's Shakespeare size (about 10M parameters)."""
     return GPTConfig(layers=6, hidden=384, heads=8, seq_len=256, dropout=0.1)
-
-
-def rotary_tables(seq_len: int, dim: int, base: float) -> tuple[torch.Tensor, torch.Tensor]:
-    """cos and sin of RoPE angles, each (s, 1, 1, d): position p, pair i rotates by p * base^(-2i/d)."""
-    inv = base ** (-torch.arange(0, dim, 2, dtype=torch.float64) / dim)
-    angles = torch.outer(torch.arange(seq_len, dtype=torch.float64), inv).repeat(1, 2)  # (s, d), halves repeated
-    return angles.cos().float()[:, None, None, :], angles.sin().float()[:, None, None, :]
-
-
-def apply_rotary(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
-    """Rotate pairs (x_i, x_{i+d/2}) of x: (s, b, a, d) by the angles of its positions (GPT-NeoX layout)."""
-    x1, x2 = x.chunk(2, dim=-1)
-    return x * cos.to(x.dtype) + torch.cat((-x2, x1), dim=-1) * sin.to(x.dtype)
-
-
-def alibi_slopes(heads: int) -> torch.Tensor:
-    """ALiBi's per-head slopes (a,) (Press et al., arXiv 2108.12409 section 3; BLOOM 2211.05100 section 3.2.2).
-
-    For a power of two n: the geometric sequence starting at 2^(-8/n) with that ratio. Otherwise, with m the largest
-    power of two below n: the m slopes of m heads, then every other slope of 2m heads, n - m of them.
-    """
-    def power_of_two(n: int) -> list[float]:
-        start = 2.0 ** (-8.0 / n)
-        return [start ** (i + 1) for i in range(n)]
-
-    m = 2 ** math.floor(math.log2(heads))
-    slopes = power_of_two(m) + (power_of_two(2 * m)[0::2][: heads - m] if m < heads else [])
-    return torch.tensor(slopes, dtype=torch.float32)
-
-
-def alibi_bias(slopes: torch.Tensor, seq_len: int) -> torch.Tensor:
-    """The additive score bias (a, s, s): -slope * (i - j) for query i and key j (future keys are masked anyway)."""
-    pos = torch.arange(seq_len, dtype=torch.float32)
-    return -slopes[:, None, None] * (pos[:, None] - pos[None, :]).clamp(min=0)
 
 
 def attention_core(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, causal: torch.Tensor,
@@ -256,15 +252,20 @@ class ParallelMLP(nn.Module):
 def build_mixer(cfg: GPTConfig, group: Group, seed: int, index: int) -> nn.Module:
     """The sequence mixer of layer ``index``: (s, b, h) -> (s, b, h), (s/t, b, h) sequence-parallel.
 
-    The one place a layer's mixer is chosen: every family here uses attention; a hybrid (a per-layer pattern, e.g.
-    Mamba-2-Hybrid, arXiv 2406.07887) picks its mixer for ``index`` here.
+    The one place a layer's mixer is chosen: attention for a transformer layer or a "*" of the hybrid pattern, the
+    Mamba-2 mixer (lm.mamba2, arXiv 2405.21060 section 7) for an "M" (Mamba-2-Hybrid, arXiv 2406.07887).
     """
+    if cfg.kind(index) == "mamba":
+        return Mamba2Mixer(cfg.mamba_config, group, seed, f"layers.{index}.mixer")
     return ParallelAttention(cfg, group, seed, f"layers.{index}.attn")
 
 
-def _layer_norm(cfg: GPTConfig, group: Group, sequence_parallel: bool | None = None) -> nn.LayerNorm:
-    """LayerNorm over h; its parameters see a sequence shard under sequence parallelism (unless told otherwise)."""
-    ln = nn.LayerNorm(cfg.hidden, bias=cfg.bias)
+def _layer_norm(cfg: GPTConfig, group: Group, sequence_parallel: bool | None = None) -> nn.Module:
+    """LayerNorm over h (RMSNorm, no bias, in a hybrid-pattern model: Mamba-2 2405.21060 section 7); its parameters
+    see a sequence shard under sequence parallelism (unless told otherwise), so they are marked for the SP gradient
+    all-reduce."""
+    ln: nn.Module = (nn.RMSNorm(cfg.hidden, eps=1e-5) if cfg.hybrid_override_pattern is not None
+                     else nn.LayerNorm(cfg.hidden, bias=cfg.bias))
     sp = (cfg.sequence_parallel if sequence_parallel is None else sequence_parallel) and group_size(group) > 1
     for p in ln.parameters():
         mark(p, None, sp)
@@ -295,6 +296,38 @@ class TransformerLayer(nn.Module):
         return x + sharded_dropout(self.mlp(self.ln2(x)), p, self.training, dim, self.group)
 
 
+class HybridLayer(nn.Module):
+    """One layer of a hybrid pattern (arXiv 2406.07887 section 3; Megatron's MambaStack): a pre-RMSNorm residual
+    block of one kind, x + drop(mixer(norm(x))) for "M" (Mamba-2) and "*" (attention), x + drop(mlp(norm(x))) for
+    "-". (s, b, h) or (s/t, b, h) in and out."""
+
+    def __init__(self, cfg: GPTConfig, group: Group, seed: int, index: int) -> None:
+        super().__init__()
+        self.cfg, self.group = cfg, group
+        self.norm = _layer_norm(cfg, group)
+        kind = cfg.kind(index)
+        # Parameter names as in lm.mamba2 / TransformerLayer: layers.i.mixer.*, layers.i.attn.*, layers.i.mlp.*
+        self.name = {"mamba": "mixer", "attention": "attn", "mlp": "mlp"}[kind]
+        self.add_module(self.name, ParallelMLP(cfg, group, seed, f"layers.{index}.mlp") if kind == "mlp"
+                        else build_mixer(cfg, group, seed, index))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.cfg.recompute == "full" and torch.is_grad_enabled():
+            return checkpoint(self._forward, x, use_reentrant=True)  # keeps only x
+        return self._forward(x)
+
+    def _forward(self, x: torch.Tensor) -> torch.Tensor:
+        dim = 0 if self.cfg.sequence_parallel else None
+        block = getattr(self, self.name)
+        return x + sharded_dropout(block(self.norm(x)), self.cfg.dropout, self.training, dim, self.group)
+
+
+def build_layer(cfg: GPTConfig, group: Group, seed: int, index: int) -> nn.Module:
+    """Layer ``index``: a :class:`TransformerLayer` (no pattern) or a :class:`HybridLayer` of its pattern's kind."""
+    cls = TransformerLayer if cfg.hybrid_override_pattern is None else HybridLayer
+    return cls(cfg, group, seed, index)
+
+
 class GPT(nn.Module):
     """Decoder LM: token ids (b, s) -> vocabulary-parallel logits (s, b, v/t) and the mean cross-entropy.
 
@@ -313,7 +346,7 @@ class GPT(nn.Module):
             mark(self.positions)
         # On the replicated (s, b, h) embedding output, before any sequence split: not sequence-parallel.
         self.embedding_norm = _layer_norm(cfg, tp_group, sequence_parallel=False) if cfg.embedding_norm else None
-        self.layers = nn.ModuleList(TransformerLayer(cfg, tp_group, seed, i) for i in range(cfg.layers))
+        self.layers = nn.ModuleList(build_layer(cfg, tp_group, seed, i) for i in range(cfg.layers))
         self.final_norm = _layer_norm(cfg, tp_group)
         self.output = None if cfg.tie_embeddings else ColumnParallelLinear(
             cfg.hidden, cfg.vocab_size, tp_group, seed=seed, name="output", std=cfg.init_std, bias=False,

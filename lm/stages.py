@@ -27,7 +27,7 @@ from deepspeech.parallel.tensor_parallel import (
     mark,
     sharded_normal,
 )
-from lm.gpt import GPT, GPTConfig, TransformerLayer, _layer_norm
+from lm.gpt import GPT, GPTConfig, _layer_norm, build_layer
 
 log = logging.getLogger(__name__)
 
@@ -56,7 +56,7 @@ class GPTChunk(GPT):
                                                               "positions", None, None)))
         self.embedding_norm = (_layer_norm(cfg, tp_group, sequence_parallel=False)
                                if first and cfg.embedding_norm else None)
-        self.layers = nn.ModuleDict({str(i): TransformerLayer(cfg, tp_group, seed, i) for i in layer_ids})
+        self.layers = nn.ModuleDict({str(i): build_layer(cfg, tp_group, seed, i) for i in layer_ids})
         self.final_norm = _layer_norm(cfg, tp_group) if last else None
         self.output = None
         if last and not cfg.tie_embeddings:

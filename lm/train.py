@@ -18,7 +18,7 @@ import logging
 import math
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field, replace
+from dataclasses import asdict, dataclass, field, replace
 from typing import Any
 
 import torch
@@ -76,6 +76,8 @@ def shape_fields(model: GPTConfig, saved: dict[str, Any] | None = None) -> dict[
     fields = {k: getattr(model, k) for k in SHAPE_FIELDS}
     fields.update({k: getattr(model, k) for k in FAMILY_FIELDS
                    if k in (saved or {}) or getattr(model, k) != getattr(default, k)})
+    if fields.get("mamba") is not None:  # the Mamba-2 sub-config as config.json holds it (asdict)
+        fields["mamba"] = asdict(fields["mamba"])
     return fields
 
 

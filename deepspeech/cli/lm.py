@@ -120,7 +120,7 @@ def _add_train(lsub: Subparsers, argv: Sequence[str] | None) -> None:
     q.add_argument("--load", help="resume from a checkpoint directory (or the newest step-* in it)")
     q.add_argument("--sp", action="store_true", help="sequence parallelism over the tensor-parallel group")
     q.add_argument("--recompute", choices=["none", "selective", "full"], help="activation recomputation")
-    q.add_argument("--positions", choices=["learned", "rotary", "alibi"])
+    q.add_argument("--positions", choices=["learned", "rotary", "alibi", "none"])
     q.add_argument("--dropout", type=float)
     q.add_argument("--steps", type=int)  # None: LMTrainConfig's (see run_train)
     q.add_argument("--batch-size", type=int, help="global sequences per step")
@@ -150,7 +150,8 @@ def _add_params(lsub: Subparsers, argv: Sequence[str] | None) -> None:
 
 
 def _add_memory(lsub: Subparsers, argv: Sequence[str] | None) -> None:
-    q = add_command(lsub, "memory", "activation bytes per layer vs the formulas of arXiv 2205.05198", argv,
+    q = add_command(lsub, "memory", "activation bytes per layer vs the formulas of arXiv 2205.05198 (Mamba-2 "
+                    "layers: lm.mamba2)", argv,
                     run_memory)
     if q is None:
         return
