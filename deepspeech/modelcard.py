@@ -99,7 +99,7 @@ DS2 acoustic model: {am.model.num_parameters():,} parameters ({arch}), language 
 {lm_text}
 Reproduce a row: `deepspeech eval --model {dst.as_posix()} --manifest MANIFEST --format json`
 {"(add `--decoder beam` for the beam-search columns)." if decoder else ""}
-{notes}
+{notes}{learning_curve(src.parent / "metrics.jsonl")}
 ## Config
 
 ```json
@@ -108,6 +108,31 @@ Reproduce a row: `deepspeech eval --model {dst.as_posix()} --manifest MANIFEST -
 """
     (dst / "README.md").write_text(card)
     return metrics
+
+
+def learning_curve(metrics_jsonl: Path, max_rows: int = 16) -> str:
+    """A model card's learning curve: dev WER and CER against the hours of training audio seen, from the epoch
+    records of a run's ``metrics.jsonl`` (those with ``audio_h``, written by the trainer at each epoch's end). At most
+    ``max_rows`` epochs, evenly spaced, the last always among them; "" when the run left no such records."""
+    if not metrics_jsonl.is_file():
+        return ""
+    epochs = []
+    for line in metrics_jsonl.read_text(encoding="utf-8").splitlines():
+        try:
+            r = json.loads(line)
+        except json.JSONDecodeError:
+            continue
+        if isinstance(r, dict) and "audio_h" in r and "dev_wer" in r:
+            epochs.append(r)
+    if not epochs:
+        return ""
+    stride = -(-len(epochs) // max_rows)
+    shown = epochs[::-1][::stride][::-1]  # counted back from the last epoch, so the last is shown
+    rows = "\n".join(f"| {r['epoch']} | {r['audio_h']:.1f} | {100 * r['dev_wer']:.2f}% | {100 * r['dev_cer']:.2f}% |"
+                     for r in shown)
+    return ("\n## Learning curve\n\nDev error at the end of each epoch against the hours of (augmented) training "
+            "audio seen, from the run's `metrics.jsonl`; greedy decoding.\n\n"
+            f"| epoch | audio seen (h) | dev WER | dev CER |\n|---|---|---|---|\n{rows}\n")
 
 
 def _copy_weights(src: Path, dst: Path, half: bool) -> None:

@@ -219,3 +219,20 @@ def test_model_and_audio_errors_are_one_line_in_every_subcommand(tmp_path: Path)
         errors = [ln for ln in lines if " ERROR " in ln]
         assert isinstance(row["rc"], int) and row["rc"] != 0 and len(errors) == 1, row
         assert "Traceback" not in row["stderr"], row
+
+
+def test_learning_curve_table_from_epoch_records(tmp_path: Path) -> None:
+    """The card's learning curve: epoch records only (step records and old records without audio_h are skipped),
+    at most max_rows of them, the last epoch always shown."""
+    from deepspeech.modelcard import learning_curve
+
+    path = tmp_path / "metrics.jsonl"
+    assert learning_curve(path) == ""
+    lines = [json.dumps({"step": 5, "epoch": 0, "loss": 3.0}), json.dumps({"epoch": 1, "step": 10, "dev_wer": 0.9})]
+    lines += [json.dumps({"epoch": e, "step": 10 * e, "audio_h": 0.5 * e, "dev_wer": 1 / e, "dev_cer": 0.5 / e})
+              for e in range(1, 31)]
+    path.write_text("\n".join(lines) + "\nnot json\n")
+    table = learning_curve(path, max_rows=10)
+    rows = [r for r in table.splitlines() if r.startswith("| ") and r[2].isdigit()]
+    assert len(rows) == 10 and rows[-1] == "| 30 | 15.0 | 3.33% | 1.67% |"
+    assert [int(r.split("|")[1]) for r in rows] == list(range(3, 31, 3))
