@@ -203,16 +203,19 @@ def test_streaming_server_and_its_clients(clone: Path) -> None:
 
 
 NEURAL_LM = runs(".venv/bin/torchrun --standalone --nproc_per_node=4 -m deepspeech.cli lm train",
-                 ".venv/bin/deepspeech lm train", ".venv/bin/deepspeech lm memory")
+                 ".venv/bin/deepspeech lm train", ".venv/bin/deepspeech lm params", ".venv/bin/deepspeech lm memory")
 
 
 def test_neural_lm_train_resume_and_memory(clone: Path) -> None:
-    """The 4-process tensor x pipeline run, then its resume in one process (in this order), then the table."""
+    """The 4-process tensor x pipeline run, then its resume in one process (in this order), MT-NLG's count at its
+    published layout, then the table."""
     steps = json_lines(sh(clone, command(NEURAL_LM[0])).stdout)
     assert [s["step"] for s in steps] == list(range(1, 51))
     resumed = json_lines(sh(clone, command(NEURAL_LM[1])).stdout)
     assert [s["step"] for s in resumed] == list(range(51, 61))
-    assert "selective" in sh(clone, command(NEURAL_LM[2])).stdout
+    count = json.loads(sh(clone, command(NEURAL_LM[2])).stdout)
+    assert abs(count["parameters"] / 530e9 - 1) < 0.01 and count["bytes_per_param"] == 16  # arXiv 2201.11990: 530B
+    assert "selective" in sh(clone, command(NEURAL_LM[3])).stdout
 
 
 TRAINING = runs(".venv/bin/deepspeech train --preset small", ".venv/bin/torchrun --standalone --nproc_per_node=2 "
