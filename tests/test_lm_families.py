@@ -222,7 +222,7 @@ def test_mtnlg_530b_parameters_and_memory_per_gpu(capsys: pytest.CaptureFixture[
           f"{mem.bytes_per_gpu_max / 1e9:.1f} GB of weights + gradients + Adam states")
 
 
-@pytest.mark.parametrize("preset", ["bloom-tiny", "nemotron4-tiny"])
+@pytest.mark.parametrize("preset", ["bloom-tiny", "nemotron4-tiny", "mamba2-tiny", "mamba2-hybrid-tiny"])
 def test_cli_trains_a_tiny_preset(preset: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     """`deepspeech lm train --preset ...` (one process) on a small text: the loss falls over 20 steps."""
     from deepspeech.cli import main
