@@ -23,7 +23,7 @@ from lm.gpt import GPT, GPTConfig, HybridLayer, TransformerLayer
 from lm.mamba2 import Mamba2Mixer
 from lm.stages import GPTChunk
 from lm.train import LMTrainConfig, train
-from tests.test_lm_families import NEMOTRON, ONE, SHAPE, _job_numel, _job_train
+from tests.test_lm_families import BLOOM, NEMOTRON, ONE, SHAPE, _job_numel, _job_train
 from tests.test_parallel_tp import ATOL, RTOL, TEXT, _compare, _run
 
 # The tiny presets at the parallel tests' size (h 32: 4 Mamba-2 heads of 16 in 2 groups, one group per rank at
@@ -96,10 +96,12 @@ def test_pipeline_equals_one_rank(gloo2: GlooWorkers) -> None:
 
 
 def test_tp2_checkpoint_resumes_at_tp1(gloo2: GlooWorkers, tmp_path: Path) -> None:
-    """A TP=2 checkpoint after step 2 (the mixers' heads and groups sharded) loads at TP=1; steps 3-4 have the
-    uninterrupted TP=2 run's losses (rel 1e-5: tensor-parallel summation order)."""
+    """A TP=2 checkpoint after step 2 (every family: GQA's query groups, ALiBi's heads, the Mamba mixers' heads and
+    groups sharded) loads at TP=1; steps 3-4 have the uninterrupted TP=2 run's losses (rel 1e-5: tensor-parallel
+    summation order, see tests.test_parallel_tp.test_training_steps_equal_one_rank)."""
+    models = (("bloom", BLOOM), ("nemotron", NEMOTRON), ("mamba", MAMBA), ("hybrid", HYBRID))
     cfgs = [LMTrainConfig(model=replace(m, dropout=0.0), steps=4, batch_size=4, save_dir=str(tmp_path / name),
-                          save_every=2) for name, m in (("mamba", MAMBA), ("hybrid", HYBRID))]
+                          save_every=2) for name, m in models]
     results = gloo2.run(_job_train, cfgs, ParallelDims(tp=2))
     for i, cfg in enumerate(cfgs):
         assert cfg.save_dir is not None
