@@ -80,7 +80,10 @@ class TrainConfig:
     seed: int = 0
     save_every_steps: int = 200  # resumable checkpoint interval (also saved at every epoch end)
     log_every_steps: int = 10
-    amp: bool = True  # bf16 autocast on CUDA (ignored on CPU)
+    amp: bool = True  # bf16 autocast on CUDA (the CTC loss in float32)
+    # bf16 autocast on the CPU as well (``deepspeech train --bf16``): convolutions, linear layers and the fused GRU's
+    # large products in bfloat16 with float32 accumulation. Pays on CPUs with AMX or AVX512-BF16 (bench/amp.py).
+    cpu_amp: bool = False
     threads: int = 0  # torch intra-op threads per process (0 = leave as is)
     # Fine-tuning: a model directory (an exported model or a run's best/) whose weights, tokenizer and feature
     # statistics a fresh run starts from (its model config must equal this one); ignored when the run resumes.

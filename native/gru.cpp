@@ -14,6 +14,9 @@
 // split by hidden units over the threads, each thread also doing its units' gates (forward); otherwise the BLAS,
 // which would pack W_hh again at every step.
 //
+// bf16 (the trainer's bf16 autocast on the CPU): the three large products (all input projections; dx, dW_ih, dW_hh)
+// run in bfloat16 with float32 accumulation (oneDNN: AMX or AVX512-BF16 where the CPU has them), results kept in
+// float32, as autocast treats a Linear; the per-step recurrence, the gates and every stored tensor stay float32.
 // Shapes (batch first, unidirectional, one layer): x (B, T, I), h0 (B, H), outputs (B, T, H),
 // workspace (B, T, 4H) = [r, z, n, W_hn h + b_hn].
 #include <torch/extension.h>
@@ -151,9 +154,16 @@ void gates_units(const float* x, int64_t sx, const float* q, int64_t qs, const f
   }
 }
 
+// a (M, K) x b (K, N) -> (M, N) float32: in bfloat16 when `bf16` and the operands are float32 (see above).
+at::Tensor mm_bf16_if(const at::Tensor& a, const at::Tensor& b, bool bf16) {
+  if (!bf16 || a.scalar_type() != at::kFloat) return at::mm(a, b);
+  return at::mm(a.to(at::kBFloat16), b.to(at::kBFloat16)).to(at::kFloat);
+}
+
 // Forward over a sequence: returns {outputs (B, T, H), workspace (B, T, 4H)}.
 std::vector<at::Tensor> gru_forward(const at::Tensor& x_in, const at::Tensor& h0_in, const at::Tensor& w_ih_in,
-                                    const at::Tensor& w_hh_in, const at::Tensor& b_ih, const at::Tensor& b_hh) {
+                                    const at::Tensor& w_hh_in, const at::Tensor& b_ih, const at::Tensor& b_hh,
+                                    bool bf16) {
   TORCH_CHECK(x_in.dim() == 3, "x must be (B, T, I)");
   TORCH_CHECK(x_in.device().is_cpu(), "gru_forward is the CPU kernel");
   const auto x = x_in.contiguous();
@@ -166,7 +176,8 @@ std::vector<at::Tensor> gru_forward(const at::Tensor& x_in, const at::Tensor& h0
   auto ws = at::empty({B, T, 4 * H}, x.options());
   if (B == 0 || T == 0) return {out, ws};
   // All input projections at once: (B*T, I) x (I, 3H) + b_ih.
-  const auto xp = at::addmm(b_ih, x.view({B * T, I}), w_ih.t());
+  const auto xp = bf16 && x.scalar_type() == at::kFloat ? mm_bf16_if(x.view({B * T, I}), w_ih.t(), true).add_(b_ih)
+                                                        : at::addmm(b_ih, x.view({B * T, I}), w_ih.t());
   if (use_packed(x, T)) {  // per step, per thread: its units' three recurrent products, then their gates
     const auto p_hh = pack_gates(w_hh, H);
     const auto split = unit_split(H);
@@ -214,7 +225,7 @@ std::vector<at::Tensor> gru_forward(const at::Tensor& x_in, const at::Tensor& h0
 // the gradient of the outputs (the final hidden state is the last output, so its gradient arrives there).
 std::vector<at::Tensor> gru_backward(const at::Tensor& grad_out_in, const at::Tensor& x_in, const at::Tensor& h0_in,
                                      const at::Tensor& w_ih_in, const at::Tensor& w_hh_in, const at::Tensor& out_in,
-                                     const at::Tensor& ws_in) {
+                                     const at::Tensor& ws_in, bool bf16) {
   const auto x = x_in.contiguous(), h0 = h0_in.contiguous(), out = out_in.contiguous(), ws = ws_in.contiguous();
   const auto go = grad_out_in.contiguous();
   const auto w_ih = w_ih_in.contiguous(), w_hh = w_hh_in.contiguous();
@@ -291,9 +302,9 @@ std::vector<at::Tensor> gru_backward(const at::Tensor& grad_out_in, const at::Te
   // h_{t-1} for every step: h0, then the outputs shifted by one.
   const auto hprev = T > 0 ? at::cat({h0.unsqueeze(1), out.narrow(1, 0, T - 1)}, 1).view({B * T, H})
                            : at::empty({0, H}, x.options());
-  auto dx = at::mm(dgi2, w_ih).view({B, T, I});
-  auto dw_ih = at::mm(dgi2.t(), x.view({B * T, I}));
-  auto dw_hh = at::mm(dgh2.t(), hprev);
+  auto dx = mm_bf16_if(dgi2, w_ih, bf16).view({B, T, I});
+  auto dw_ih = mm_bf16_if(dgi2.t(), x.view({B * T, I}), bf16);
+  auto dw_hh = mm_bf16_if(dgh2.t(), hprev, bf16);
   auto db_ih = dgi2.sum(0);
   auto db_hh = dgh2.sum(0);
   return {dx, carry, dw_ih, dw_hh, db_ih, db_hh};
@@ -486,8 +497,11 @@ at::Tensor gru_step_packed(const at::Tensor& x_in, const at::Tensor& h_in, const
 }  // namespace
 
 PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
-  m.def("gru_forward", &gru_forward, "fused GRU layer forward (CPU): outputs, workspace");
-  m.def("gru_backward", &gru_backward, "fused GRU layer backward (CPU): dx, dh0, dW_ih, dW_hh, db_ih, db_hh");
+  m.def("gru_forward", &gru_forward, "fused GRU layer forward (CPU): outputs, workspace", py::arg("x"), py::arg("h0"),
+        py::arg("w_ih"), py::arg("w_hh"), py::arg("b_ih"), py::arg("b_hh"), py::arg("bf16") = false);
+  m.def("gru_backward", &gru_backward, "fused GRU layer backward (CPU): dx, dh0, dW_ih, dW_hh, db_ih, db_hh",
+        py::arg("grad_out"), py::arg("x"), py::arg("h0"), py::arg("w_ih"), py::arg("w_hh"), py::arg("out"),
+        py::arg("ws"), py::arg("bf16") = false);
   m.def("gru_step", &gru_step, "fused GRU single step (CPU, no autograd)");
   m.def("gru_pack", &gru_pack, "GRU weights (3H, K) packed for gru_step_packed (AVX2 CPUs)");
   m.def("gru_step_packed", &gru_step_packed, "fused GRU single step on packed weights (CPU, float32, no autograd)");

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import os
 from collections.abc import Sequence
@@ -20,6 +21,8 @@ def add_parser(subparsers: Subparsers, argv: Sequence[str] | None = None) -> Non
     p.add_argument("--set", action="append", metavar="KEY=VALUE", help="override a config field, e.g. optim.lr=1e-3")
     p.add_argument("--out", help="run directory (default: runs/<name>)")
     p.add_argument("--no-resume", action="store_true", help="start afresh even if the run directory has a checkpoint")
+    p.add_argument("--bf16", action="store_true", help="bf16 autocast on the CPU too (sets amp and cpu_amp; pays on "
+                   "CPUs with AMX or AVX512-BF16); CUDA uses it unless --set amp=false")
     p.add_argument("--print-config", action="store_true", help="print the resolved config as JSON and exit")
     p.add_argument("--format", choices=["text", "json"], default="text")
     add_common(p)
@@ -37,6 +40,8 @@ def run(args: argparse.Namespace) -> int:
     else:
         cfg = get_preset(args.preset)
     cfg = apply_overrides(cfg, args.set or [])
+    if args.bf16:
+        cfg = dataclasses.replace(cfg, amp=True, cpu_amp=True)
     if args.print_config:
         print(json.dumps(to_dict(cfg), indent=1))
         return 0

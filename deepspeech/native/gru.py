@@ -31,43 +31,45 @@ from deepspeech.native.build import load_cuda_extension, load_extension
 
 
 @torch.library.custom_op("deepspeech::gru_forward", mutates_args=())
-def _gru_forward(x: Tensor, h0: Tensor, w_ih: Tensor, w_hh: Tensor, b_ih: Tensor, b_hh: Tensor
+def _gru_forward(x: Tensor, h0: Tensor, w_ih: Tensor, w_hh: Tensor, b_ih: Tensor, b_hh: Tensor, bf16: bool
                  ) -> tuple[Tensor, Tensor]:
     ext = load_extension("gru")
     assert ext is not None
-    out, ws = ext.gru_forward(x, h0, w_ih, w_hh, b_ih, b_hh)
+    out, ws = ext.gru_forward(x, h0, w_ih, w_hh, b_ih, b_hh, bf16)
     return out, ws
 
 
 @_gru_forward.register_fake
-def _(x: Tensor, h0: Tensor, w_ih: Tensor, w_hh: Tensor, b_ih: Tensor, b_hh: Tensor) -> tuple[Tensor, Tensor]:
+def _(x: Tensor, h0: Tensor, w_ih: Tensor, w_hh: Tensor, b_ih: Tensor, b_hh: Tensor, bf16: bool
+      ) -> tuple[Tensor, Tensor]:
     B, T, H = x.shape[0], x.shape[1], w_hh.shape[1]
     return x.new_empty(B, T, H), x.new_empty(B, T, 4 * H)
 
 
 @torch.library.custom_op("deepspeech::gru_backward", mutates_args=())
-def _gru_backward_op(grad_out: Tensor, x: Tensor, h0: Tensor, w_ih: Tensor, w_hh: Tensor, out: Tensor, ws: Tensor
-                     ) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor, Tensor]:
+def _gru_backward_op(grad_out: Tensor, x: Tensor, h0: Tensor, w_ih: Tensor, w_hh: Tensor, out: Tensor, ws: Tensor,
+                     bf16: bool) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor, Tensor]:
     ext = load_extension("gru")
     assert ext is not None
-    return tuple(ext.gru_backward(grad_out, x, h0, w_ih, w_hh, out, ws))  # type: ignore[return-value]
+    return tuple(ext.gru_backward(grad_out, x, h0, w_ih, w_hh, out, ws, bf16))  # type: ignore[return-value]
 
 
 @_gru_backward_op.register_fake
-def _(grad_out: Tensor, x: Tensor, h0: Tensor, w_ih: Tensor, w_hh: Tensor, out: Tensor, ws: Tensor
+def _(grad_out: Tensor, x: Tensor, h0: Tensor, w_ih: Tensor, w_hh: Tensor, out: Tensor, ws: Tensor, bf16: bool
       ) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor, Tensor]:
     return (torch.empty_like(x), torch.empty_like(h0), torch.empty_like(w_ih), torch.empty_like(w_hh),
             w_ih.new_empty(w_ih.shape[0]), w_hh.new_empty(w_hh.shape[0]))
 
 
 def _setup_context(ctx, inputs, output) -> None:  # type: ignore[no-untyped-def]
-    x, h0, w_ih, w_hh, _, _ = inputs
+    x, h0, w_ih, w_hh, _, _, bf16 = inputs
+    ctx.bf16 = bf16
     ctx.save_for_backward(x, h0, w_ih, w_hh, *output)
 
 
 def _backward(ctx, grad_out: Tensor, _grad_ws: Tensor):  # type: ignore[no-untyped-def]
     x, h0, w_ih, w_hh, out, ws = ctx.saved_tensors
-    return _gru_backward_op(grad_out, x, h0, w_ih, w_hh, out, ws)
+    return (*_gru_backward_op(grad_out, x, h0, w_ih, w_hh, out, ws, ctx.bf16), None)
 
 
 _gru_forward.register_autograd(_backward, setup_context=_setup_context)
@@ -117,6 +119,12 @@ def gru_layer(x: Tensor, h0: Tensor | None, w_ih: Tensor, w_hh: Tensor, b_ih: Te
     ``bench/README.md`` has the table).
     """
     B, T, H = x.shape[0], x.shape[1], w_hh.shape[1]
+    # Under the CPU's bf16 autocast (the trainer's ``cpu_amp``) the fused kernel's three large products run in
+    # bfloat16 (native/gru.cpp); its inputs, outputs and recurrence stay float32, as ``torch.gru``'s do here.
+    bf16 = x.device.type == "cpu" and torch.is_autocast_enabled("cpu") and \
+        torch.get_autocast_dtype("cpu") == torch.bfloat16
+    if bf16 and x.dtype == torch.bfloat16:
+        x, h0 = x.float(), None if h0 is None else h0.float()
     training = torch.is_grad_enabled() and _needs_grad(x, h0, w_ih, w_hh, b_ih, b_hh)
     if x.is_cuda and native and not training:  # the CUDA kernel is forward-only; cuDNN trains
         ext = load_cuda_extension("gru_cuda")
@@ -127,7 +135,7 @@ def gru_layer(x: Tensor, h0: Tensor | None, w_ih: Tensor, w_hh: Tensor, b_ih: Te
         hx = (x.new_zeros(B, H) if h0 is None else h0).unsqueeze(0).contiguous()
         out, hn = torch.gru(x, hx, [w_ih, w_hh, b_ih, b_hh], True, 1, 0.0, torch.is_grad_enabled(), False, True)
         return out, hn[0]
-    out, _ = _gru_forward(x, x.new_zeros(B, H) if h0 is None else h0, w_ih, w_hh, b_ih, b_hh)
+    out, _ = _gru_forward(x, x.new_zeros(B, H) if h0 is None else h0, w_ih, w_hh, b_ih, b_hh, bf16)
     return out, out[:, -1].clone()  # a copy, as nn.GRU's: writing into the state must not change the outputs
 
 

@@ -2,8 +2,9 @@
 
 CTC loss (DS2 section 3.1) averaged over the global batch, SortaGrad batches (section 3.4), SGD with Nesterov
 momentum or AdamW, warm-up plus anneal/cosine learning-rate schedules, gradient-norm clipping, bf16 autocast on
-GPUs, validation WER/CER each epoch with best-model selection, and resumable checkpoints: a run killed at any
-point (SIGKILL included) restarts from its last checkpoint and ends with the same weights as an uninterrupted run.
+GPUs (and on CPUs with ``cpu_amp``), validation WER/CER each epoch with best-model selection, and resumable
+checkpoints: a run killed at any point (SIGKILL included) restarts from its last checkpoint and ends with the same
+weights as an uninterrupted run.
 """
 
 from __future__ import annotations
@@ -273,7 +274,7 @@ class _Run:
         self.total_steps = cfg.max_steps or cfg.epochs * len(epoch_batches(data.train.durations, self.plan, 0))
         self.metrics = _MetricsLog(out, ps.is_main)
         self.metrics.keep_until(self.state.step)
-        self.autocast = self.device.type == "cuda" and cfg.amp
+        self.autocast = cfg.amp and (self.device.type == "cuda" or (self.device.type == "cpu" and cfg.cpu_amp))
         self.fallback = next(i for i in range(len(data.train)) if data.train.get(i) is not None)
 
     def fit(self) -> TrainResult:
