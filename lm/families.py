@@ -11,7 +11,8 @@ parameter and memory accounting of a tensor x pipeline layout.
 * MT-NLG 530B (arXiv 2201.11990, sections 2-3): GPT-3's architecture at 105 layers x 20480, trained with 8-way
   tensor x 35-way pipeline x 8-way data parallelism on 2240 A100s. Counted, not trained.
 
-Every family has a tiny preset (trains here in seconds) and its published full-size preset. The full-size presets
+Every family has a tiny preset (trains here in seconds), a ~10M-parameter one of a shared shape (the
+bits-per-character table, bench/lm_bpc.py) and its published full-size preset. The full-size presets
 fix the architecture and shape only (parameters, memory); initialisation and training hyperparameters stay the
 config's defaults, not the papers' recipes.
 """
@@ -19,7 +20,7 @@ config's defaults, not the papers' recipes.
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 from deepspeech.parallel.mappings import divide
 from deepspeech.parallel.pipeline import chunk_layers
@@ -103,6 +104,48 @@ def mamba2_hybrid_8b_lm() -> GPTConfig:
                      hybrid_override_pattern=hybrid_pattern(24, 4, 28), mamba=mamba2_hybrid_8b())
 
 
+# ~10M-parameter character LMs, one per family, for the bits-per-character table (bench/lm_bpc.py) and N-best
+# rescoring: the same body (h 384, 6 heads of 64, s 256) for every family, the depth and MLP width chosen so each is
+# within 5% of 10M parameters at the English character vocabulary (29 symbols + the unknown one, padded to 32).
+# A larger vocabulary (Mandarin: thousands of characters) adds v*h (tied) or 2*v*h (untied) to the same body.
+SEQ_10M = 256
+HIDDEN_10M = 384
+MAMBA_10M = Mamba2Config(d_state=128, headdim=64, ngroups=1, chunk_size=64)  # 2405.21060 section 9: N 128, P 64
+
+
+def gpt_10m() -> GPTConfig:
+    """GPT at ~10M: 6 layers x h 384, f 1408 (not 4h: 4h gives 10.76M), learned positions, tied; 10.17M at v 32."""
+    return GPTConfig(layers=6, hidden=HIDDEN_10M, heads=6, ffn_hidden=1408, seq_len=SEQ_10M)
+
+
+def bloom_10m() -> GPTConfig:
+    """BLOOM's architecture (2211.05100 section 3.2) at gpt_10m's shape: ALiBi, embedding LayerNorm; 10.07M at v 32."""
+    return replace(gpt_10m(), positions="alibi", embedding_norm=True)
+
+
+def nemotron4_10m() -> GPTConfig:
+    """Nemotron-4's architecture (2402.16819 section 2.2) at ~10M: 6 layers x h 384, 6 query heads in 2 KV groups,
+    f 1600 squared ReLU, RoPE, no biases, untied; 9.76M at v 32."""
+    return GPTConfig(layers=6, hidden=HIDDEN_10M, heads=6, kv_heads=2, ffn_hidden=1600, seq_len=SEQ_10M,
+                     positions="rotary", activation="squared_relu", bias=False, tie_embeddings=False)
+
+
+def mamba2_10m() -> GPTConfig:
+    """Mamba-2 (2405.21060 sections 7-9) at ~10M: 10 Mamba-2 layers x h 384 (12 heads of 64, one group, N 128,
+    chunk 64), tied; 9.95M at v 32."""
+    return GPTConfig(layers=10, hidden=HIDDEN_10M, heads=6, seq_len=SEQ_10M, positions="none", bias=False,
+                     hybrid_override_pattern="M" * 10, mamba=MAMBA_10M)
+
+
+def mamba2_hybrid_10m() -> GPTConfig:
+    """Mamba-2-Hybrid (2406.07887 section 3) at ~10M: 10 layers = 4 Mamba-2 + 1 attention + 5 MLP ("M-M-M*-M--",
+    40/10/50% against the paper's 43/7/50), h 384, 6 query heads in 2 KV groups, f 4h squared ReLU, no positions,
+    untied; 10.29M at v 32."""
+    return GPTConfig(layers=10, hidden=HIDDEN_10M, heads=6, kv_heads=2, seq_len=SEQ_10M, positions="none",
+                     bias=False, activation="squared_relu", tie_embeddings=False,
+                     hybrid_override_pattern=hybrid_pattern(4, 1, 5), mamba=MAMBA_10M)
+
+
 PRESETS: dict[str, Callable[[], GPTConfig]] = {
     "gpt-tiny": gpt_tiny, "gpt-small": gpt_small,
     "bloom-tiny": bloom_tiny, "bloom-176b": bloom_176b,
@@ -110,9 +153,14 @@ PRESETS: dict[str, Callable[[], GPTConfig]] = {
     "mtnlg-530b": mtnlg_530b,
     "mamba2-tiny": mamba2_tiny, "mamba2-2.7b": mamba2_2p7b_lm,
     "mamba2-hybrid-tiny": mamba2_hybrid_tiny, "mamba2-hybrid-8b": mamba2_hybrid_8b_lm,
+    "gpt-10m": gpt_10m, "bloom-10m": bloom_10m, "nemotron4-10m": nemotron4_10m, "mamba2-10m": mamba2_10m,
+    "mamba2-hybrid-10m": mamba2_hybrid_10m,
 }
 # The presets that train on these machines (the full-size ones are for counting and for GPU clusters).
-TINY_PRESETS = ("gpt-tiny", "gpt-small", "bloom-tiny", "nemotron4-tiny", "mamba2-tiny", "mamba2-hybrid-tiny")
+TINY_PRESETS = ("gpt-tiny", "gpt-small", "bloom-tiny", "nemotron4-tiny", "mamba2-tiny", "mamba2-hybrid-tiny",
+                "gpt-10m", "bloom-10m", "nemotron4-10m", "mamba2-10m", "mamba2-hybrid-10m")
+# The ~10M presets of the bits-per-character table, one per family (bench/lm_bpc.py).
+PRESETS_10M = ("gpt-10m", "bloom-10m", "nemotron4-10m", "mamba2-10m", "mamba2-hybrid-10m")
 
 
 @dataclass(frozen=True)
@@ -241,7 +289,7 @@ def model_state_memory(cfg: GPTConfig, tp: int, pp: int, bytes_per_param: int = 
                         total * bytes_per_param)
 
 
-__all__ = ["BYTES_PER_PARAM", "MTNLG_LAYOUT", "PRESETS", "TINY_PRESETS", "Layout", "MemoryReport",
-           "bloom_176b", "bloom_tiny", "hybrid_pattern", "mamba2_2p7b_lm", "mamba2_hybrid_8b_lm",
-           "mamba2_hybrid_tiny", "mamba2_tiny", "model_state_memory", "mtnlg_530b", "nemotron4_15b", "nemotron4_tiny",
-           "parameter_count", "stage_parameters"]
+__all__ = ["BYTES_PER_PARAM", "MTNLG_LAYOUT", "PRESETS", "PRESETS_10M", "TINY_PRESETS", "Layout", "MemoryReport",
+           "bloom_10m", "bloom_176b", "bloom_tiny", "gpt_10m", "hybrid_pattern", "mamba2_10m", "mamba2_2p7b_lm",
+           "mamba2_hybrid_10m", "mamba2_hybrid_8b_lm", "mamba2_hybrid_tiny", "mamba2_tiny", "model_state_memory",
+           "mtnlg_530b", "nemotron4_10m", "nemotron4_15b", "nemotron4_tiny", "parameter_count", "stage_parameters"]

@@ -1,0 +1,106 @@
+"""bench/lm_bpc.py's measurements: bits per character of a neural LM (a uniform model gives log2 V exactly; a
+bigram table's loss as computed by hand; padding and windows change nothing), of a KenLM character n-gram (the
+ARPA back-off scorer agrees with KenLM's own query), and the ~10M presets' sizes."""
+
+from __future__ import annotations
+
+import math
+from dataclasses import replace
+from pathlib import Path
+
+import pytest
+import torch
+
+from bench.lm_bpc import (
+    EOS,
+    BpcConfig,
+    _windows,
+    build_char_ngram,
+    char_tokens,
+    neural_bpc,
+    ngram_bpc,
+    sequence_nll,
+)
+from lm.families import PRESETS, PRESETS_10M, parameter_count
+from lm.gpt import GPT, gpt_tiny
+from lm.tokenizer import CharTokenizer
+
+LINES = ["the cat sat on the mat", "a dog", "", "an rather longer line that needs more than one window of context"]
+
+
+def test_uniform_model_gives_log2_vocabulary() -> None:
+    """A GPT whose final norm is zeroed outputs all-zero logits: p = 1/V for every character, so bpc = log2 V
+    exactly (V = the padded vocabulary the softmax runs over), long lines (windows) included."""
+    tok = CharTokenizer.train("\n".join(LINES) + "\n")
+    model = GPT(replace(gpt_tiny(), vocab_size=32, seq_len=16))
+    with torch.no_grad():
+        model.final_norm.weight.zero_()
+        model.final_norm.bias.zero_()
+    bpc, n = neural_bpc(model, tok, LINES, batch=3)
+    assert n == sum(len(line) + 1 for line in LINES)  # every character and each closing newline
+    assert bpc == pytest.approx(math.log2(32), abs=1e-6)
+
+
+def test_bigram_table_loss_by_hand() -> None:
+    """A fixed bigram table as the model: the summed loss equals the sum of -ln q(next | previous) over every
+    predicted token, with batching, padding and windows (s = 4) in between."""
+    v = 6
+    q = torch.log_softmax(torch.randn(v, v, generator=torch.Generator().manual_seed(0)), dim=-1)
+    seqs = [[0, 1, 2, 3, 4, 5, 1, 2, 3, 0, 4], [2, 3], [5, 5, 5, 1], [1, 0, 2, 3, 4, 5, 0, 1, 2]]
+    nll, n = sequence_nll(lambda x: q[x], seqs, seq_len=4, batch=2)
+    by_hand = -sum(q[a, b].item() for s in seqs for a, b in zip(s[:-1], s[1:], strict=True))
+    assert n == sum(len(s) - 1 for s in seqs)
+    assert nll == pytest.approx(by_hand, rel=1e-6)
+
+
+@pytest.mark.parametrize("seq_len", [1, 2, 5, 16])
+def test_windows_score_each_target_once_with_half_context(seq_len: int) -> None:
+    for n in range(1, 60):
+        scored = []
+        for start, end, first in _windows(n, seq_len):
+            assert 0 <= start <= first < end <= n and end - start <= seq_len
+            assert first == 0 or first - start >= seq_len // 2
+            scored += range(first, end)
+        assert scored == list(range(n))
+
+
+@pytest.mark.parametrize("preset", ["gpt-tiny", "mamba2-tiny"])
+def test_padding_and_batching_change_nothing(preset: str) -> None:
+    """Scored one line at a time or batched with right padding, a causal model gives the same loss."""
+    tok = CharTokenizer.train("\n".join(LINES) + "\n")
+    model = GPT(replace(PRESETS[preset](), vocab_size=32)).eval()
+    alone = sum(neural_bpc(model, tok, [line])[0] * (len(line) + 1) for line in LINES)
+    batched, n = neural_bpc(model, tok, LINES, batch=4)
+    assert batched * n == pytest.approx(alone, rel=1e-5)  # float32 logits, summed in float64
+
+
+def test_char_ngram_bpc_matches_kenlm_query(tmp_path: Path) -> None:
+    """lmplz over characters, then this module's ARPA scorer: the same log probability as KenLM's own query of
+    the ARPA file (order 3, within KenLM's compiled maximum of 6), unseen characters (<unk>) included."""
+    kenlm = pytest.importorskip("kenlm")
+    from deepspeech.decoding.kenlm import KenLMError
+
+    train = ["the cat sat", "the mat sat", "a cat on a mat", "the end"] * 3
+    test = ["the cat sat on the mat", "a zebra", "the"]
+    arpa = tmp_path / "c3.arpa"
+    try:
+        build_char_ngram(train, arpa, order=3)
+    except KenLMError as e:
+        pytest.skip(str(e))
+    bpc, n = ngram_bpc(arpa, test, order=3)
+    assert n == sum(len(t) + 1 for t in test)
+    ref = kenlm.Model(str(arpa))
+    log10 = sum(ref.score(" ".join(char_tokens(t)), bos=True, eos=True) for t in test)
+    assert bpc == pytest.approx(-log10 / (n * math.log10(2)), rel=1e-5)
+    assert 0 < bpc < math.log2(len({c for t in train for c in t}) + 2) + 10  # finite; <unk> scored, not skipped
+    assert EOS in arpa.read_text(encoding="utf-8")
+
+
+def test_10m_presets_within_5_percent() -> None:
+    """Each family's ~10M preset has 10M +- 5% parameters at the English character vocabulary (30 symbols
+    padded to 32), one body shape (h 384, s 256) for all."""
+    for name in PRESETS_10M:
+        cfg = replace(PRESETS[name](), vocab_size=32)
+        assert abs(parameter_count(cfg) - 10e6) <= 0.05 * 10e6, (name, parameter_count(cfg))
+        assert (cfg.hidden, cfg.seq_len) == (384, 256), name
+    assert BpcConfig().train_config(PRESETS["gpt-10m"]()).steps == -(-2_000_000 // (8 * 256))
