@@ -11,6 +11,7 @@ class ServerConfig:
     port: int = 8000
     device: str = "cpu"
     decoder: str = "greedy"  # final results: greedy | beam (the model directory's lm/ and decoder.json)
+    rescore: str | None = None  # final results: re-rank the beam's N best with this neural LM dir (implies beam)
     # Batch Dispatch (DS2 section 7): eager by default; a small wait gathers more streams per forward pass.
     max_batch: int = 32  # streams per forward pass (1 = every stream gets its own forward passes)
     max_wait_ms: float = 0.0  # after the first ready stream, wait this long for more before stepping

@@ -19,7 +19,9 @@ from fastapi import FastAPI
 
 from deepspeech.checkpoint import load_model_dir
 from deepspeech.decoding.beam import build_decoder
+from deepspeech.decoding.hypothesis import Decoder
 from deepspeech.inference.streaming import StreamingModel
+from lm.scorer import rescoring_decoder
 from serving.app import create_app
 from serving.config import ServerConfig
 from serving.dispatch import BatchDispatcher
@@ -34,7 +36,11 @@ def build_app(model_dir: str | Path, cfg: ServerConfig) -> FastAPI:
     """Load the model (it must be a streaming one: unidirectional, no per-utterance normalisation)."""
     am = load_model_dir(model_dir, device=cfg.device)
     engine = StreamingModel(am, cfg.device)
-    decoder = build_decoder(model_dir, am.tokenizer) if cfg.decoder == "beam" else None
+    decoder: Decoder | None = None
+    if cfg.rescore:  # final results only: partials stay greedy
+        decoder = rescoring_decoder(model_dir, am, cfg.rescore, cfg.device)
+    elif cfg.decoder == "beam":
+        decoder = build_decoder(model_dir, am.tokenizer)
     metrics = Metrics()
     return create_app(BatchDispatcher(engine, cfg, metrics, decoder), cfg, metrics)
 

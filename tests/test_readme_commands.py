@@ -42,6 +42,8 @@ SKIPPED = {
         "WORLD re-synthesis of all 1,500 FSDD training recordings: about 100 s on 2 cores (measured 7 s per "
         "100), over half this file's budget; tests/test_voice.py runs it on a few",
     "recipes/aishell_sample_zh.sh": "needs the data kit's AISHELL-1 sample (../shared/data)",
+    ".venv/bin/deepspeech lm text": "needs the data kit's text (../shared/data); tests/test_lm_corpus.py runs the same "
+        "command on small texts, and on the kit where it is found",
 }
 
 
@@ -203,12 +205,13 @@ def test_streaming_server_and_its_clients(clone: Path) -> None:
 
 
 NEURAL_LM = runs(".venv/bin/torchrun --standalone --nproc_per_node=4 -m deepspeech.cli lm train",
-                 ".venv/bin/deepspeech lm train", ".venv/bin/deepspeech lm params", ".venv/bin/deepspeech lm memory")
+                 ".venv/bin/deepspeech lm train", ".venv/bin/deepspeech lm params", ".venv/bin/deepspeech lm memory",
+                 ".venv/bin/deepspeech lm export", ".venv/bin/deepspeech transcribe --model models/digits-en --rescore")
 
 
 def test_neural_lm_train_resume_and_memory(clone: Path) -> None:
     """The 4-process tensor x pipeline run, then its resume in one process (in this order), MT-NLG's count at its
-    published layout, then the table."""
+    published layout, the table, then the resumed LM exported and rescoring digits-en's N-best list."""
     steps = json_lines(sh(clone, command(NEURAL_LM[0])).stdout)
     assert [s["step"] for s in steps] == list(range(1, 51))
     resumed = json_lines(sh(clone, command(NEURAL_LM[1])).stdout)
@@ -216,6 +219,10 @@ def test_neural_lm_train_resume_and_memory(clone: Path) -> None:
     count = json.loads(sh(clone, command(NEURAL_LM[2])).stdout)
     assert abs(count["parameters"] / 530e9 - 1) < 0.01 and count["bytes_per_param"] == 16  # arXiv 2201.11990: 530B
     assert "selective" in sh(clone, command(NEURAL_LM[3])).stdout
+    sh(clone, command(NEURAL_LM[4]))
+    assert json.loads((clone / "runs" / "gpt-lm" / "lm.json").read_text())  # safetensors + JSON
+    assert (clone / "runs" / "gpt-lm" / "model.safetensors").is_file()
+    assert sh(clone, command(NEURAL_LM[5])).stdout.split("\t")[1].strip() == "zero"
 
 
 TRAINING = runs(".venv/bin/deepspeech train --preset small", ".venv/bin/torchrun --standalone --nproc_per_node=2 "

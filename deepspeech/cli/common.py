@@ -69,19 +69,28 @@ def add_decoder_args(p: argparse.ArgumentParser) -> None:
     g.add_argument("--hotword", action="append", dest="hotwords", metavar="WORD",
                    help="boost this word or phrase (pyctcdecode backend; repeatable)")
     g.add_argument("--hotword-weight", type=float)
+    g.add_argument("--rescore", metavar="LM_DIR", help="re-rank the beam's N best with this neural LM (`deepspeech "
+                   "lm export`; implies --decoder beam; weights from the model's rescore.json)")
+    g.add_argument("--nbest", type=int, help="hypotheses to rescore (default: rescore.json's, else "
+                   "RescoreConfig's)")
 
 
-def decoder_from_args(args: argparse.Namespace, model_dir: str, tokenizer: Any) -> Any:
-    """None for greedy decoding, else a BeamSearchDecoder for the model directory."""
-    if args.decoder == "greedy":
+def decoder_from_args(args: argparse.Namespace, model_dir: str, tokenizer: Any, am: Any = None) -> Any:
+    """None for greedy decoding, else a BeamSearchDecoder for the model directory; with --rescore LM_DIR (which
+    implies beam search and needs the loaded model ``am``) a RescoringDecoder around it."""
+    rescore = getattr(args, "rescore", None)
+    if args.decoder == "greedy" and not rescore:
         return None
+    beam = dict(lm_dir=args.lm, use_lm=not args.no_lm, backend=args.backend, beam_width=args.beam_width,
+                alpha=args.alpha, beta=args.beta, cutoff_prob=args.cutoff_prob, cutoff_top_n=args.cutoff_top_n,
+                hotwords=tuple(args.hotwords) if args.hotwords else None, hotword_weight=args.hotword_weight)
+    if rescore:
+        from lm.scorer import rescoring_decoder
+
+        return rescoring_decoder(model_dir, am, rescore, getattr(args, "device", "cpu"), args.nbest, **beam)
     from deepspeech.decoding.beam import build_decoder
 
-    return build_decoder(model_dir, tokenizer, lm_dir=args.lm, use_lm=not args.no_lm, backend=args.backend,
-                         beam_width=args.beam_width, alpha=args.alpha, beta=args.beta, cutoff_prob=args.cutoff_prob,
-                         cutoff_top_n=args.cutoff_top_n,
-                         hotwords=tuple(args.hotwords) if args.hotwords else None,
-                         hotword_weight=args.hotword_weight)
+    return build_decoder(model_dir, tokenizer, **beam)
 
 
 def _stdout_closed() -> bool:

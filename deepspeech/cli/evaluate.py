@@ -38,7 +38,7 @@ def run(args: argparse.Namespace) -> int:
 
     chunk = chunk_from_args(args)
     am = load_model_dir(args.model, device=args.device)
-    decoder = decoder_from_args(args, args.model, am.tokenizer)
+    decoder = decoder_from_args(args, args.model, am.tokenizer, am)
     utts = read_manifest(args.manifest)
     with open(args.manifest, encoding="utf-8") as f:
         skipped = sum(1 for line in f if line.strip()) - len(utts)  # bad lines, missing audio: reported by the reader

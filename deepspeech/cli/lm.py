@@ -1,6 +1,7 @@
-"""``deepspeech lm``: build KenLM n-gram models (``ngram``), tune beam-search weights (``tune``) and a pinyin
-model's character conversion (``hanzi-tune``), train the parallel GPT LM (``train``), count its activation
-memory (``memory``)."""
+"""``deepspeech lm``: build KenLM n-gram models (``ngram``), tune beam-search weights (``tune``; with ``--rescore``
+the N-best rescoring weights of a neural LM) and a pinyin model's character conversion (``hanzi-tune``), train the
+parallel GPT LM (``train``), export its checkpoint as an LM directory (``export``), count its activation memory
+(``memory``)."""
 
 from __future__ import annotations
 
@@ -25,8 +26,10 @@ def add_parser(subparsers: Subparsers, argv: Sequence[str] | None = None) -> Non
     _add_hanzi_tune(lsub, argv)
     _add_tune(lsub, argv)
     _add_train(lsub, argv)
+    _add_export(lsub, argv)
     _add_params(lsub, argv)
     _add_memory(lsub, argv)
+    _add_text(lsub, argv)
 
 
 def _add_ngram(lsub: Subparsers, argv: Sequence[str] | None) -> None:
@@ -78,6 +81,8 @@ def _add_tune(lsub: Subparsers, argv: Sequence[str] | None) -> None:
                     run_tune)
     if q is None:
         return
+    from deepspeech.decoding.rescore import RescoreConfig
+
     q.add_argument("--model", required=True, help="model directory")
     q.add_argument("--manifest", required=True, help="dev manifest (never the test split)")
     q.add_argument("--lm", help="LM directory (default: MODEL/lm)")
@@ -88,8 +93,25 @@ def _add_tune(lsub: Subparsers, argv: Sequence[str] | None) -> None:
     q.add_argument("--beam-width", type=int)
     q.add_argument("--cutoff-prob", type=float)
     q.add_argument("--cutoff-top-n", type=int)
-    q.add_argument("--dry-run", action="store_true", help="report only; do not write decoder.json")
+    q.add_argument("--rescore", metavar="LM_DIR", help="tune N-best rescoring with this neural LM (`lm export`) "
+                   "instead: decode once at --nbest, grid over alpha/beta/gamma; writes MODEL/rescore.json")
+    q.add_argument("--gammas", default="0:2:0.25", help="neural LM weights with --rescore (default %(default)s)")
+    q.add_argument("--nbest", type=int, default=RescoreConfig().nbest,
+                   help="hypotheses per utterance with --rescore (default %(default)s)")
+    q.add_argument("--dry-run", action="store_true", help="report only; do not write decoder.json / rescore.json")
     q.add_argument("--device", default="cpu")
+    add_common(q)
+
+
+def _add_export(lsub: Subparsers, argv: Sequence[str] | None) -> None:
+    q = add_command(lsub, "export", "consolidate a sharded LM checkpoint (any TP/PP layout) into an LM directory "
+                    "(safetensors + JSON) for --rescore", argv, run_export)
+    if q is None:
+        return
+    q.add_argument("--load", required=True, help="checkpoint directory (`lm train --save DIR`: the newest step-*)")
+    q.add_argument("--tokenizer", help="the training tokenizer (JSON, or the --out folder of `lm train`; default: "
+                   "the tokenizer.json that `lm train --save` keeps beside the checkpoints)")
+    q.add_argument("--to", required=True, help="LM directory to write (replaced atomically)")
     add_common(q)
 
 
@@ -245,6 +267,8 @@ def run_tune(args: argparse.Namespace) -> int:
     from deepspeech.decoding.tune import grid, tune
     from deepspeech.inference.evaluate import collect_log_probs
 
+    if args.rescore:
+        return run_tune_rescore(args)
     am = load_model_dir(args.model, device=args.device)
     base = build_decoder(args.model, am.tokenizer, lm_dir=args.lm, backend=args.backend, beam_width=args.beam_width,
                          cutoff_prob=args.cutoff_prob, cutoff_top_n=args.cutoff_top_n)
@@ -262,6 +286,61 @@ def run_tune(args: argparse.Namespace) -> int:
     summary = {"alpha": result["config"].alpha, "beta": result["config"].beta, "metric": result["metric"],
                "best": result["best"], "greedy": result["greedy"], "written": not args.dry_run}
     print(json.dumps(summary))
+    return 0
+
+
+def run_tune_rescore(args: argparse.Namespace) -> int:
+    """Decode the dev set once at N, score every hypothesis once with the neural LM, grid over the cached lists."""
+    from tqdm import tqdm
+
+    from deepspeech.checkpoint import load_model_dir
+    from deepspeech.data.manifest import read_manifest
+    from deepspeech.decoding.rescore import RESCORE_JSON, NBest, tune_rescore
+    from deepspeech.decoding.tune import grid
+    from deepspeech.inference.evaluate import collect_log_probs
+    from deepspeech.inference.recognizer import PostProcessing
+    from deepspeech.text import normalize_zh
+    from lm.scorer import rescoring_decoder
+
+    am = load_model_dir(args.model, device=args.device)
+    dec = rescoring_decoder(args.model, am, args.rescore, args.device, args.nbest, lm_dir=args.lm,
+                            backend=args.backend, beam_width=args.beam_width, cutoff_prob=args.cutoff_prob,
+                            cutoff_top_n=args.cutoff_top_n)
+    utts = read_manifest(args.manifest)
+    data = collect_log_probs(am, utts, args.device, progress=not args.no_progress)
+    refs = [ref for _, ref in data]
+    if am.hanzi is not None:  # the references of a pinyin model's character output
+        if len(data) != len(utts):
+            raise ValueError(f"{args.manifest}: {len(utts) - len(data)} unreadable utterances (a pinyin model's "
+                             "rescoring tune needs every one)")
+        refs = [normalize_zh(u.text) for u in utts]
+    post, lang, lm = PostProcessing(am.hanzi), am.text_lang, dec.rescorer.scorer
+    lists = []
+    for (logp, _), ref in tqdm(list(zip(data, refs, strict=True)), desc=f"{args.nbest}-best + neural LM",
+                               disable=args.no_progress):
+        hyps = post(dec.decode(logp))
+        lists.append(NBest.build(hyps, lm.log_probs([h.text for h in hyps]), ref, lang))
+    result = tune_rescore(lists, lang, grid(args.alphas), grid(args.betas), grid(args.gammas), args.nbest)
+    best = result["config"]
+    if not args.dry_run:
+        record = {"config": best.__dict__, "lm": {"sha256": lm.sha256, "path": str(args.rescore)},
+                  "tuned_on": args.manifest, "metric": result["metric"], "before": result["before"],
+                  "after": result["after"]}
+        out = Path(args.model) / RESCORE_JSON
+        tmp = out.with_name(out.name + ".tmp")
+        tmp.write_text(json.dumps(record, indent=1) + "\n", encoding="utf-8")
+        os.replace(tmp, out)
+    print(json.dumps({"alpha": best.alpha, "beta": best.beta, "gamma": best.gamma, "nbest": best.nbest,
+                      "metric": result["metric"], "before": result["before"], "after": result["after"],
+                      "written": not args.dry_run}))
+    return 0
+
+
+def run_export(args: argparse.Namespace) -> int:
+    from lm.export import export_lm
+
+    out = export_lm(args.load, args.to, args.tokenizer)
+    print(json.dumps({"lm": str(out)}))
     return 0
 
 
@@ -303,10 +382,11 @@ def run_train(args: argparse.Namespace) -> int:
 
     try:
         _, tokenizer, _ = train(cfg, state, read_text(path), emit)
-        if args.out and state.is_main:
-            out = Path(args.out)
-            out.mkdir(parents=True, exist_ok=True)
-            tokenizer.save(out / "tokenizer.json")
+        for folder in (args.out, args.save):  # beside the checkpoints too, for `lm export`
+            if folder and state.is_main:
+                out = Path(folder)
+                out.mkdir(parents=True, exist_ok=True)
+                tokenizer.save(out / "tokenizer.json")
     finally:
         destroy_parallel()
     return 0
@@ -325,3 +405,27 @@ def run_memory(args: argparse.Namespace) -> int:
     from lm.activation_memory import run_memory as memory_table
 
     return memory_table(args)
+
+
+# --- `lm text`: the neural LM's train/test text from the data kit (lm.corpus) ---
+def _add_text(lsub: Subparsers, argv: Sequence[str] | None) -> None:
+    q = add_command(lsub, "text", "write the LM training text and the held-out test text of a language from the data "
+                    "kit (test: the last 1,000 lines of each sentence file) plus train transcripts", argv, run_text)
+    if q is None:
+        return
+    q.add_argument("--lang", choices=["en", "zh"], required=True)
+    q.add_argument("--out", required=True, help="directory for train.txt, test.txt and corpus.json")
+    q.add_argument("--manifest", action="append", default=[],
+                   help="add the transcripts of this acoustic TRAIN manifest (repeatable; dev/test ones are refused)")
+    q.add_argument("--kit", help="the data kit folder (default: $DATA_KIT, else ../shared/data)")
+    add_common(q)
+
+
+def run_text(args: argparse.Namespace) -> int:
+    from lm.corpus import kit_lm_text, write_lm_text
+
+    # a dev/test manifest or a missing kit file raises lm.corpus.CorpusError (a ValueError): one line, status 2
+    meta = write_lm_text(kit_lm_text(args.lang, args.kit, args.manifest), args.out)
+    print(json.dumps({k: meta[k] for k in ("lang", "train_lines", "train_chars", "test_lines", "test_chars",
+                                          "train_vocabulary", "test_chars_unseen_in_train")}))
+    return 0

@@ -28,6 +28,8 @@ def add_parser(subparsers: Subparsers, argv: Sequence[str] | None = None) -> Non
         p.add_argument("--port", type=int, default=d.port)
         p.add_argument("--device", default=d.device)
         p.add_argument("--decoder", choices=["greedy", "beam"], default=d.decoder, help="decoder for final results")
+        p.add_argument("--rescore", metavar="LM_DIR", default=d.rescore,
+                       help="final results: re-rank the beam's N best with this neural LM (implies --decoder beam)")
         p.add_argument("--max-batch", type=int, default=d.max_batch, help="streams per forward pass (1 = no batching)")
         p.add_argument("--max-wait-ms", type=float, default=d.max_wait_ms,
                        help="wait for more streams before a step (0 = eager)")
@@ -76,7 +78,7 @@ def run_serve(args: argparse.Namespace) -> int:
     from serving.config import ServerConfig
     from serving.server import run_server
 
-    cfg = ServerConfig(host=args.host, port=args.port, device=args.device, decoder=args.decoder,
+    cfg = ServerConfig(host=args.host, port=args.port, device=args.device, decoder=args.decoder, rescore=args.rescore,
                        max_batch=args.max_batch, max_wait_ms=args.max_wait_ms, threads=args.threads,
                        max_streams=args.max_streams, max_pending_requests=args.max_pending_requests,
                        max_request_bytes=args.max_request_mb * MIB, max_audio_s=args.max_audio_s,

@@ -78,7 +78,7 @@ def run(args: argparse.Namespace) -> int:
     if not paths:
         raise SystemExit("no input files")
     am = load_model_dir(args.model, device=args.device)
-    decoder = decoder_from_args(args, args.model, am.tokenizer)
+    decoder = decoder_from_args(args, args.model, am.tokenizer, am)
     lang = am.text_lang
     root = os.path.commonpath([os.path.dirname(os.path.abspath(p)) for p in paths]) if args.output_dir else None
     out_file = Path(args.output) if args.output else None

@@ -8,9 +8,11 @@ Every caller takes this path rather than a copy of it: ``eval``, ``transcribe`` 
 segment by segment or through the streaming engine), ``lm tune`` (log-probabilities only: it decodes them many
 times), and the server's partial and final results (:class:`deepspeech.inference.streaming.StreamingModel`).
 
-The post-processing chain is :class:`PostProcessing`: today one step, a pinyin model's syllables to characters
-(:mod:`deepspeech.decoding.hanzi`, when the model directory has ``hanzi/``); N-best rescoring with a neural LM belongs
-in front of it, on the same N-best list, so that every route gets it at once.
+The post-processing chain is :class:`PostProcessing`, two steps on the whole N-best list: a pinyin model's syllables
+to characters (:mod:`deepspeech.decoding.hanzi`, when the model directory has ``hanzi/``), then N-best rescoring with a
+neural LM (:mod:`deepspeech.decoding.rescore`, when the decoder is a ``RescoringDecoder``: ``--rescore LM_DIR``).
+Rescoring comes after the conversion so that a pinyin model's character hypotheses are scored by a character LM.
+Every route gets both at once; a stream's partial results (bare greedy text) get the conversion only.
 """
 
 from __future__ import annotations
@@ -26,6 +28,7 @@ from torch.nn.utils.rnn import pad_sequence
 from deepspeech.decoding.greedy import GreedyDecoder
 from deepspeech.decoding.hanzi import PinyinToHanzi, hypothesis_to_characters
 from deepspeech.decoding.hypothesis import Decoder, Hypothesis
+from deepspeech.decoding.rescore import Rescorer, RescoringDecoder
 from deepspeech.frontend.front_end import FrontEnd
 from deepspeech.inference.warp_search import acoustic_forward
 
@@ -35,15 +38,15 @@ if TYPE_CHECKING:
 
 class PostProcessing:
     """What every route does to a decoder's N-best list before anyone sees it: a pinyin model's syllables become
-    characters (each character keeping its syllable's output frames; the pinyin stays in ``extra["pinyin"]``)."""
+    characters (each character keeping its syllable's output frames; the pinyin stays in ``extra["pinyin"]``), then
+    the list is re-ranked by a neural LM when a rescorer is given (its score in ``extra["neural_lm"]``)."""
 
-    def __init__(self, hanzi: PinyinToHanzi | None = None) -> None:
-        self.hanzi = hanzi
+    def __init__(self, hanzi: PinyinToHanzi | None = None, rescorer: Rescorer | None = None) -> None:
+        self.hanzi, self.rescorer = hanzi, rescorer
 
     def __call__(self, hyps: Sequence[Hypothesis]) -> list[Hypothesis]:
-        if self.hanzi is None:
-            return list(hyps)
-        return [hypothesis_to_characters(h, self.hanzi) for h in hyps]
+        out = list(hyps) if self.hanzi is None else [hypothesis_to_characters(h, self.hanzi) for h in hyps]
+        return self.rescorer(out) if self.rescorer is not None else out
 
     def text(self, text: str) -> str:
         """The post-processed text of a bare transcript (a stream's partial result)."""
@@ -58,12 +61,13 @@ class Recognizer:
         self.frontend = FrontEnd(am.config.features, am.stats)
         self.forward = acoustic_forward(am)
         self.decoder: Decoder = decoder if decoder is not None else GreedyDecoder(am.tokenizer)
-        self.post = PostProcessing(am.hanzi)
+        self.post = PostProcessing(am.hanzi, _rescorer(decoder))
 
     def with_decoder(self, decoder: Decoder | None) -> Recognizer:
         """The same path with another decoder (greedy when None)."""
         other = copy.copy(self)
         other.decoder = decoder if decoder is not None else GreedyDecoder(self.am.tokenizer)
+        other.post = PostProcessing(self.am.hanzi, _rescorer(decoder))
         return other
 
     @torch.no_grad()
@@ -89,3 +93,8 @@ class Recognizer:
 
     def postprocess_text(self, text: str) -> str:
         return self.post.text(text)
+
+
+def _rescorer(decoder: Decoder | None) -> Rescorer | None:
+    """The rescorer a :class:`RescoringDecoder` carries to the post-processing (None for any other decoder)."""
+    return decoder.rescorer if isinstance(decoder, RescoringDecoder) else None
