@@ -6,11 +6,11 @@
 # used to tune the LM weights. LM: a word 4-gram of the Gutenberg sentences less their last 1,000 lines (the text
 # test split) and less en_minilibrispeech/lm_exclude.txt, plus the train transcripts (never dev or test ones).
 # Test: greedy and beam on every English test split (AN4, Mini LibriSpeech, Common Voice, Speech Commands, FSDD).
-# Time, estimated, not measured: about 18 min an epoch on 2 idle CPU cores (AN4's measured 45 s for 48 min of audio
-# on 4.4M parameters, scaled by audio and parameters) x 30 epochs = about 9 h, plus about 1 h of LM tuning and
-# evaluation; about 1.5 h on one GPU (batches are still prepared on the CPU, the LM tuning stays on it).
+# Time: measured about 33 min an epoch on one CPU thread beside another training run (20 s of audio a second) x 30
+# epochs = about 16 h, plus about 1 h of LM tuning and evaluation; about 1.5 h on one GPU (estimated; batches are
+# still prepared on the CPU, the LM tuning stays on it).
 # Re-running resumes training (or, once finished, just re-evaluates). `recipes/en.sh import` only writes the
-# manifests (data/kit/); `recipes/en.sh lm-text` only writes the LM text ($OUT/lm_text.txt).
+# manifests (data/kit/); `recipes/en.sh lm-text` only writes the LM text ($OUT/lm_text/).
 # recipes/en_streaming.sh runs this script with PRESET=en-streaming.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -26,23 +26,14 @@ for f in "${sets[@]/%//manifest.jsonl}" text_en_gutenberg/sentences_norm.txt en_
   [ -f "$kit/$f" ] || { echo "data kit not found: $kit/$f missing (set DATA_KIT to the kit folder)" >&2; exit 2; }
 done
 
-if [ "$stage" = lm-text ] || [ ! -f "$out/lm_text.txt" ]; then
-  # The Gutenberg sentences less the last 1,000 lines (the kit's text test split) and less the lines of
-  # lm_exclude.txt (sentences overlapping Mini LibriSpeech dev/test); written whole or not at all.
-  mkdir -p "$out"
-  $py - "$kit/text_en_gutenberg/sentences_norm.txt" "$kit/en_minilibrispeech/lm_exclude.txt" "$out/lm_text.txt" <<'PY'
-import os, sys
-text, exclude, out = sys.argv[1:]
-lines = open(text, encoding="utf-8").read().splitlines()[:-1000]
-drop = {line.strip() for line in open(exclude, encoding="utf-8") if line.strip()}
-with open(out + ".tmp", "w", encoding="utf-8") as f:
-    f.writelines(line + "\n" for line in lines if line.strip() and line.strip() not in drop)
-os.replace(out + ".tmp", out)
-PY
+if [ "$stage" = lm-text ] || [ ! -f "$out/lm_text/train.txt" ]; then
+  # The Gutenberg sentences less the last 1,000 lines (the kit's text test split, kept as test.txt) and less the
+  # lines of lm_exclude.txt (sentences overlapping Mini LibriSpeech dev/test), normalised as the references are.
+  $ds lm text --lang en --kit "$kit" --out "$out/lm_text" --no-progress
   [ "$stage" = lm-text ] && exit 0
 fi
 
-[ "$stage" = import ] || echo "== $preset: about 9 h (en) or 8 h (en-streaming) on 2 idle CPU cores, about 1.5 h on one GPU (estimated) =="
+[ "$stage" = import ] || echo "== $preset: about 16 h on one CPU thread (measured for en), about 1.5 h on one GPU (estimated) =="
 # The kit's split key gives the protocol; each manifest is written atomically, so one found is whole.
 for s in "${sets[@]}"; do
   for split in train dev test; do
@@ -64,7 +55,7 @@ if [ "$stage" = import ]; then exit 0; fi
 $ds train --preset "$preset" --out "$out"
 # best/ is rewritten by training, which drops lm/ and decoder.json: what is found here belongs to the final weights.
 train=(); for s in "${sets[@]}"; do train+=(--manifest "data/kit/$s/train.jsonl"); done
-[ -f "$out/best/lm/lm.json" ] || $ds lm ngram --text "$out/lm_text.txt" "${train[@]}" --manifest data/fsdd/train.jsonl \
+[ -f "$out/best/lm/lm.json" ] || $ds lm ngram --text "$out/lm_text/train.txt" "${train[@]}" --manifest data/fsdd/train.jsonl \
   --order 4 --prune 0 0 1 --out "$out/best/lm" --no-arpa --no-progress
 [ -f "$out/best/decoder.json" ] || $ds lm tune --model "$out/best" --manifest data/kit/en_dev.jsonl \
   --alphas 0:2:0.25 --betas 0:3:0.5 --no-progress
