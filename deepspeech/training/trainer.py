@@ -50,6 +50,7 @@ from deepspeech.parallel import (
     dp_loss_scale,
     group_size,
     init_parallel,
+    peer_failures_as_errors,
     wrap_data_parallel,
 )
 from deepspeech.text import CharTokenizer, build_tokenizer
@@ -221,6 +222,15 @@ def _build_model(cfg: TrainConfig, ps: ParallelState, init: AcousticModel | None
     return model, optimizer, ema
 
 
+def _cpu_has_fast_bf16() -> bool:
+    """Whether bf16 products run natively here (AMX or AVX512-BF16); elsewhere they are emulated and slower than
+    float32, so ``cpu_amp`` logs one warning and training stays in float32."""
+    fast = torch.cpu._is_amx_tile_supported() or torch.cpu._is_avx512_bf16_supported()
+    if not fast:
+        log.warning("cpu_amp: this CPU has neither AMX nor AVX512-BF16 (bf16 would be emulated): training in float32")
+    return fast
+
+
 @dataclass
 class _Position:
     """Where a run is and what it kept: ``train_state/trainer.json``, whose keys are these fields in this order."""
@@ -274,7 +284,8 @@ class _Run:
         self.total_steps = cfg.max_steps or cfg.epochs * len(epoch_batches(data.train.durations, self.plan, 0))
         self.metrics = _MetricsLog(out, ps.is_main)
         self.metrics.keep_until(self.state.step)
-        self.autocast = cfg.amp and (self.device.type == "cuda" or (self.device.type == "cpu" and cfg.cpu_amp))
+        self.autocast = cfg.amp and (self.device.type == "cuda" or (self.device.type == "cpu" and cfg.cpu_amp
+                                                                     and _cpu_has_fast_bf16()))
         self.fallback = next(i for i in range(len(data.train)) if data.train.get(i) is not None)
 
     def fit(self) -> TrainResult:
@@ -407,5 +418,6 @@ def train(cfg: TrainConfig, out_dir: str | Path, resume: bool = True, progress: 
         out.mkdir(parents=True, exist_ok=True)
     if cfg.threads:
         torch.set_num_threads(cfg.threads)
-    ckpt = _resume_point(out / "last", ps) if resume else None
-    return _Run(_load_data(cfg, ps, ckpt), ps, out, ckpt, progress).fit()
+    with peer_failures_as_errors(ps):  # a dead or silent peer: one line, not a traceback per rank
+        ckpt = _resume_point(out / "last", ps) if resume else None
+        return _Run(_load_data(cfg, ps, ckpt), ps, out, ckpt, progress).fit()
