@@ -224,7 +224,9 @@ def en() -> TrainConfig:
     ``small``'s 1.5e-3 after 500, skipped 10 updates for non-finite gradient norms in its first 870 steps and read
     dev CER 97% after one epoch; it was stopped there (the loss rising over epoch 0 is SortaGrad's growing lengths,
     seen at 6e-4 too), so which rate is better here is not measured. One epoch took about 33 minutes on one CPU
-    thread beside another training run (20 s of audio a second), so 30 epochs take about 16 hours there."""
+    thread beside another training run (20 s of audio a second), so 30 epochs take about 16 hours there, in
+    float32; bf16 autocast (``cpu_amp``, on CPUs with AMX or AVX512-BF16) makes a step 1.37x faster at the same
+    loss curve (``bench/amp.py``), so the real-speech presets (``en``, ``en-streaming``, ``zh``) train with it."""
     base = small("en")
     model = ModelConfig(convs=(ConvSpec(16, (41, 11), (2, 2)), ConvSpec(16, (21, 11), (2, 1))),
                         rnn_type="gru", rnn_layers=4, rnn_hidden=384, bidirectional=True, dropout=0.2)
@@ -233,7 +235,7 @@ def en() -> TrainConfig:
     return dataclasses.replace(
         base, name="en", model=model, data=data, epochs=30, save_every_steps=200, select="last",
         features=dataclasses.replace(base.features, utterance_norm="mean"), augment=_en_augment(),
-        optim=dataclasses.replace(base.optim, lr=6e-4, warmup_steps=1_000))
+        optim=dataclasses.replace(base.optim, lr=6e-4, warmup_steps=1_000), cpu_amp=True)
 
 
 def en_streaming() -> TrainConfig:
@@ -267,7 +269,7 @@ def zh() -> TrainConfig:
     return dataclasses.replace(
         base, name="zh", model=dataclasses.replace(base.model, dropout=0.2), data=data, epochs=40,
         save_every_steps=200, select="last", features=dataclasses.replace(base.features, utterance_norm="mean"),
-        augment=_en_augment(), optim=dataclasses.replace(base.optim, warmup_steps=300))
+        augment=_en_augment(), optim=dataclasses.replace(base.optim, warmup_steps=300), cpu_amp=True)
 
 
 PRESETS: dict[str, Callable[[], TrainConfig]] = {
