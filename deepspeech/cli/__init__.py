@@ -1,5 +1,5 @@
-"""The ``deepspeech`` command: one module per subcommand (train, eval, transcribe, export, synth, lm, serve and
-stream, data), each with ``add_parser`` and its handlers; :mod:`deepspeech.cli.common` holds what they share."""
+"""The ``deepspeech`` command: one module per subcommand (train, eval, transcribe, export, synth, lm, plan, serve
+and stream, data), each with ``add_parser`` and its handlers; :mod:`deepspeech.cli.common` holds what they share."""
 
 from __future__ import annotations
 
@@ -7,10 +7,10 @@ import argparse
 import sys
 from collections.abc import Sequence
 
-from deepspeech.cli import data, evaluate, export, lm, serve, synth, train, transcribe
+from deepspeech.cli import data, evaluate, export, lm, plan, serve, synth, train, transcribe
 from deepspeech.cli.common import run_command
 
-_MODULES = (train, evaluate, transcribe, export, synth, lm, serve, data)  # the order of the --help listing
+_MODULES = (train, evaluate, transcribe, export, synth, lm, plan, serve, data)  # the order of the --help listing
 
 
 def build_parser(argv: Sequence[str] | None = None) -> argparse.ArgumentParser:
