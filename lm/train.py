@@ -23,7 +23,7 @@ from typing import Any
 
 import torch
 
-from deepspeech.parallel import ParallelState, all_reduce_sum, wrap_data_parallel
+from deepspeech.parallel import ParallelState, all_reduce_sum, peer_failures_as_errors, wrap_data_parallel
 from deepspeech.parallel.mappings import divide, group_size
 from deepspeech.parallel.pipeline import (
     CommCounter,
@@ -134,8 +134,15 @@ def train(cfg: LMTrainConfig, state: ParallelState, text: str,
     """Train on ``text`` up to step cfg.steps; ``emit`` receives each step's record on rank 0. Returns the local model
     (a GPT, or with the pipeline engine a ModuleList of this rank's GPTChunks), the tokenizer and the records.
 
-    ``counter`` (pipeline engine only) accumulates the bytes of pipeline sends and gradient all-reduces.
+    ``counter`` (pipeline engine only) accumulates the bytes of pipeline sends and gradient all-reduces. A peer that
+    dies or stops answering ends it with one-line PeerFailure.
     """
+    with peer_failures_as_errors(state):
+        return _train(cfg, state, text, emit, counter)
+
+
+def _train(cfg: LMTrainConfig, state: ParallelState, text: str, emit: Callable[[dict[str, Any]], None] | None,
+           counter: CommCounter | None) -> tuple[torch.nn.Module, CharTokenizer, list[dict[str, Any]]]:
     pipelined = state.dims.pp > 1 or cfg.vpp > 1 or cfg.microbatches > 1
     if cfg.vpp > 1 and state.dims.pp == 1:
         raise ValueError("interleaving (vpp > 1) needs pipeline parallelism (pp > 1)")

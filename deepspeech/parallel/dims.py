@@ -9,6 +9,9 @@ from __future__ import annotations
 
 import logging
 import os
+import re
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import timedelta
 
@@ -16,6 +19,11 @@ import torch
 import torch.distributed as dist
 
 log = logging.getLogger(__name__)
+
+# A collective that waits longer than this for a peer raises (10 minutes: long enough for a slow checkpoint save or
+# a first-step compile on a busy node, short enough that a dead job frees its machines).
+DEFAULT_TIMEOUT_S = 600.0
+TIMEOUT_ENV = "DEEPSPEECH_DIST_TIMEOUT_S"
 
 
 @dataclass(frozen=True)
@@ -61,6 +69,7 @@ class ParallelState:
     dp_group: dist.ProcessGroup | None = None
     tp_group: dist.ProcessGroup | None = None
     pp_group: dist.ProcessGroup | None = None
+    timeout_s: float = DEFAULT_TIMEOUT_S  # the longest a collective waits for its peers
 
     @property
     def pp_rank(self) -> int:
@@ -83,8 +92,11 @@ class ParallelState:
         return self.world_size > 1
 
 
-def _new_groups(dims: ParallelDims, rank: int) -> dict[str, dist.ProcessGroup | None]:
-    """Create every group of every dimension (new_group is collective) and keep the ones holding ``rank``."""
+def _new_groups(dims: ParallelDims, rank: int, timeout: timedelta) -> dict[str, dist.ProcessGroup | None]:
+    """Create every group of every dimension (new_group is collective) and keep the ones holding ``rank``.
+
+    ``timeout`` is passed on explicitly: new_group does not inherit init_process_group's, it takes torch's default
+    (30 minutes), and every collective of the trainers runs on these groups."""
     mine: dict[str, dist.ProcessGroup | None] = {"dp": None, "tp": None, "pp": None}
     for name, size in (("tp", dims.tp), ("dp", dims.dp), ("pp", dims.pp)):
         seen: set[tuple[int, ...]] = set()
@@ -99,18 +111,36 @@ def _new_groups(dims: ParallelDims, rank: int) -> dict[str, dist.ProcessGroup | 
             if ranks in seen:
                 continue
             seen.add(ranks)
-            group = dist.new_group(list(ranks))
+            group = dist.new_group(list(ranks), timeout=timeout)
             if rank in ranks and size > 1:
                 mine[name] = group
     return mine
 
 
+def collective_timeout_s() -> float:
+    """Seconds a collective may wait for its peers: $DEEPSPEECH_DIST_TIMEOUT_S, else DEFAULT_TIMEOUT_S."""
+    raw = os.environ.get(TIMEOUT_ENV, "").strip()
+    if not raw:
+        return DEFAULT_TIMEOUT_S
+    try:
+        value = float(raw)
+    except ValueError:
+        value = -1.0
+    if not 0 < value < float("inf"):
+        raise ValueError(f"{TIMEOUT_ENV}={raw!r}: need a positive number of seconds")
+    return value
+
+
 def init_parallel(dims: ParallelDims | None = None, backend: str | None = None,
-                  timeout_s: float = 600.0) -> ParallelState:
+                  timeout_s: float | None = None) -> ParallelState:
     """Initialise from torchrun's environment (RANK, WORLD_SIZE, LOCAL_RANK) or run as one process.
 
-    ``dims`` defaults to pure data parallelism over the whole world. NCCL on CUDA, gloo on CPU.
+    ``dims`` defaults to pure data parallelism over the whole world. NCCL on CUDA, gloo on CPU. RANK (global) places
+    the process in the layout; LOCAL_RANK (within its node) picks its GPU. ``timeout_s`` (default
+    :func:`collective_timeout_s`) bounds every collective, so that ranks whose peer died or hangs fail instead of
+    waiting forever.
     """
+    timeout_s = collective_timeout_s() if timeout_s is None else timeout_s
     world = int(os.environ.get("WORLD_SIZE", "1"))
     rank = int(os.environ.get("RANK", "0"))
     local_rank = int(os.environ.get("LOCAL_RANK", "0"))
@@ -126,9 +156,35 @@ def init_parallel(dims: ParallelDims | None = None, backend: str | None = None,
     if not dist.is_initialized():
         backend = backend or ("nccl" if device.type == "cuda" else "gloo")
         dist.init_process_group(backend, rank=rank, world_size=world, timeout=timedelta(seconds=timeout_s))
-    groups = _new_groups(dims, rank)
-    log.info("rank %d/%d: dp=%d tp=%d pp=%d on %s", rank, world, dims.dp, dims.tp, dims.pp, device)
-    return ParallelState(dims, rank, world, local_rank, device, groups["dp"], groups["tp"], groups["pp"])
+    groups = _new_groups(dims, rank, timedelta(seconds=timeout_s))
+    log.info("rank %d/%d (local %d): dp=%d tp=%d pp=%d on %s, collective timeout %g s", rank, world, local_rank,
+             dims.dp, dims.tp, dims.pp, device, timeout_s)
+    return ParallelState(dims, rank, world, local_rank, device, groups["dp"], groups["tp"], groups["pp"], timeout_s)
+
+
+class PeerFailure(ConnectionError):
+    """A collective failed because a peer process died or stopped answering (an OSError, so the CLI reports it as
+    one line)."""
+
+
+# gloo's own errors are plain RuntimeErrors; these mark the ones that mean "a peer is gone or silent".
+_PEER_ERRORS = ("Timed out waiting", "Connection closed by peer", "Connection reset by peer", "gloo/transport")
+
+
+@contextmanager
+def peer_failures_as_errors(state: ParallelState) -> Iterator[None]:
+    """Re-raise a collective's failure caused by a lost peer (torch's DistError, gloo's connection and timeout
+    errors) as one-line :class:`PeerFailure` naming this rank and the timeout; other errors pass unchanged."""
+    try:
+        yield
+    except RuntimeError as e:
+        text = str(e)
+        if not state.distributed or not (isinstance(e, dist.DistError) or any(m in text for m in _PEER_ERRORS)):
+            raise
+        first = re.sub(r"^\[[^\]]*\]\s*", "", text.strip().splitlines()[0] if text.strip() else type(e).__name__)
+        raise PeerFailure(f"rank {state.rank}/{state.world_size}: a collective failed: {first.split('. ')[0]} (a peer "
+                          f"process died or stopped answering; collectives wait at most {TIMEOUT_ENV}="
+                          f"{state.timeout_s:g} s)") from e
 
 
 def destroy_parallel() -> None:

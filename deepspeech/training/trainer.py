@@ -50,6 +50,7 @@ from deepspeech.parallel import (
     dp_loss_scale,
     group_size,
     init_parallel,
+    peer_failures_as_errors,
     wrap_data_parallel,
 )
 from deepspeech.text import CharTokenizer, build_tokenizer
@@ -417,5 +418,6 @@ def train(cfg: TrainConfig, out_dir: str | Path, resume: bool = True, progress: 
         out.mkdir(parents=True, exist_ok=True)
     if cfg.threads:
         torch.set_num_threads(cfg.threads)
-    ckpt = _resume_point(out / "last", ps) if resume else None
-    return _Run(_load_data(cfg, ps, ckpt), ps, out, ckpt, progress).fit()
+    with peer_failures_as_errors(ps):  # a dead or silent peer: one line, not a traceback per rank
+        ckpt = _resume_point(out / "last", ps) if resume else None
+        return _Run(_load_data(cfg, ps, ckpt), ps, out, ckpt, progress).fit()
