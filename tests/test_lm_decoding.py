@@ -181,8 +181,8 @@ def test_beam_without_lm_matches_greedy_on_peaked_input() -> None:
 def test_decoder_errors(en_lm: NgramLM, zh_lm: NgramLM) -> None:
     with pytest.raises(DecoderError, match="word-level LM does not fit a zh"):
         BeamSearchDecoder(mandarin_tokenizer(TEXT_ZH), en_lm, BeamConfig())
-    with pytest.raises(ValueError, match="hotwords need the pyctcdecode"):
-        BeamConfig(backend="flashlight", hotwords=("cat",))
+    with pytest.raises(DecoderError, match="use the pyctcdecode backend for Mandarin characters"):
+        BeamSearchDecoder(mandarin_tokenizer(TEXT_ZH), zh_lm, BeamConfig(backend="flashlight", hotwords=("我们",)))
     with pytest.raises(ValueError, match="cutoff_prob"):
         BeamConfig(cutoff_prob=0.0)
     dec = BeamSearchDecoder(english_tokenizer(), en_lm, BeamConfig(backend="pyctcdecode"))

@@ -7,6 +7,7 @@ Two backends over the same KenLM directory (:mod:`lm.ngram`):
 - ``pyctcdecode``: open vocabulary (words outside the LM get ``unk_score``), hotwords;
 - ``flashlight``: flashlight-text's C++ decoders; English uses the ``LexiconDecoder`` (closed vocabulary: the LM's
   words, spelt letter by letter, a space closing each word), Mandarin the ``LexiconFreeDecoder`` over characters.
+  English hotwords (contextual biasing, words outside the LM included) are :mod:`deepspeech.decoding.hotwords`.
 
 Both implement the decoder protocol (:class:`deepspeech.decoding.hypothesis.Decoder`: (T, V) log-probabilities -> N-best
 :class:`~deepspeech.decoding.hypothesis.Hypothesis` list) and first apply DS2's pruning: per frame only the most
@@ -40,6 +41,11 @@ BACKENDS = ("pyctcdecode", "flashlight")
 DEFAULT_BACKEND = "flashlight"  # faster at equal WER (bench/decoders.py)
 LN10 = math.log(10.0)
 PRUNED_LOGP = -1e4  # log-probability given to symbols outside the cut-off (never extended)
+PYCTCDECODE_HOTWORD_WEIGHT = 10.0  # pyctcdecode's own default
+# Natural-log bonus per completed hotword word (flashlight): bench/hotwords.py's choice on its dev names with
+# sentences-en (the largest of 4-12 that left the WER of sentences without names unchanged).
+FLASHLIGHT_HOTWORD_WEIGHT = 12.0
+UNK_WORD = "<unk>"  # a word every KenLM model scores (as its unknown word)
 
 
 class DecoderError(RuntimeError):
@@ -59,8 +65,10 @@ class BeamConfig:
     # default; far lower values make pyctcdecode 0.5 prefer wrong words at the end of an utterance).
     token_min_logp: float = -5.0
     unk_score: float = -10.0  # log score of a word outside the LM vocabulary (pyctcdecode; flashlight: closed)
+    # Words/phrases to boost (contextual biasing), and the boost: pyctcdecode's hotword weight (None: 10), or for
+    # flashlight the natural-log bonus per hotword word (None: FLASHLIGHT_HOTWORD_WEIGHT; :mod:`.hotwords`).
     hotwords: tuple[str, ...] = ()
-    hotword_weight: float = 10.0
+    hotword_weight: float | None = None
     nbest: int = 1
 
     def __post_init__(self) -> None:
@@ -74,8 +82,8 @@ class BeamConfig:
             raise ValueError("cutoff_prob must be in (0, 1]")
         if self.beam_threshold <= 0:
             raise ValueError("beam_threshold must be > 0")
-        if self.hotwords and self.backend != "pyctcdecode":
-            raise ValueError("hotwords need the pyctcdecode backend")
+        if self.hotword_weight is not None and self.hotword_weight < 0:
+            raise ValueError("hotword_weight must be >= 0")
 
 
 def prune_cumulative(logp: np.ndarray, cutoff_prob: float, top_n: int) -> np.ndarray:
@@ -126,6 +134,19 @@ class BeamSearchDecoder:
             self._scorer = load_kenlm(lm.binary)
         self._impl = _PyCtcDecode(self) if cfg.backend == "pyctcdecode" else _Flashlight(self)
 
+    def with_hotwords(self, hotwords: Sequence[str], hotword_weight: float | None = None) -> BeamSearchDecoder:
+        """A decoder like this one with other hotwords (None weight: this one's), sharing the loaded LM: for
+        per-utterance or per-stream hotword lists, one per distinct list, cached by the caller."""
+        cfg = dataclasses.replace(self.cfg, hotwords=tuple(hotwords),
+                                  hotword_weight=self.cfg.hotword_weight if hotword_weight is None else hotword_weight)
+        new = object.__new__(BeamSearchDecoder)
+        new.tokenizer, new.lm, new.cfg, new._scorer = self.tokenizer, self.lm, cfg, self._scorer
+        if isinstance(self._impl, _Flashlight):
+            new._impl = _Flashlight(new, self._impl if self._impl.lexicon else None)
+        else:
+            new._impl = _PyCtcDecode(new, self._impl)
+        return new
+
     def lm_logprob(self, text: str) -> float:
         """Natural-log LM probability of a decoded text (0 without an LM)."""
         if self._scorer is None:
@@ -150,7 +171,10 @@ class BeamSearchDecoder:
 
 
 class _PyCtcDecode:
-    def __init__(self, owner: BeamSearchDecoder) -> None:
+    def __init__(self, owner: BeamSearchDecoder, base: _PyCtcDecode | None = None) -> None:
+        if base is not None:  # hotwords are given per call: the same pyctcdecode decoder serves
+            self.owner, self.decoder = owner, base.decoder
+            return
         try:
             from pyctcdecode import build_ctcdecoder
         except ImportError as e:
@@ -176,7 +200,8 @@ class _PyCtcDecode:
         beams = self.decoder.decode_beams(logp, beam_width=cfg.beam_width, beam_prune_logp=-cfg.beam_threshold,
                                           token_min_logp=cfg.token_min_logp,
                                           prune_history=False, hotwords=list(cfg.hotwords) or None,
-                                          hotword_weight=cfg.hotword_weight)
+                                          hotword_weight=PYCTCDECODE_HOTWORD_WEIGHT if cfg.hotword_weight is None
+                                          else cfg.hotword_weight)
         out = []
         for text, _state, word_frames, am_score, score in beams:
             text = " ".join(text.split())
@@ -188,7 +213,9 @@ class _PyCtcDecode:
 
 
 class _Flashlight:
-    def __init__(self, owner: BeamSearchDecoder) -> None:
+    def __init__(self, owner: BeamSearchDecoder, base: _Flashlight | None = None) -> None:
+        """``base``: a decoder of the same model and LM whose loaded LM and lexicon this one shares (only the
+        hotwords differ; :meth:`BeamSearchDecoder.with_hotwords`)."""
         try:
             from flashlight.lib.text import decoder as fl
             from flashlight.lib.text.decoder.kenlm import KenLM
@@ -200,36 +227,82 @@ class _Flashlight:
         self.blank = tok.blank_id
         self.sil = tok.index[" "] if tok.metric_lang == "en" else tok.blank_id
         # flashlight adds LM scores as given: KenLM's are log10, so the weight is alpha * ln(10) on natural logs.
-        lm_weight = cfg.alpha * LN10
+        self.lm_weight = cfg.alpha * LN10
         self.words = None  # the English lexicon's word dictionary
+        self.extra: list[str] = []  # hotwords outside the LM vocabulary: word indices from the dictionary's size
         if lm is None:
             fl_lm = fl.ZeroLM()
         if tok.metric_lang == "zh":
+            if cfg.hotwords:
+                raise DecoderError("hotwords with the flashlight backend need a word-level model (English, "
+                                   "pinyin); use the pyctcdecode backend for Mandarin characters")
             if lm is not None:
                 fl_lm = KenLM(str(lm.binary), Dictionary([s for s in tok.symbols]))
             # No per-token insertion bonus in LexiconFree (beta is not used); silence is the blank, scored 0.
             opts = fl.LexiconFreeDecoderOptions(cfg.beam_width, min(cfg.cutoff_top_n, len(tok)), cfg.beam_threshold,
-                                                lm_weight, 0.0, False, fl.CriterionType.CTC)
+                                                self.lm_weight, 0.0, False, fl.CriterionType.CTC)
             self.decoder = fl.LexiconFreeDecoder(opts, fl_lm, self.sil, self.blank, [])
             self.lexicon = False
+            return
+        if base is not None:
+            self.vocab, self.words, self.kenlm, self.entries = base.vocab, base.words, base.kenlm, base.entries
         else:
-            vocab = [w for w in (lm.unigrams if lm else []) if w and all(c in tok.index for c in w)]
-            if not vocab:
+            self.vocab = [w for w in (lm.unigrams if lm else []) if w and all(c in tok.index for c in w)]
+            if not self.vocab:
                 raise DecoderError("the flashlight backend for English needs a word LM (its vocabulary is the lexicon)")
-            self.words = Dictionary(vocab)
-            fl_lm = KenLM(str(lm.binary), self.words)  # type: ignore[union-attr]
-            trie = fl.Trie(len(tok), self.sil)
-            start = fl_lm.start(False)
-            for w in vocab:
+            # One word past the vocabulary, never in the lexicon: the index out-of-vocabulary hotwords are scored as.
+            self.words = Dictionary(self.vocab + ([] if UNK_WORD in self.vocab else [UNK_WORD]))
+            self.kenlm = KenLM(str(lm.binary), self.words)  # type: ignore[union-attr]
+            start = self.kenlm.start(False)
+            self.entries: list[tuple[list[int], int, float]] = []  # (spelling + closing space, word, unigram score)
+            for w in self.vocab:
                 k = self.words.get_index(w)
-                _, score = fl_lm.score(start, k)
-                trie.insert([tok.index[c] for c in w] + [self.sil], k, score)
-            trie.smear(fl.SmearingMode.MAX)
-            unk = self.words.get_index("<unk>") if "<unk>" in vocab else -1
-            opts = fl.LexiconDecoderOptions(cfg.beam_width, min(cfg.cutoff_top_n, len(tok)), cfg.beam_threshold,
-                                            lm_weight, cfg.beta, -math.inf, 0.0, False, fl.CriterionType.CTC)
-            self.decoder = fl.LexiconDecoder(opts, trie, fl_lm, self.sil, self.blank, unk, [], False)
-            self.lexicon = True
+                self.entries.append(([tok.index[c] for c in w] + [self.sil], k, self.kenlm.score(start, k)[1]))
+        trie = fl.Trie(len(tok), self.sil)
+        fl_lm = self.kenlm
+        if not cfg.hotwords:
+            for spelling, k, score in self.entries:
+                trie.insert(spelling, k, score)
+        else:
+            fl_lm = self._biased_lexicon(trie)
+        trie.smear(fl.SmearingMode.MAX)
+        unk = self.words.get_index(UNK_WORD) if UNK_WORD in self.vocab else -1
+        opts = fl.LexiconDecoderOptions(cfg.beam_width, min(cfg.cutoff_top_n, len(tok)), cfg.beam_threshold,
+                                        self.lm_weight, cfg.beta, -math.inf, 0.0, False, fl.CriterionType.CTC)
+        self.decoder = fl.LexiconDecoder(opts, trie, fl_lm, self.sil, self.blank, unk, [], False)
+        self.lexicon = True
+        self.trie, self.lm_obj = trie, fl_lm  # the decoder holds them by reference: keep them alive
+
+    def _biased_lexicon(self, trie: Any) -> Any:
+        """Fill ``trie`` with the vocabulary and the hotwords, and return the biased LM (:mod:`.hotwords`)."""
+        from deepspeech.decoding.hotwords import biased_lm, hotword_words
+
+        tok, cfg = self.owner.tokenizer, self.owner.cfg
+        if self.lm_weight <= 0:
+            raise DecoderError("hotwords with the flashlight backend need an LM weight (alpha) > 0")
+        weight = FLASHLIGHT_HOTWORD_WEIGHT if cfg.hotword_weight is None else cfg.hotword_weight
+        bonus_lm = weight / self.lm_weight  # in the LM's units (log10), as the decoder weighs them
+        hot = hotword_words(cfg.hotwords, (s for s in tok.symbols if s not in (BLANK, UNK, " ")))
+        words = self.words
+        known = {words.get_index(w) for w in hot if words.contains(w)}  # type: ignore[union-attr]
+        bonus: dict[int, float] = dict.fromkeys(known, bonus_lm)
+        for spelling, k, score in self.entries:
+            trie.insert(spelling, k, score + bonus_lm if k in known else score)
+        unk_k = self.words.get_index(UNK_WORD)  # type: ignore[union-attr]
+        unk_score = self.kenlm.score(self.kenlm.start(False), unk_k)[1]
+        alias: dict[int, int] = {}
+        for w in hot:
+            if words.contains(w):  # type: ignore[union-attr]
+                continue
+            k = words.index_size() + len(self.extra)  # type: ignore[union-attr]
+            self.extra.append(w)
+            alias[k], bonus[k] = unk_k, bonus_lm
+            trie.insert([tok.index[c] for c in w] + [self.sil], k, unk_score + bonus_lm)
+        return biased_lm(self.fl, self.kenlm, bonus, alias)
+
+    def word(self, k: int) -> str:
+        n = self.words.index_size()  # type: ignore[union-attr]
+        return self.extra[k - n] if k >= n else self.words.get_entry(k)  # type: ignore[union-attr]
 
     def decode(self, logp: np.ndarray) -> list[Hypothesis]:
         owner, tok = self.owner, self.owner.tokenizer
@@ -253,7 +326,8 @@ class _Flashlight:
                 T = logp.shape[0] - 1
                 keep = [k for k, t in enumerate(frames) if t < T]
                 ids, frames = [ids[k] for k in keep], [frames[k] for k in keep]
-                text = " ".join(self.words.get_entry(w) for w in r.words if w >= 0)  # type: ignore[union-attr]
+                word = self.word if self.extra else self.words.get_entry  # type: ignore[union-attr]
+                text = " ".join(word(w) for w in r.words if w >= 0)
             else:
                 text = tok.decode(ids)
                 text = " ".join(text.split()) if tok.metric_lang == "en" else text
