@@ -4,9 +4,12 @@
   ``file``; answers ``{"text", "words": [{"word", "start", "end", "confidence"}], "duration_s"}``. Uploads go
   through the same dispatcher as streams (at most ``max_step_s`` of audio per step, so a long upload cannot stall
   live streams). More than ``max_pending_requests`` at once: 503 with Retry-After.
-- ``WS /v1/stream?sample_rate=16000``: binary frames of 16-bit little-endian mono PCM, then the text frame
-  ``{"type": "end"}``; the server sends ``{"type": "partial", "text", "audio_ms"}`` as audio is processed and one
-  ``{"type": "final", "text", "words", "audio_ms"}``, then closes (1000). Errors: ``{"type": "error", "message"}``
+- ``WS /v1/stream?sample_rate=16000``: optionally a first text frame ``{"type": "start", ...}`` (sample rate,
+  endpointing, alternatives, partial interval, hotwords: :mod:`serving.options`, docs/streaming-api.md), binary
+  frames of 16-bit little-endian mono PCM, then the text frame ``{"type": "end"}``; the server sends
+  ``{"type": "partial", "text", "audio_ms"}`` as audio is processed and one ``{"type": "final", "text", "words",
+  "audio_ms"}`` (with endpointing, one per segment, with ``segment``, ``start``, ``end`` and ``last``), then closes
+  (1000). Errors: ``{"type": "error", "message"}``
   and a close code (1003 unsupported data, 1007 invalid payload, 1008 policy: key or limits (idle, slower than
   ``min_audio_rate`` x real time, longer than ``max_stream_s`` or ``max_audio_s``), 1009 too big, 1011 a failure of
   the server's own, 1013 try again later: too many streams or shutting down). See :mod:`serving.stream`.

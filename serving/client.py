@@ -26,7 +26,8 @@ from deepspeech.frontend.audio import SAMPLE_RATE, load_audio
 
 @dataclass
 class StreamResult:
-    final: dict[str, Any] | None = None
+    final: dict[str, Any] | None = None  # the last final (with endpointing: the last segment's)
+    finals: list[dict[str, Any]] = field(default_factory=list)  # every final, in order (one per segment)
     error: str | None = None
     close_code: int | None = None
     partials: list[dict[str, Any]] = field(default_factory=list)
@@ -41,9 +42,10 @@ def to_pcm16(audio: np.ndarray) -> bytes:
 
 async def stream_pcm(pcm: bytes, url: str, chunk_ms: float = 100.0, realtime: float = 1.0,
                      api_key: str | None = None, on_message: Callable[[dict[str, Any]], None] | None = None,
-                     open_timeout: float = 10.0) -> StreamResult:
+                     open_timeout: float = 10.0, start: dict[str, Any] | None = None) -> StreamResult:
     """Send 16 kHz 16-bit mono ``pcm`` in ``chunk_ms`` frames, ``realtime`` times real time (0 = as fast as
-    possible), then ``{"type": "end"}``; return the final result, partials and per-partial latencies."""
+    possible), then ``{"type": "end"}``; return the final result(s), partials and per-partial latencies. ``start``:
+    the fields of a first ``{"type": "start"}`` message (endpointing, alternatives, hotwords, ...)."""
     headers = {"Authorization": f"Bearer {api_key}"} if api_key else None
     step = max(2, int(SAMPLE_RATE * chunk_ms / 1000) * 2)
     sent_at: dict[float, float] = {}  # audio_ms at the end of a frame (0.1 ms) -> send time
@@ -68,15 +70,18 @@ async def stream_pcm(pcm: bytes, url: str, chunk_ms: float = 100.0, realtime: fl
                     result.latencies_s.append(time.perf_counter() - sent)
             elif msg["type"] == "final":
                 result.final = msg
+                result.finals.append(msg)
             elif msg["type"] == "error":
                 result.error = msg["message"]
 
+        if start is not None:
+            await ws.send(json.dumps({**start, "type": "start"}))
         receiver = asyncio.create_task(receive())
-        start = time.perf_counter()
+        began = time.perf_counter()
         try:
             for k, off in enumerate(range(0, len(pcm), step)):
                 if realtime > 0:
-                    due = start + k * chunk_ms / 1000 / realtime
+                    due = began + k * chunk_ms / 1000 / realtime
                     await asyncio.sleep(max(0.0, due - time.perf_counter()))
                 frame = pcm[off: off + step]
                 sent_at[round((off + len(frame)) / 2 * 1000 / SAMPLE_RATE, 1)] = time.perf_counter()

@@ -15,6 +15,14 @@ resampler of files and uploads too). Each stream's session keeps a :class:`deeps
 over the audio stepped so far: until it has heard speech, partial results are empty, and a stream that never held speech
 ends with empty text and no words (what offline transcription gives for the same audio), not the network's guess at
 silence. Partial and final texts are post-processed as every route's are (a pinyin model writes characters).
+
+A stream with endpointing (:class:`serving.options.StreamOptions`) gets a final per segment as soon as an endpoint
+rule closes it (:class:`deepspeech.inference.streaming.EndpointConfig`), with the segment's index and the extent of
+its speech in seconds of the stream; a segment with no text sends nothing. Its partials are the open segment's
+text. The last segment's final comes after "end" and carries ``"last": true`` (its text may be empty).
+
+Finals with ``alternatives`` > 1 or hotwords are decoded by a beam decoder built for that hotword set (``nbest`` =
+the most alternatives a stream may ask for), kept in a small LRU cache: streams with the same hotwords share one.
 """
 
 from __future__ import annotations
@@ -23,6 +31,7 @@ import itertools
 import logging
 import threading
 import time
+from collections import OrderedDict
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
@@ -30,17 +39,21 @@ from typing import Any
 import numpy as np
 import torch
 
-from deepspeech.decoding.hypothesis import Decoder
+from deepspeech.decoding.hypothesis import Decoder, Hypothesis
 from deepspeech.frontend.audio import SAMPLE_RATE
 from deepspeech.frontend.silence import DEFAULT_GATE
-from deepspeech.inference.streaming import StreamingModel, StreamSession
+from deepspeech.inference.streaming import Segment, StreamingModel, StreamSession
 from deepspeech.inference.transcribe import frame_seconds, timed_words
 from serving.config import ServerConfig
 from serving.metrics import Metrics
+from serving.options import MAX_ALTERNATIVES, StreamOptions
 
 log = logging.getLogger(__name__)
 
 Emit = Callable[[dict[str, Any]], None]
+# (hotwords, hotword_weight, nbest) -> a beam decoder; None: the server has no way to build one
+DecoderFactory = Callable[[tuple[str, ...], float | None, int], Decoder]
+MAX_DECODERS = 8  # distinct hotword sets kept built at once (least recently used dropped first)
 
 
 class Overloaded(RuntimeError):
@@ -60,15 +73,54 @@ class Stream:
     ended_at: float | None = None  # when the client said "end"
     abandoned: bool = False
     done: bool = False
+    options: StreamOptions = StreamOptions()
+    decoder: Decoder | None = None  # of the finals (None: greedy)
+    segments: int = 0  # segment finals sent
+    partial_ms: float = -1e9  # audio_ms of the last partial sent
 
     def ready(self) -> bool:
         return not self.done and not self.abandoned and (self.pending_samples > 0 or self.ended_at is not None)
 
 
+class DecoderCache:
+    """The decoders of streams' finals: the server's own, unless a stream asks for alternatives or hotwords; then a
+    beam decoder for its hotword set, built once per distinct set and weight (nbest = :data:`MAX_ALTERNATIVES`, so
+    every stream of a set shares it), the ``size`` most recently used kept."""
+
+    def __init__(self, default: Decoder | None, factory: DecoderFactory | None, size: int = MAX_DECODERS) -> None:
+        self.default, self.factory, self.size = default, factory, size
+        self._built: OrderedDict[tuple[tuple[str, ...], float | None], Decoder] = OrderedDict()
+        self._lock = threading.Lock()
+
+    def __len__(self) -> int:
+        return len(self._built)
+
+    def get(self, options: StreamOptions) -> Decoder | None:
+        """The decoder for a stream's options; raises ValueError (or the decoder's own error) when none can be
+        built, with the reason."""
+        if options.alternatives == 1 and not options.hotwords:
+            return self.default
+        if self.factory is None:
+            raise ValueError("this server cannot build a beam decoder")
+        key = (options.hotwords, options.hotword_weight)
+        with self._lock:
+            dec = self._built.get(key)
+            if dec is not None:
+                self._built.move_to_end(key)
+                return dec
+        dec = self.factory(options.hotwords, options.hotword_weight, MAX_ALTERNATIVES)  # outside the lock: slow
+        with self._lock:
+            self._built[key] = dec
+            while len(self._built) > self.size:
+                self._built.popitem(last=False)
+        return dec
+
+
 class BatchDispatcher:
     def __init__(self, engine: StreamingModel, cfg: ServerConfig, metrics: Metrics,
-                 decoder: Decoder | None = None) -> None:
+                 decoder: Decoder | None = None, decoder_factory: DecoderFactory | None = None) -> None:
         self.engine, self.cfg, self.metrics, self.decoder = engine, cfg, metrics, decoder
+        self.decoders = DecoderCache(decoder, decoder_factory)
         self.frame_s = frame_seconds(engine.am)
         self._cond = threading.Condition()
         self._streams: dict[int, Stream] = {}
@@ -108,15 +160,25 @@ class BatchDispatcher:
         with self._cond:
             return len(self._streams)
 
-    def open(self, emit: Emit, limit: int | None = None, sample_rate: int = SAMPLE_RATE) -> Stream:
-        """A new stream of audio at ``sample_rate`` Hz; raises :class:`Overloaded` when ``limit`` streams are open
-        or the server is draining."""
+    def decoder_for(self, options: StreamOptions) -> Decoder | None:
+        """The decoder of a stream's finals (:class:`DecoderCache`; builds one: call it off the event loop)."""
+        return self.decoders.get(options)
+
+    def open(self, emit: Emit, limit: int | None = None, sample_rate: int = SAMPLE_RATE,
+             options: StreamOptions | None = None, decoder: Decoder | None = None) -> Stream:
+        """A new stream of audio at ``sample_rate`` Hz (``options.sample_rate`` when options are given), its finals
+        decoded by ``decoder`` (the server's when None: see :meth:`decoder_for`); raises :class:`Overloaded` when
+        ``limit`` streams are open or the server is draining."""
+        options = options if options is not None else StreamOptions(sample_rate=sample_rate)
+        sample_rate = options.sample_rate
         with self._cond:
             if self.draining:
                 raise Overloaded("server is shutting down")
             if limit is not None and len(self._streams) >= limit:
                 raise Overloaded(f"too many concurrent streams (limit {limit})")
-            s = Stream(next(self._ids), self.engine.new_session(sample_rate, DEFAULT_GATE), emit, sample_rate)
+            session = self.engine.new_session(sample_rate, DEFAULT_GATE, options.endpoint)
+            s = Stream(next(self._ids), session, emit, sample_rate, options=options,
+                       decoder=decoder if decoder is not None else self.decoder)
             self._streams[s.id] = s
             self.metrics.active_streams.set(len(self._streams))
             return s
@@ -220,24 +282,75 @@ class BatchDispatcher:
         self.metrics.audio_seconds.inc(sum(a.size / s.rate for s, a, _ in batch))
         for s, audio, final in batch:
             audio_ms = round(s.session.seconds * 1000, 3)
-            if audio.size:
+            segmented = s.options.endpoint is not None
+            closed, s.session.segments = s.session.segments, []
+            last_seg = closed.pop() if final and closed and closed[-1].rule == 0 else None
+            if segmented:
+                for seg in closed:
+                    msg = self._segment_final(s, seg, audio_ms, last=False)
+                    if msg["text"]:
+                        s.emit(msg)
+            if audio.size and audio_ms - s.partial_ms >= s.options.partial_interval_ms:
+                s.partial_ms = audio_ms
                 text = self.engine.partial_text(s.session) if s.session.speech else ""
-                s.emit({"type": "partial", "text": text, "audio_ms": audio_ms})
+                msg = {"type": "partial", "text": text, "audio_ms": audio_ms}
+                s.emit({**msg, "segment": s.segments} if segmented else msg)
                 if since[s.id] is not None:
                     self.metrics.partial_latency.observe(time.perf_counter() - since[s.id])
-            if final:
+            if final and segmented:
+                end_s = s.session.seconds
+                empty = Segment(end_s, end_s, end_s, end_s, np.zeros((0, self.engine.vocab), np.float32), False, 0)
+                s.emit(self._segment_final(s, last_seg if last_seg is not None else empty, audio_ms, last=True))
+            elif final:
                 text, words = "", []
+                extra: dict[str, Any] = {}
                 if s.session.speech:
                     logp = s.session.all_log_probs(self.engine.vocab)
-                    hyp = self.engine.final_hypothesis(s.session, self.decoder)
-                    text = hyp.text
-                    words = [w.to_json() for w in timed_words(hyp.words, logp, self.frame_s)]
-                s.emit({"type": "final", "text": text, "audio_ms": audio_ms, "words": words})
+                    hyps = self._decode(s, logp)
+                    text = hyps[0].text
+                    words = [w.to_json() for w in timed_words(hyps[0].words, logp, self.frame_s)]
+                    extra = self._alternatives(s, hyps)
+                s.emit({"type": "final", "text": text, "audio_ms": audio_ms, "words": words, **extra})
+            if final:
                 if s.ended_at is not None:
                     self.metrics.final_latency.observe(time.perf_counter() - s.ended_at)
                 with self._cond:
                     s.done = True
                     self._remove(s)
+
+    def _decode(self, s: Stream, logp: np.ndarray) -> list[Hypothesis]:
+        """(T, V) log-probabilities of a segment -> its post-processed N-best list, best first."""
+        return self.engine.recognizer.with_decoder(s.decoder).decode(logp)
+
+    def _alternatives(self, s: Stream, hyps: list[Hypothesis]) -> dict[str, Any]:
+        """``{"alternatives": [{"text", "confidence"}, ...]}`` for a stream that asked for more than one: the N best
+        with a softmax over their total scores (the decoder's, LM included); nothing otherwise."""
+        if s.options.alternatives <= 1:
+            return {}
+        top = hyps[: s.options.alternatives]
+        scores = np.array([h.score for h in top], np.float64)
+        p = np.exp(scores - scores.max())
+        p /= p.sum()
+        return {"alternatives": [{"text": h.text, "confidence": round(float(c), 4)} for h, c in zip(top, p,
+                                                                                                       strict=True)]}
+
+    def _segment_final(self, s: Stream, seg: Segment, audio_ms: float, last: bool) -> dict[str, Any]:
+        """The final of one segment: its text, words and alternatives (its output decoded as that of its audio
+        alone), and its ``start`` and ``end``: the extent of its audio above the silence level, in seconds of the
+        stream."""
+        text, words, extra = "", [], {}
+        if seg.speech and seg.log_probs.shape[0]:
+            hyps = self._decode(s, seg.log_probs)
+            text = hyps[0].text
+            words = [{**w.to_json(), "start": round(seg.start_s + w.start, 3), "end": round(seg.start_s + w.end, 3)}
+                     for w in timed_words(hyps[0].words, seg.log_probs, self.frame_s)]
+            extra = self._alternatives(s, hyps)
+        msg = {"type": "final", "segment": s.segments, "start": round(seg.speech_start_s, 3),
+               "end": round(seg.speech_end_s, 3), "text": text,
+               "words": words, "audio_ms": audio_ms, "last": last, **extra}
+        if text or last:
+            s.segments += 1
+        return msg
 
     def _fail(self, s: Stream, message: str) -> None:
         s.emit({"type": "error", "message": message})

@@ -42,7 +42,13 @@ def build_app(model_dir: str | Path, cfg: ServerConfig) -> FastAPI:
     elif cfg.decoder == "beam":
         decoder = build_decoder(model_dir, am.tokenizer)
     metrics = Metrics()
-    return create_app(BatchDispatcher(engine, cfg, metrics, decoder), cfg, metrics)
+
+    def beam_for(hotwords: tuple[str, ...], weight: float | None, nbest: int) -> Decoder:
+        """The beam decoder of the model directory (its LM, its decoder.json) for a stream's hotwords and
+        alternatives: build_decoder raises ValueError for settings it cannot honour, and the client is told why."""
+        return build_decoder(model_dir, am.tokenizer, hotwords=hotwords or None, hotword_weight=weight, nbest=nbest)
+
+    return create_app(BatchDispatcher(engine, cfg, metrics, decoder, beam_for), cfg, metrics)
 
 
 class _DrainingServer(uvicorn.Server):

@@ -1,7 +1,10 @@
 """``WS /v1/stream``: one WebSocket connection as one stream of the :class:`serving.dispatch.BatchDispatcher`.
 
-Protocol (see :mod:`serving.app`): binary frames of 16-bit little-endian mono PCM at ``?sample_rate=`` (default
-16000), then the text frame ``{"type": "end"}``; partial results as audio is processed, one final result, close 1000.
+Protocol (see :mod:`serving.app`): optionally a first text frame ``{"type": "start", ...}`` (:mod:`serving.options`:
+sample rate, endpointing, alternatives, partial interval, hotwords), binary frames of 16-bit little-endian mono PCM
+at ``?sample_rate=`` (default 16000; the start message's wins), then the text frame ``{"type": "end"}``; partial
+results as audio is processed, one final result (with endpointing: one per segment, the last one marked
+``"last": true``), close 1000.
 The PCM goes to the dispatcher at the client's rate: the engine's front end resamples it
 (:mod:`deepspeech.frontend.front_end`).
 
@@ -25,14 +28,15 @@ import numpy as np
 from fastapi import WebSocket
 from starlette.websockets import WebSocketDisconnect, WebSocketState
 
-from deepspeech.frontend.audio import SAMPLE_RATE
+from deepspeech.decoding.beam import DecoderError
 from serving.config import ServerConfig
 from serving.dispatch import BatchDispatcher, Overloaded, Stream
 from serving.metrics import Metrics
+from serving.options import MAX_RATE, MIN_RATE, from_query, from_start
+
+__all__ = ["MAX_RATE", "MIN_RATE", "serve_stream"]
 
 log = logging.getLogger(__name__)
-
-MIN_RATE, MAX_RATE = 8_000, 96_000
 
 
 class _Closing(Exception):
@@ -64,22 +68,48 @@ async def serve_stream(ws: WebSocket, dispatcher: BatchDispatcher, cfg: ServerCo
     if not key_ok:
         return await close_with(1008, "missing or wrong API key", "auth")
     try:
-        rate = int(ws.query_params.get("sample_rate", SAMPLE_RATE))
-        if not MIN_RATE <= rate <= MAX_RATE:
-            raise ValueError
-    except ValueError:
-        return await close_with(1008, f"sample_rate must be an integer in [{MIN_RATE}, {MAX_RATE}]", "bad_request")
+        options = from_query(ws.query_params)
+    except ValueError as e:
+        return await close_with(1008, str(e), "bad_request")
+    # The first frame: a start message configures the stream; anything else is the stream's first frame.
+    try:
+        first = await asyncio.wait_for(ws.receive(), cfg.idle_timeout_s)
+    except TimeoutError:
+        return await close_with(1008, f"no data for {cfg.idle_timeout_s:g} s", "idle")
+    except Exception as e:
+        if _gone(ws, e):
+            metrics.rejections.labels("disconnect").inc()
+            return
+        raise
+    if first["type"] == "websocket.disconnect":
+        metrics.rejections.labels("disconnect").inc()
+        return
+    start = _start_message(first.get("text"))
+    if start is not None:
+        first = None
+        try:
+            options = from_start(start, options)
+        except ValueError as e:
+            return await close_with(1008, f"bad start message: {' '.join(str(e).split())}", "bad_request")
+    try:
+        decoder = await asyncio.to_thread(dispatcher.decoder_for, options)
+    except (ValueError, DecoderError) as e:  # settings this model's decoder cannot honour: the client is told why
+        return await close_with(1008, f"alternatives/hotwords unavailable: {' '.join(str(e).split())[:300]}",
+                                "bad_request")
+    except Exception as e:  # a decoder that fails to build is the server's failure, not the client's
+        log.error("decoder for %d hotwords failed: %s: %s", len(options.hotwords), type(e).__name__, e)
+        return await close_with(1011, f"internal error: {type(e).__name__}", "internal")
 
     loop = asyncio.get_running_loop()
     outbox: asyncio.Queue[dict[str, Any]] = asyncio.Queue()
     try:
         s = dispatcher.open(lambda m: loop.call_soon_threadsafe(outbox.put_nowait, m), limit=cfg.max_streams,
-                            sample_rate=rate)
+                            options=options, decoder=decoder)
     except Overloaded as e:
         return await close_with(1013, str(e), "too_many_streams")
     sender = asyncio.create_task(_send_results(ws, outbox))
     try:
-        await _receive_audio(ws, dispatcher, s, cfg, rate)
+        await _receive_audio(ws, dispatcher, s, cfg, options.sample_rate, first)
         final = await sender  # the worker emits the final result; the sender stops after it
         metrics.requests.labels("stream", "1000" if final else "1011").inc()
         if ws.application_state == WebSocketState.CONNECTED:
@@ -105,9 +135,21 @@ async def serve_stream(ws: WebSocket, dispatcher: BatchDispatcher, cfg: ServerCo
             sender.cancel()
 
 
+def _start_message(text: str | None) -> Any:
+    """The parsed text frame when it is a start message (a JSON object with "type": "start"), else None."""
+    if text is None:
+        return None
+    try:
+        obj = json.loads(text)
+    except (ValueError, RecursionError):  # JSONDecodeError; an integer of > 4300 digits
+        return None
+    return obj if isinstance(obj, dict) and obj.get("type") == "start" else None
+
+
 async def _receive_audio(ws: WebSocket, dispatcher: BatchDispatcher, s: Stream, cfg: ServerConfig,
-                         rate: int) -> None:
-    """Read frames until ``{"type": "end"}``; raise :class:`_Closing` on protocol or limit violations."""
+                         rate: int, first: dict[str, Any] | None = None) -> None:
+    """Read frames (``first``, already received, before the others) until ``{"type": "end"}``; raise
+    :class:`_Closing` on protocol or limit violations."""
     max_samples = int(cfg.max_audio_s * rate)
     opened = time.monotonic()
     received_s = 0.0  # audio received, in seconds at the client's rate
@@ -122,10 +164,13 @@ async def _receive_audio(ws: WebSocket, dispatcher: BatchDispatcher, s: Stream, 
         wait, *broken = min(limits, key=lambda x: x[0])
         if wait <= 0:
             raise _Closing(*broken)
-        try:
-            msg = await asyncio.wait_for(ws.receive(), wait)
-        except TimeoutError:
-            raise _Closing(*broken) from None
+        if first is not None:
+            msg, first = first, None
+        else:
+            try:
+                msg = await asyncio.wait_for(ws.receive(), wait)
+            except TimeoutError:
+                raise _Closing(*broken) from None
         if msg["type"] == "websocket.disconnect":
             raise WebSocketDisconnect(msg.get("code", 1006))
         data, text = msg.get("bytes"), msg.get("text")
@@ -143,10 +188,13 @@ async def _receive_audio(ws: WebSocket, dispatcher: BatchDispatcher, s: Stream, 
             try:
                 obj = json.loads(text)
                 kind = obj.get("type") if isinstance(obj, dict) else None
-            except json.JSONDecodeError:
+            except (ValueError, RecursionError):  # JSONDecodeError; an integer of > 4300 digits
                 kind = None
+            if kind == "start":
+                raise _Closing(1003, 'a {"type": "start"} message must be the first frame', "bad_frame")
             if kind != "end":
-                raise _Closing(1003, 'text frames must be {"type": "end"}', "bad_frame")
+                raise _Closing(1003, 'text frames must be {"type": "end"} (or a first {"type": "start"})',
+                               "bad_frame")
             dispatcher.end(s)
             return
 
@@ -159,5 +207,7 @@ async def _send_results(ws: WebSocket, outbox: asyncio.Queue[dict[str, Any]]) ->
             await ws.send_text(json.dumps(msg, ensure_ascii=False))
         except (WebSocketDisconnect, RuntimeError, OSError):
             return False
-        if msg["type"] in ("final", "error"):
-            return msg["type"] == "final"
+        if msg["type"] == "error":
+            return False
+        if msg["type"] == "final" and msg.get("last", True):  # a segment's final (last: false) is not the end
+            return True
