@@ -10,7 +10,9 @@ Loading never unpickles: safetensors for weights and ``torch.load(weights_only=T
 checks before it trusts: config.json field by field against the config's types, the safetensors header's names and
 shapes against a network built from the config on the meta device (no memory), then that every value is finite. A
 config.json written before issue 31 may hold the options retired then at their neutral values, which loading drops
-(:func:`deepspeech.config.drop_retired`).
+(:func:`deepspeech.config.drop_retired`). A quantized directory (:func:`quantize_model_dir`, ``deepspeech export
+--quantize``) adds ``"quantization": {"scheme": "int8" | "bf16"}`` to config.json and stores its weights in that
+form (:mod:`deepspeech.model.quantize`); loading builds that network and checks the file against it the same way.
 
 Writes are atomic: a directory is written to a temporary sibling ``NAME.tmp`` (each file fsynced), completed by
 ``complete.json`` (every file's size, written last) and swapped in with renames (``NAME`` -> ``NAME.old``,
@@ -43,6 +45,7 @@ from deepspeech.config import TrainConfig, drop_retired, from_dict, to_dict
 from deepspeech.frontend.features import FeatureStats
 from deepspeech.model.config import ModelConfig
 from deepspeech.model.ds2 import DeepSpeech2
+from deepspeech.model.quantize import QuantConfig, build_model, check_tensors, quantize, stored_tensors
 from deepspeech.text import CharTokenizer
 
 if TYPE_CHECKING:
@@ -54,6 +57,7 @@ FORMAT_VERSION = 1
 WEIGHTS, CONFIG, TOKENIZER, STATS, STATE_DIR = (
     "model.safetensors", "config.json", "tokenizer.json", "feature_stats.json", "train_state")
 MARKER = "complete.json"  # written last: {"files": {relative path: size}}; a directory without it is incomplete
+QUANTIZATION = "quantization"  # config.json's field for a quantized model (deepspeech.model.quantize.QuantConfig)
 STATE_FILES = (f"{STATE_DIR}/optimizer.pt", f"{STATE_DIR}/rng.pt", f"{STATE_DIR}/trainer.json")
 
 
@@ -179,22 +183,28 @@ def _fresh_tmp(final: Path, create: bool = True) -> Path:
 
 
 def _write_model_files(d: Path, model: DeepSpeech2, tokenizer: CharTokenizer, stats: FeatureStats,
-                       cfg: TrainConfig) -> None:
-    tensors = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
+                       cfg: TrainConfig, quantization: QuantConfig | None = None) -> None:
+    tensors = stored_tensors(model, quantization)
     _write_file(d / WEIGHTS, safetensors_bytes(tensors, metadata={"format_version": str(FORMAT_VERSION)}))
-    _write_file(d / CONFIG, _json_bytes({"format_version": FORMAT_VERSION, "config": to_dict(cfg)}))
+    config: dict[str, Any] = {"format_version": FORMAT_VERSION, "config": to_dict(cfg)}
+    if quantization is not None:
+        config[QUANTIZATION] = quantization.to_dict()
+    _write_file(d / CONFIG, _json_bytes(config))
     _write_file(d / TOKENIZER, _json_bytes(tokenizer.to_dict(), indent=0))
     _write_file(d / STATS, _json_bytes(dataclasses.asdict(stats), indent=None))
 
 
 def save_model_dir(path: str | Path, model: DeepSpeech2, tokenizer: CharTokenizer, stats: FeatureStats,
                    cfg: TrainConfig, train_state: TrainState | None = None,
-                   extra_files: dict[str, str] | None = None) -> None:
+                   extra_files: dict[str, str] | None = None, quantization: QuantConfig | None = None) -> None:
     """Atomically (re)write a model directory; ``train_state`` (see :func:`capture_train_state`) adds
-    ``train_state/`` for resuming."""
+    ``train_state/`` for resuming; ``quantization``: ``model`` is quantized that way
+    (:func:`deepspeech.model.quantize.quantize`), for inference only."""
+    if quantization is not None and train_state is not None:
+        raise ValueError("a quantized model directory is for inference only: no training state")
     final = Path(path)
     tmp = _fresh_tmp(final)
-    _write_model_files(tmp, model, tokenizer, stats, cfg)
+    _write_model_files(tmp, model, tokenizer, stats, cfg, quantization)
     for name, text in (extra_files or {}).items():
         _write_file(tmp / name, text.encode("utf-8"))
     if train_state is not None:
@@ -341,7 +351,7 @@ def load_config(path: str | Path) -> TrainConfig:
         raise CheckpointError(f"{d / CONFIG}: expected an object with format_version and config")
     if raw.get("format_version") != FORMAT_VERSION:
         raise CheckpointError(f"{d}: unsupported format version {raw.get('format_version')!r}")
-    if unknown := sorted(set(raw) - {"format_version", "config"}):
+    if unknown := sorted(set(raw) - {"format_version", "config", QUANTIZATION}):
         raise CheckpointError(f"{d / CONFIG}: unknown field(s) {', '.join(unknown)}")
     try:
         if isinstance(raw["config"], dict):
@@ -352,6 +362,21 @@ def load_config(path: str | Path) -> TrainConfig:
     try:
         return from_dict(TrainConfig, raw["config"])
     except (ValueError, TypeError) as e:  # the config's own validation (__post_init__)
+        raise CheckpointError(f"{d / CONFIG}: {e}") from None
+
+
+def load_quantization(path: str | Path) -> QuantConfig | None:
+    """``config.json``'s ``quantization`` (None for a float model), or a CheckpointError naming the fault."""
+    d = Path(path)
+    try:
+        raw = json.loads((d / CONFIG).read_text(encoding="utf-8"))
+    except (ValueError, OSError) as e:
+        raise CheckpointError(f"{d / CONFIG}: not readable ({e})") from None
+    if not isinstance(raw, dict) or raw.get(QUANTIZATION) is None:
+        return None
+    try:
+        return QuantConfig.from_dict(raw[QUANTIZATION])
+    except ValueError as e:
         raise CheckpointError(f"{d / CONFIG}: {e}") from None
 
 
@@ -413,7 +438,10 @@ def load_model_dir(path: str | Path, device: str | torch.device = "cpu",
     tokenizer = _read_json_file(d, TOKENIZER, CharTokenizer.load)
     if tokenizer.lang != cfg.data.lang or len(tokenizer) != cfg.model.vocab_size:
         raise CheckpointError(f"{d}: tokenizer ({tokenizer.lang}, {len(tokenizer)}) does not match the config")
-    model = _load_weights(d, cfg, device, stats_group)
+    quant = load_quantization(d)
+    if quant is not None and stats_group is not None:
+        raise CheckpointError(f"{d}: a {quant.scheme} quantized model is for inference only, not for training")
+    model = _load_weights(d, cfg, device, stats_group, quant)
     hanzi = None
     from deepspeech.decoding.hanzi import LEXICON, HanziError, PinyinToHanzi  # lazy: only model loading needs it
     from deepspeech.decoding.kenlm import KenLMError
@@ -426,16 +454,39 @@ def load_model_dir(path: str | Path, device: str | torch.device = "cpu",
     return AcousticModel(model, tokenizer, _read_json_file(d, STATS, FeatureStats.load), cfg, hanzi)
 
 
-def _load_weights(d: Path, cfg: TrainConfig, device: str | torch.device, stats_group: Any = None) -> DeepSpeech2:
-    """``d/model.safetensors`` into a network built from ``cfg`` (eval mode), or a clear error if they differ. The
-    header is checked against a network on the meta device first: a config that asks for a huge network costs
-    nothing unless its weights are really there."""
+def _load_weights(d: Path, cfg: TrainConfig, device: str | torch.device, stats_group: Any = None,
+                  quant: QuantConfig | None = None) -> DeepSpeech2:
+    """``d/model.safetensors`` into a network built from ``cfg`` and ``quant`` (eval mode), or a clear error if
+    they differ. The header is checked against a network on the meta device first: a config that asks for a huge
+    network costs nothing unless its weights are really there."""
     with torch.device("meta"):
-        expected = DeepSpeech2(cfg.model).state_dict()
+        expected = build_model(cfg.model, quant).state_dict()
     tensors = read_weights(d / WEIGHTS, expected)
-    model = DeepSpeech2(cfg.model, stats_group=stats_group)
+    if fault := check_tensors(tensors, quant):
+        raise CheckpointError(f"{d / WEIGHTS}: {fault}")
+    model = build_model(cfg.model, quant, stats_group=stats_group)
     model.load_state_dict(tensors)
     return model.to(device).eval()
+
+
+def quantize_model_dir(src: str | Path, dst: str | Path, scheme: str) -> None:
+    """Write ``dst``: the float model directory ``src`` quantized by ``scheme``
+    (:mod:`deepspeech.model.quantize`), with its tokenizer, feature statistics and decoding files (``lm/``,
+    ``decoder.json``, ...; never ``train_state/``)."""
+    s, final = Path(src), Path(dst)
+    am = load_model_dir(s)
+    if load_quantization(s) is not None:
+        raise CheckpointError(f"{s}: already quantized; quantize the float model directory")
+    quant = QuantConfig(scheme)
+    save_model_dir(final, quantize(am.model, quant), am.tokenizer, am.stats, am.config, quantization=quant)
+    skip = {WEIGHTS, CONFIG, TOKENIZER, STATS, MARKER, STATE_DIR, "model.onnx"}
+    for entry in sorted(s.iterdir()):
+        if entry.name in skip:
+            continue
+        if entry.is_dir():
+            shutil.copytree(entry, final / entry.name)
+        else:
+            shutil.copy2(entry, final / entry.name)
 
 
 def load_train_state(path: str | Path) -> TrainState:
