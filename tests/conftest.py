@@ -64,3 +64,24 @@ def shared_data() -> Path:
     if not SHARED_DATA.is_dir():
         pytest.skip("../shared/data is not present (a user's clone has none)")
     return SHARED_DATA
+
+
+def tiny_pinyin_model(preset: str):  # type: ignore[no-untyped-def]
+    """An untrained pinyin model of ``preset`` (``tiny-zh``-shaped, 32 hidden units) whose output bias makes it emit
+    letters, not only blanks -> (DeepSpeech2 in eval mode, its pinyin tokenizer, its TrainConfig): wiring tests of
+    the pinyin -> characters path need text, not skill."""
+    import dataclasses
+
+    from deepspeech.model.ds2 import DeepSpeech2
+    from deepspeech.presets import get_preset
+    from deepspeech.text import pinyin_tokenizer
+
+    tok = pinyin_tokenizer()
+    base = get_preset(preset)
+    cfg = dataclasses.replace(base, data=dataclasses.replace(base.data, units="pinyin"),
+                              model=dataclasses.replace(base.model, vocab_size=len(tok), rnn_hidden=32))
+    torch.manual_seed(0)
+    model = DeepSpeech2(cfg.model)
+    with torch.no_grad():
+        model.fc.bias.copy_(torch.linspace(-1.0, 1.0, len(tok)))
+    return model.eval(), tok, cfg

@@ -3,7 +3,6 @@ its wiring into evaluation and transcription of a pinyin-unit model."""
 
 from __future__ import annotations
 
-import dataclasses
 import json
 import os
 from pathlib import Path
@@ -11,7 +10,6 @@ from pathlib import Path
 import numpy as np
 import pytest
 import soundfile as sf
-import torch
 
 from deepspeech.decoding.beam import Hypothesis, Word
 from deepspeech.decoding.hanzi import HanziConfig, HanziError, PinyinToHanzi, hypothesis_to_characters
@@ -94,18 +92,9 @@ def test_pinyin_model_is_scored_and_transcribed_in_characters(tmp_path: Path, lm
     from deepspeech.checkpoint import load_model_dir, save_model_dir
     from deepspeech.frontend.features import FeatureStats
     from deepspeech.inference.evaluate import evaluate_manifest
-    from deepspeech.model.ds2 import DeepSpeech2
-    from deepspeech.presets import tiny
-    from deepspeech.text import pinyin_tokenizer
+    from tests.conftest import tiny_pinyin_model
 
-    tok = pinyin_tokenizer()
-    base = tiny("zh")
-    cfg = dataclasses.replace(base, data=dataclasses.replace(base.data, units="pinyin"),
-                              model=dataclasses.replace(base.model, vocab_size=len(tok), rnn_hidden=32))
-    torch.manual_seed(0)
-    model = DeepSpeech2(cfg.model)
-    with torch.no_grad():  # an untrained net that emits letters, not only blanks
-        model.fc.bias.copy_(torch.linspace(-1.0, 1.0, len(tok)))
+    model, tok, cfg = tiny_pinyin_model("tiny-zh")
     stats = FeatureStats((0.0,) * 161, (1.0,) * 161)
     save_model_dir(tmp_path / "m", model, tok, stats, cfg)
     shutil.copytree(lm_dir, tmp_path / "m" / "hanzi")

@@ -11,7 +11,6 @@
 
 from __future__ import annotations
 
-import dataclasses
 import re
 import threading
 from pathlib import Path
@@ -32,8 +31,6 @@ from deepspeech.inference.longform import ChunkConfig
 from deepspeech.inference.recognizer import Recognizer
 from deepspeech.inference.streaming import StreamingModel
 from deepspeech.inference.transcribe import frame_seconds, timed_words, transcribe_files
-from deepspeech.model.ds2 import DeepSpeech2
-from deepspeech.presets import get_preset
 
 REPO = Path(__file__).resolve().parents[1]
 FSDD = REPO / "data" / "fsdd" / "audio"
@@ -156,17 +153,10 @@ def pinyin_streaming() -> AcousticModel:
     """A tiny unidirectional pinyin model (random weights that emit letters, not only blanks) with the shipped
     ``sentences-zh`` converter: a streaming Mandarin model as the server would serve it."""
     from deepspeech.decoding.hanzi import PinyinToHanzi
-    from deepspeech.text import pinyin_tokenizer
+    from tests.conftest import tiny_pinyin_model
 
-    tok = pinyin_tokenizer()
-    base = get_preset("tiny-streaming-zh")
-    cfg = dataclasses.replace(base, data=dataclasses.replace(base.data, units="pinyin"),
-                              model=dataclasses.replace(base.model, vocab_size=len(tok), rnn_hidden=32))
-    torch.manual_seed(0)
-    model = DeepSpeech2(cfg.model)
-    with torch.no_grad():
-        model.fc.bias.copy_(torch.linspace(-1.0, 1.0, len(tok)))
-    am = AcousticModel(model.eval(), tok, FeatureStats((-6.0,) * 161, (3.0,) * 161), cfg,
+    model, tok, cfg = tiny_pinyin_model("tiny-streaming-zh")
+    am = AcousticModel(model, tok, FeatureStats((-6.0,) * 161, (3.0,) * 161), cfg,
                        PinyinToHanzi.load(REPO / "models" / "sentences-zh" / "hanzi"))
     assert am.text_lang == "zh"
     return am
