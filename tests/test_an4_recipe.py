@@ -21,7 +21,7 @@ from deepspeech.model.ds2 import DeepSpeech2
 from deepspeech.modelcard import SHIP_LIMIT_BYTES
 from deepspeech.presets import get_preset, small, tiny
 from deepspeech.training.trainer import train
-from tests.conftest import FSDD, REPO
+from tests.conftest import FSDD, REPO, run_cli
 from tests.test_importers import SR, lines, speech, write
 
 RECIPE = REPO / "recipes" / "an4.sh"
@@ -181,3 +181,21 @@ def test_recipe_import_step(shared_data: Path, tmp_path: Path) -> None:
     again = run_recipe(clone, "import")
     assert again.returncode == 0 and again.stdout == ""
     assert [(data / f"{s}.jsonl").stat().st_mtime_ns for s in utts] == stamps
+
+
+@pytest.mark.shared_data
+def test_shipped_an4_en_reads_its_card(shared_data: Path, tmp_path: Path) -> None:
+    """models/an4-en on AN4 test (imported from the kit as the recipe does) reads the greedy WER/CER its card and
+    the README state, and beats deepspeech.pytorch's published 9.573% WER / 5.515% CER (issue 30)."""
+    clone = sandbox(tmp_path)
+    (tmp_path / "shared").symlink_to(shared_data.parent)
+    assert run_recipe(clone, "import").returncode == 0
+    test = clone / "data" / "an4" / "test.jsonl"
+    res = run_cli("eval", "--model", str(REPO / "models" / "an4-en"), "--manifest", str(test), "--format", "json",
+                  "--no-progress")
+    assert res.returncode == 0, res.stderr[-2000:]
+    got = json.loads(res.stdout)
+    card = json.loads((REPO / "models" / "an4-en" / "metrics.json").read_text())
+    assert got["n"] == 130 and abs(got["wer"] - card["test"]["wer"]) < 0.005, (got, card["test"])
+    assert abs(got["cer"] - card["test"]["cer"]) < 0.005
+    assert got["wer"] < 0.09573 and got["cer"] < 0.05515
