@@ -9,8 +9,8 @@ each file, plus train transcripts; test.txt = those last 1,000-line blocks). Giv
 Bits per character: every test line is scored on its own, as a rescorer scores a hypothesis, conditioned on a
 newline (the previous line's end, KenLM's ``<s>``), every character of the line and its closing newline predicted:
 bpc = sum of -ln p / (ln 2 * characters). Characters never seen in training map to the tokenizer's unknown id (the
-n-gram's ``<unk>``) and are scored like any other. Lines longer than the model's context are scored in windows of
-s tokens advancing by s/2 (each character keeps at least s/2 characters of context).
+n-gram's ``<unk>``) and are scored like any other. The scoring is the rescorer's own (lm.scorer.NeuralLM: lines
+longer than the model's context in windows of s tokens advancing by s/2).
 
 Training: lm.train.train, one process, the same global batch, sequence length, AdamW and cosine schedule for every
 family (steps = tokens / (batch * s)); checkpoints in lm.train's format under OUT/LANG/tokens-N/PRESET/checkpoint
@@ -41,7 +41,7 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
@@ -56,6 +56,7 @@ from deepspeech.parallel.sharded_checkpoint import CONFIG  # noqa: E402
 from lm.families import PRESETS, PRESETS_10M  # noqa: E402
 from lm.gpt import GPT, GPTConfig  # noqa: E402
 from lm.ngram import kenlm_binary  # noqa: E402
+from lm.scorer import NeuralLM  # noqa: E402
 from lm.tokenizer import CharTokenizer  # noqa: E402
 from lm.train import LMTrainConfig, build_optimizer, train  # noqa: E402
 
@@ -95,66 +96,14 @@ class BpcConfig:
 
 # ---- bits per character of a neural LM ----
 
-def line_ids(tokenizer: CharTokenizer, line: str) -> list[int]:
-    """The ids a line is scored on: the conditioning newline, the line, its closing newline (scored: all but the
-    first)."""
-    return tokenizer.encode("\n" + line + "\n")
-
-
-def _windows(n: int, seq_len: int) -> list[tuple[int, int, int]]:
-    """(start, end, first scored) input windows over n inputs (targets 0..n-1): the first window scores all it
-    holds; each later one ends seq_len // 2 further, holds seq_len inputs and scores only its new targets, so every
-    target keeps at least seq_len // 2 earlier inputs of context."""
-    stride = max(1, seq_len // 2)
-    out = [(0, min(n, seq_len), 0)]
-    scored = min(n, seq_len)
-    while scored < n:
-        end = min(n, scored + stride)
-        out.append((end - seq_len, end, scored))
-        scored = end
-    return out
-
-
-@torch.no_grad()
-def sequence_nll(logits_fn: Callable[[torch.Tensor], torch.Tensor], sequences: Sequence[Sequence[int]],
-                 seq_len: int, batch: int = 16) -> tuple[float, int]:
-    """Summed natural-log loss (nats) of predicting ids[1:] from ids[:-1] for each sequence, and the count of
-    predicted tokens. ``logits_fn``: tokens (b, s) -> logits (b, s, v). Sequences longer than ``seq_len`` inputs
-    are cut into :func:`_windows`; pieces are batched by length (right padding: the models are causal)."""
-    pieces: list[tuple[list[int], list[int], int]] = []  # (inputs, targets, first scored position in the piece)
-    for ids in sequences:
-        ids = list(ids)
-        n = len(ids) - 1
-        for start, end, first in _windows(n, seq_len):
-            pieces.append((ids[start:end], ids[start + 1: end + 1], first - start))
-    pieces.sort(key=lambda p: len(p[0]))
-    total, count = 0.0, 0
-    for i in range(0, len(pieces), batch):
-        group = pieces[i: i + batch]
-        width = max(len(p[0]) for p in group)
-        x = torch.zeros(len(group), width, dtype=torch.long)
-        y = torch.zeros(len(group), width, dtype=torch.long)
-        mask = torch.zeros(len(group), width, dtype=torch.bool)
-        for r, (inp, tgt, first) in enumerate(group):
-            x[r, : len(inp)] = torch.tensor(inp)
-            y[r, : len(tgt)] = torch.tensor(tgt)
-            mask[r, first: len(tgt)] = True
-        logp = torch.log_softmax(logits_fn(x).float(), dim=-1)  # (b, s, v)
-        picked = logp.gather(-1, y.unsqueeze(-1)).squeeze(-1)  # (b, s)
-        total -= picked[mask].double().sum().item()
-        count += int(mask.sum().item())
-    return total, count
-
-
-def gpt_logits(model: GPT) -> Callable[[torch.Tensor], torch.Tensor]:
-    """tokens (b, s) -> logits (b, s, v) of a one-rank lm.gpt.GPT (its own layout is (s, b, v))."""
-    model.eval()
-    return lambda tokens: model(tokens)[0].transpose(0, 1)
-
-
 def neural_bpc(model: GPT, tokenizer: CharTokenizer, lines: Sequence[str], batch: int = 16) -> tuple[float, int]:
-    """(bits per character, characters scored) of ``lines`` (each line's closing newline included)."""
-    nll, n = sequence_nll(gpt_logits(model), [line_ids(tokenizer, ln) for ln in lines], model.cfg.seq_len, batch)
+    """(bits per character, characters scored) of ``lines``, each scored as rescoring scores a sentence
+    (:class:`lm.scorer.NeuralLM`: "\\n" + line + "\\n", the first newline as context, windows past seq_len), so
+    every character and each closing newline counts; ``batch`` lines a forward, shortest first (less padding)."""
+    scorer = NeuralLM(model, tokenizer)
+    ordered = sorted(lines, key=len)
+    nll = -sum(sum(scorer.log_probs(ordered[i: i + batch])) for i in range(0, len(ordered), batch))
+    n = sum(len(line) + 1 for line in lines)
     return nll / (n * LN2), n
 
 

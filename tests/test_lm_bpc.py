@@ -1,5 +1,6 @@
-"""bench/lm_bpc.py's measurements: bits per character of a neural LM (a uniform model gives log2 V exactly; a
-bigram table's loss as computed by hand; padding and windows change nothing), of a KenLM character n-gram (the
+"""bench/lm_bpc.py's measurements: bits per character of a neural LM (a uniform model gives log2 V exactly, long
+lines scored in windows included; padding and batching change nothing; the scoring itself is lm.scorer's, tested
+in tests/test_rescore.py), of a KenLM character n-gram (the
 ARPA back-off scorer agrees with KenLM's own query), and the ~10M presets' sizes."""
 
 from __future__ import annotations
@@ -14,12 +15,10 @@ import torch
 from bench.lm_bpc import (
     EOS,
     BpcConfig,
-    _windows,
     build_char_ngram,
     char_tokens,
     neural_bpc,
     ngram_bpc,
-    sequence_nll,
 )
 from lm.families import PRESETS, PRESETS_10M, parameter_count
 from lm.gpt import GPT, gpt_tiny
@@ -39,29 +38,6 @@ def test_uniform_model_gives_log2_vocabulary() -> None:
     bpc, n = neural_bpc(model, tok, LINES, batch=3)
     assert n == sum(len(line) + 1 for line in LINES)  # every character and each closing newline
     assert bpc == pytest.approx(math.log2(32), abs=1e-6)
-
-
-def test_bigram_table_loss_by_hand() -> None:
-    """A fixed bigram table as the model: the summed loss equals the sum of -ln q(next | previous) over every
-    predicted token, with batching, padding and windows (s = 4) in between."""
-    v = 6
-    q = torch.log_softmax(torch.randn(v, v, generator=torch.Generator().manual_seed(0)), dim=-1)
-    seqs = [[0, 1, 2, 3, 4, 5, 1, 2, 3, 0, 4], [2, 3], [5, 5, 5, 1], [1, 0, 2, 3, 4, 5, 0, 1, 2]]
-    nll, n = sequence_nll(lambda x: q[x], seqs, seq_len=4, batch=2)
-    by_hand = -sum(q[a, b].item() for s in seqs for a, b in zip(s[:-1], s[1:], strict=True))
-    assert n == sum(len(s) - 1 for s in seqs)
-    assert nll == pytest.approx(by_hand, rel=1e-6)
-
-
-@pytest.mark.parametrize("seq_len", [1, 2, 5, 16])
-def test_windows_score_each_target_once_with_half_context(seq_len: int) -> None:
-    for n in range(1, 60):
-        scored = []
-        for start, end, first in _windows(n, seq_len):
-            assert 0 <= start <= first < end <= n and end - start <= seq_len
-            assert first == 0 or first - start >= seq_len // 2
-            scored += range(first, end)
-        assert scored == list(range(n))
 
 
 @pytest.mark.parametrize("preset", ["gpt-tiny", "mamba2-tiny"])
