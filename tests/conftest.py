@@ -85,3 +85,12 @@ def tiny_pinyin_model(preset: str):  # type: ignore[no-untyped-def]
     with torch.no_grad():
         model.fc.bias.copy_(torch.linspace(-1.0, 1.0, len(tok)))
     return model.eval(), tok, cfg
+
+
+@pytest.fixture(scope="module")
+def gloo2():  # type: ignore[no-untyped-def]
+    """Two gloo worker processes for one test module's parallel jobs (deepspeech.parallel.workers)."""
+    from deepspeech.parallel.workers import GlooWorkers
+
+    with GlooWorkers(2, timeout_s=120) as pool:
+        yield pool

@@ -8,7 +8,6 @@ seed, then its shard, and compares logits, loss and gradient shards.
 from __future__ import annotations
 
 import json
-from collections.abc import Iterator
 from dataclasses import replace
 from pathlib import Path
 from typing import Any
@@ -42,12 +41,6 @@ BLOOM = replace(bloom_tiny(), **SHAPE, dropout=0.1)  # dropout on: the masks mus
 NEMOTRON = replace(nemotron4_tiny(), **SHAPE)  # 4 query heads in 2 groups: one group per rank at TP=2
 SHAPE_GPT = GPTConfig(**SHAPE, heads=4)
 ONE = ParallelState(ParallelDims())
-
-
-@pytest.fixture(scope="module")
-def gloo2() -> Iterator[GlooWorkers]:
-    with GlooWorkers(2, timeout_s=120) as pool:
-        yield pool
 
 
 def _job_tp(cases: list[GPTConfig]) -> list[dict[str, Any]]:

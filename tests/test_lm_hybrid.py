@@ -8,7 +8,6 @@ seed, then its shard, and compares logits, loss and every gradient shard) and te
 from __future__ import annotations
 
 import json
-from collections.abc import Iterator
 from dataclasses import replace
 from pathlib import Path
 
@@ -30,12 +29,6 @@ from tests.test_parallel_tp import ATOL, RTOL, TEXT, _compare, _run
 # TP=2); chunk 4 so that s = 16 spans 4 chunks of the scan (8 under sequence parallelism's gathered input too).
 MAMBA = replace(mamba2_tiny(), **SHAPE, mamba=replace(mamba2_tiny().mamba, chunk_size=4), dropout=0.1)
 HYBRID = replace(mamba2_hybrid_tiny(), **SHAPE, mamba=MAMBA.mamba, dropout=0.1)
-
-
-@pytest.fixture(scope="module")
-def gloo2() -> Iterator[GlooWorkers]:
-    with GlooWorkers(2, timeout_s=120) as pool:
-        yield pool
 
 
 def _job_tp(cases: list[GPTConfig]) -> list[dict[str, object]]:
