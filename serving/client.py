@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import soxr
 import websockets
 
 from deepspeech.frontend.audio import SAMPLE_RATE, load_audio
@@ -42,12 +43,17 @@ def to_pcm16(audio: np.ndarray) -> bytes:
 
 async def stream_pcm(pcm: bytes, url: str, chunk_ms: float = 100.0, realtime: float = 1.0,
                      api_key: str | None = None, on_message: Callable[[dict[str, Any]], None] | None = None,
-                     open_timeout: float = 10.0, start: dict[str, Any] | None = None) -> StreamResult:
-    """Send 16 kHz 16-bit mono ``pcm`` in ``chunk_ms`` frames, ``realtime`` times real time (0 = as fast as
-    possible), then ``{"type": "end"}``; return the final result(s), partials and per-partial latencies. ``start``:
-    the fields of a first ``{"type": "start"}`` message (endpointing, alternatives, hotwords, ...)."""
+                     open_timeout: float = 10.0, start: dict[str, Any] | None = None,
+                     sample_rate: int = SAMPLE_RATE) -> StreamResult:
+    """Send 16-bit mono ``pcm`` of ``sample_rate`` Hz in ``chunk_ms`` frames, ``realtime`` times real time (0 = as
+    fast as possible), then ``{"type": "end"}``; return the final result(s), partials and per-partial latencies.
+    ``start``: the fields of a first ``{"type": "start"}`` message (endpointing, alternatives, hotwords, ...); a
+    ``sample_rate`` other than 16 kHz needs it (it declares the rate), and without it nothing is sent before the
+    audio (the protocol as it was before the start message)."""
+    if sample_rate != SAMPLE_RATE and (start is None or start.get("sample_rate") != sample_rate):
+        raise ValueError(f"PCM at {sample_rate} Hz needs a start message declaring sample_rate={sample_rate}")
     headers = {"Authorization": f"Bearer {api_key}"} if api_key else None
-    step = max(2, int(SAMPLE_RATE * chunk_ms / 1000) * 2)
+    step = max(2, int(sample_rate * chunk_ms / 1000) * 2)
     sent_at: dict[float, float] = {}  # audio_ms at the end of a frame (0.1 ms) -> send time
     result = StreamResult()
     async with websockets.connect(url, additional_headers=headers, max_size=2**24, open_timeout=open_timeout,
@@ -84,7 +90,7 @@ async def stream_pcm(pcm: bytes, url: str, chunk_ms: float = 100.0, realtime: fl
                     due = began + k * chunk_ms / 1000 / realtime
                     await asyncio.sleep(max(0.0, due - time.perf_counter()))
                 frame = pcm[off: off + step]
-                sent_at[round((off + len(frame)) / 2 * 1000 / SAMPLE_RATE, 1)] = time.perf_counter()
+                sent_at[round((off + len(frame)) / 2 * 1000 / sample_rate, 1)] = time.perf_counter()
                 await ws.send(frame)
             await ws.send(json.dumps({"type": "end"}))
         except websockets.ConnectionClosed:
@@ -94,6 +100,10 @@ async def stream_pcm(pcm: bytes, url: str, chunk_ms: float = 100.0, realtime: fl
     return result
 
 
-async def stream_file(path: str | Path, url: str, **kwargs: Any) -> StreamResult:
-    """:func:`stream_pcm` of any audio file (decoded and resampled to 16 kHz first)."""
-    return await stream_pcm(to_pcm16(load_audio(path)), url, **kwargs)
+async def stream_file(path: str | Path, url: str, sample_rate: int = SAMPLE_RATE, **kwargs: Any) -> StreamResult:
+    """:func:`stream_pcm` of any audio file, decoded and resampled to ``sample_rate`` Hz first (16 kHz: the
+    server's own rate; another rate must be declared in ``start``, and the server resamples it back)."""
+    audio = load_audio(path)
+    if sample_rate != SAMPLE_RATE:
+        audio = soxr.resample(audio, SAMPLE_RATE, sample_rate).astype(np.float32)
+    return await stream_pcm(to_pcm16(audio), url, sample_rate=sample_rate, **kwargs)

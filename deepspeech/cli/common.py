@@ -70,7 +70,7 @@ def add_decoder_args(p: argparse.ArgumentParser) -> None:
                    help="boost this word or phrase, also one outside the LM (repeatable; flashlight: "
                    "English and pinyin models)")
     g.add_argument("--hotword-weight", type=float, help="flashlight: natural-log bonus per hotword word (default "
-                   "12); pyctcdecode: its hotword weight (default 10)")
+                   "12; pinyin models: 8 per syllable); pyctcdecode: its hotword weight (default 10)")
     g.add_argument("--rescore", metavar="LM_DIR", help="re-rank the beam's N best with this neural LM (`deepspeech "
                    "lm export`; implies --decoder beam; weights from the model's rescore.json)")
     g.add_argument("--nbest", type=int, help="hypotheses to rescore (default: rescore.json's, else "

@@ -9,6 +9,7 @@ import json
 import os
 import sys
 from collections.abc import Sequence
+from pathlib import Path
 from typing import Any
 
 from deepspeech.cli.common import Subparsers, add_command, add_common, log
@@ -71,7 +72,88 @@ def add_parser(subparsers: Subparsers, argv: Sequence[str] | None = None) -> Non
         p.add_argument("--api-key", help="API key (or set DEEPSPEECH_API_KEY)")
         p.add_argument("--format", choices=["text", "json"], default="text")
         p.add_argument("--quiet", action="store_true", help="no live partial results on stderr")
+        _add_start_args(p)
         add_common(p)
+
+
+def _add_start_args(p: argparse.ArgumentParser) -> None:
+    """The start message's options (docs/streaming-api.md). Each defaults to None, "not sent": the server's
+    defaults (:class:`serving.options.StreamOptions`, :class:`EndpointConfig`), shown in the help, then apply."""
+    from serving.options import StreamOptions  # imports torch (EndpointConfig): built only for `stream`
+
+    d = StreamOptions()
+    from deepspeech.inference.streaming import EndpointConfig
+
+    e = EndpointConfig()
+    g = p.add_argument_group("stream options (any of them sends a start message first; none: the old protocol)")
+    g.add_argument("--sample-rate", type=int, metavar="HZ",
+                   help=f"send the PCM at this rate (the server resamples it; default {d.sample_rate})")
+    g.add_argument("--hotword", action="append", dest="hotwords", metavar="WORD",
+                   help="boost this word or phrase in the finals' beam search (repeatable)")
+    g.add_argument("--hotwords-file", metavar="FILE", help="hotwords, one per line (UTF-8; blank lines and lines "
+                   "starting with # are skipped)")
+    g.add_argument("--hotword-weight", type=float, metavar="W", help="their boost (default: the server decoder's)")
+    g.add_argument("--alternatives", type=int, metavar="N",
+                   help=f"N-best entries listed with each final (default {d.alternatives})")
+    g.add_argument("--partial-interval-ms", type=float, metavar="MS",
+                   help=f"at least this much audio between two partials (default {d.partial_interval_ms:g})")
+    g.add_argument("--endpoint", action="store_true",
+                   help="cut the stream into segments at pauses, one final each (printed as they come)")
+    for name, value, what in (
+            ("silence_after_speech_s", e.silence_after_speech_s, "rule 2: close a segment after this much silence"),
+            ("max_segment_s", e.max_segment_s, "rule 3: close a segment this long"),
+            ("quiet_dbfs", e.quiet_dbfs, "a 20 ms span at most this loud is silence"),
+            ("preroll_s", e.preroll_s, "silence kept before a segment's speech"),
+            ("tail_s", e.tail_s, "silence kept after it")):
+        g.add_argument("--" + name.replace("_", "-"), dest=name, type=float, metavar="DBFS" if "dbfs" in name else "S",
+                       help=f"endpointing (implies --endpoint): {what} (default {value:g})")
+
+
+ENDPOINT_ARGS = ("silence_after_speech_s", "max_segment_s", "quiet_dbfs", "preroll_s", "tail_s")
+
+
+def start_message(args: argparse.Namespace) -> dict[str, Any] | None:
+    """The start message's fields from the `stream` options (None when none was given: nothing is sent). Values
+    are not checked here: the server's bounds are the ones that count, and its refusal is one error line."""
+    start: dict[str, Any] = {}
+    if args.sample_rate is not None:
+        if args.sample_rate < 1:
+            raise StartError(f"--sample-rate must be a positive number of Hz, got {args.sample_rate}")
+        start["sample_rate"] = args.sample_rate
+    words = list(args.hotwords or [])
+    if args.hotwords_file:
+        try:
+            lines = Path(args.hotwords_file).read_text(encoding="utf-8").splitlines()
+        except (OSError, UnicodeDecodeError) as e:
+            raise StartError(f"cannot read --hotwords-file {args.hotwords_file}: {e}") from None
+        words += [w.strip() for w in lines if w.strip() and not w.lstrip().startswith("#")]
+    if words or args.hotwords_file:
+        start["hotwords"] = words
+    if args.hotword_weight is not None:
+        start["hotword_weight"] = args.hotword_weight
+    if args.alternatives is not None:
+        start["alternatives"] = args.alternatives
+    if args.partial_interval_ms is not None:
+        start["partial_interval_ms"] = args.partial_interval_ms
+    rules = {k: getattr(args, k) for k in ENDPOINT_ARGS if getattr(args, k) is not None}
+    if rules:
+        start["endpointing"] = rules
+    elif args.endpoint:
+        start["endpointing"] = True
+    return start or None
+
+
+class StartError(ValueError):
+    """A `stream` option that cannot be turned into a start message (an unreadable hotwords file)."""
+
+
+def format_final(msg: dict[str, Any]) -> list[str]:
+    """Text lines of one final: its text (with endpointing ``[start - end] text``, seconds of the stream), then
+    its alternatives when it lists them, one per line: ``  confidence  text``."""
+    text = msg.get("text", "")
+    lines = [f"[{msg['start']:8.2f} - {msg['end']:8.2f}] {text}" if "start" in msg and "end" in msg else text]
+    lines += [f"  {a['confidence']:.4f}  {a['text']}" for a in msg.get("alternatives", [])]
+    return lines
 
 
 def run_serve(args: argparse.Namespace) -> int:
@@ -95,17 +177,32 @@ def run_serve(args: argparse.Namespace) -> int:
 def run_stream(args: argparse.Namespace) -> int:
     import websockets
 
-    from deepspeech.frontend.audio import AudioError
+    from deepspeech.frontend.audio import SAMPLE_RATE, AudioError
     from serving.client import stream_file
 
+    try:
+        start = start_message(args)
+    except StartError as e:
+        log.error("%s", e)
+        return 1
+    segmented = bool(start and start.get("endpointing"))
+    live = not args.quiet and sys.stderr.isatty()
+
     def show(msg: dict[str, Any]) -> None:
-        if msg["type"] == "partial" and not args.quiet and sys.stderr.isatty():
+        if msg["type"] == "partial" and live:
             print(f"\r{msg['text'][-100:]}", end="", file=sys.stderr, flush=True)
+        elif msg["type"] == "final" and segmented and msg.get("text"):
+            if live:
+                print("\r\033[K", end="", file=sys.stderr, flush=True)
+            # segment finals as they come (one line each; the empty last one is not printed)
+            print(json.dumps(msg, ensure_ascii=False) if args.format == "json" else "\n".join(format_final(msg)),
+                  flush=True)
 
     try:
         result = asyncio.run(stream_file(args.file, args.url, chunk_ms=args.chunk_ms, realtime=args.realtime,
                                          api_key=args.api_key or os.environ.get("DEEPSPEECH_API_KEY"),
-                                         on_message=show))
+                                         on_message=show, start=start,
+                                         sample_rate=(start or {}).get("sample_rate", SAMPLE_RATE)))
     except AudioError as e:
         log.error("%s", e)
         return 1
@@ -113,13 +210,15 @@ def run_stream(args: argparse.Namespace) -> int:
         why = " ".join(str(e).split()) or type(e).__name__
         log.error("cannot stream to %s: %s", args.url, why)
         return 1
-    if sys.stderr.isatty() and not args.quiet:
+    if live:
         print(file=sys.stderr)
     if result.error or result.final is None:
         log.error("stream failed: %s (close code %s)", result.error or "no final result", result.close_code)
         return 1
+    if segmented:
+        return 0  # every final is printed already
     if args.format == "json":
         print(json.dumps(result.final, ensure_ascii=False))
     else:
-        print(result.final["text"])
+        print("\n".join(format_final(result.final)))
     return 0

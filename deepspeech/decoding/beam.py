@@ -7,7 +7,8 @@ Two backends over the same KenLM directory (:mod:`lm.ngram`):
 - ``pyctcdecode``: open vocabulary (words outside the LM get ``unk_score``), hotwords;
 - ``flashlight``: flashlight-text's C++ decoders; English uses the ``LexiconDecoder`` (closed vocabulary: the LM's
   words, spelt letter by letter, a space closing each word), Mandarin the ``LexiconFreeDecoder`` over characters.
-  English hotwords (contextual biasing, words outside the LM included) are :mod:`deepspeech.decoding.hotwords`.
+  Hotwords (contextual biasing: English words outside the LM included, a pinyin model's hotwords in characters or
+  pinyin, biased as phrases) are :mod:`deepspeech.decoding.hotwords`.
 
 Both implement the decoder protocol (:class:`deepspeech.decoding.hypothesis.Decoder`: (T, V) log-probabilities -> N-best
 :class:`~deepspeech.decoding.hypothesis.Hypothesis` list) and first apply DS2's pruning: per frame only the most
@@ -23,7 +24,7 @@ import dataclasses
 import json
 import logging
 import math
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -31,6 +32,7 @@ from typing import Any
 import numpy as np
 
 from deepspeech.decoding.greedy import GreedyDecoder
+from deepspeech.decoding.hanzi import HOTWORDS_KEY
 from deepspeech.decoding.hypothesis import Decoder, Hypothesis, Word, path_words
 from deepspeech.decoding.kenlm import NgramLM, load_kenlm
 from deepspeech.text import BLANK, UNK, CharTokenizer
@@ -45,6 +47,10 @@ PYCTCDECODE_HOTWORD_WEIGHT = 10.0  # pyctcdecode's own default
 # Natural-log bonus per completed hotword word (flashlight): bench/hotwords.py's choice on its dev names with
 # sentences-en (the largest of 4-12 that left the WER of sentences without names unchanged).
 FLASHLIGHT_HOTWORD_WEIGHT = 12.0
+# The same per syllable for pinyin models (a phrase of n syllables earns n times it on completion): bench/hotwords.py
+# --lang zh's choice on its dev names with sentences-zh (the largest of 1-12 that left the CER of sentences without
+# names unchanged; 4-8 all recognised every dev name, 12 raised that CER).
+PINYIN_HOTWORD_WEIGHT = 8.0
 UNK_WORD = "<unk>"  # a word every KenLM model scores (as its unknown word)
 
 
@@ -66,7 +72,8 @@ class BeamConfig:
     token_min_logp: float = -5.0
     unk_score: float = -10.0  # log score of a word outside the LM vocabulary (pyctcdecode; flashlight: closed)
     # Words/phrases to boost (contextual biasing), and the boost: pyctcdecode's hotword weight (None: 10), or for
-    # flashlight the natural-log bonus per hotword word (None: FLASHLIGHT_HOTWORD_WEIGHT; :mod:`.hotwords`).
+    # flashlight the natural-log bonus per hotword word (None: FLASHLIGHT_HOTWORD_WEIGHT; pinyin models: per
+    # syllable, PINYIN_HOTWORD_WEIGHT; :mod:`.hotwords`).
     hotwords: tuple[str, ...] = ()
     hotword_weight: float | None = None
     nbest: int = 1
@@ -119,8 +126,12 @@ def best_hypothesis(logp: np.ndarray, tokenizer: CharTokenizer, decoder: Decoder
 class BeamSearchDecoder:
     """Beam search over one model's symbols with an optional KenLM directory; one instance serves many calls."""
 
-    def __init__(self, tokenizer: CharTokenizer, lm: NgramLM | None, cfg: BeamConfig) -> None:
+    def __init__(self, tokenizer: CharTokenizer, lm: NgramLM | None, cfg: BeamConfig,
+                 readings: Mapping[str, Sequence[str]] | None = None) -> None:
+        """``readings``: a pinyin model's character -> syllables (its ``hanzi/`` lexicon,
+        :func:`deepspeech.decoding.hanzi.load_readings`), to read hotwords given in characters."""
         self.tokenizer, self.lm, self.cfg = tokenizer, lm, cfg
+        self._set_hotwords(readings)
         if lm is not None and (lm.unit == "word") != (tokenizer.metric_lang == "en"):
             raise DecoderError(f"a {lm.unit}-level LM does not fit a {tokenizer.lang} {tokenizer.units} model "
                                "(English and pinyin need a word LM, Mandarin characters a character LM; a pinyin "
@@ -141,11 +152,24 @@ class BeamSearchDecoder:
                                   hotword_weight=self.cfg.hotword_weight if hotword_weight is None else hotword_weight)
         new = object.__new__(BeamSearchDecoder)
         new.tokenizer, new.lm, new.cfg, new._scorer = self.tokenizer, self.lm, cfg, self._scorer
+        new._set_hotwords(self.readings)
         if isinstance(self._impl, _Flashlight):
             new._impl = _Flashlight(new, self._impl if self._impl.lexicon else None)
         else:
             new._impl = _PyCtcDecode(new, self._impl)
         return new
+
+    def _set_hotwords(self, readings: Mapping[str, Sequence[str]] | None) -> None:
+        """A pinyin model's hotwords as syllable sequences (:func:`.hotwords.pinyin_hotwords`), and those given in
+        characters as the conversion's hint (:data:`.hanzi.HOTWORDS_KEY`)."""
+        self.readings = readings
+        self.pinyin_hot: list[Any] = []
+        self._hanzi_hint: tuple[tuple[tuple[str, ...], str], ...] = ()
+        if self.tokenizer.units == "pinyin" and self.cfg.hotwords:
+            from deepspeech.decoding.hotwords import pinyin_hotwords
+
+            self.pinyin_hot = pinyin_hotwords(self.cfg.hotwords, readings or {})
+            self._hanzi_hint = tuple((h.syllables, h.characters) for h in self.pinyin_hot if h.characters)
 
     def lm_logprob(self, text: str) -> float:
         """Natural-log LM probability of a decoded text (0 without an LM)."""
@@ -163,6 +187,8 @@ class BeamSearchDecoder:
         logp = prune_cumulative(np.ascontiguousarray(logp, dtype=np.float32), self.cfg.cutoff_prob,
                                 self.cfg.cutoff_top_n)
         hyps = self._impl.decode(logp)
+        if self._hanzi_hint:  # for the pinyin-to-character conversion (hypothesis_to_characters)
+            hyps = [dataclasses.replace(h, extra={**h.extra, HOTWORDS_KEY: self._hanzi_hint}) for h in hyps]
         return hyps[: self.cfg.nbest] or [Hypothesis("")]
 
     def decode_batch(self, logp: np.ndarray, lengths: Sequence[int]) -> list[list[Hypothesis]]:
@@ -197,9 +223,12 @@ class _PyCtcDecode:
 
     def decode(self, logp: np.ndarray) -> list[Hypothesis]:
         cfg, owner = self.owner.cfg, self.owner
+        # pyctcdecode biases phrases itself: a pinyin model's hotwords go in as their syllable sequences
+        hot = [" ".join(h.syllables) for h in owner.pinyin_hot] if owner.tokenizer.units == "pinyin" \
+            else list(cfg.hotwords)
         beams = self.decoder.decode_beams(logp, beam_width=cfg.beam_width, beam_prune_logp=-cfg.beam_threshold,
                                           token_min_logp=cfg.token_min_logp,
-                                          prune_history=False, hotwords=list(cfg.hotwords) or None,
+                                          prune_history=False, hotwords=hot or None,
                                           hotword_weight=PYCTCDECODE_HOTWORD_WEIGHT if cfg.hotword_weight is None
                                           else cfg.hotword_weight)
         out = []
@@ -280,9 +309,15 @@ class _Flashlight:
         tok, cfg = self.owner.tokenizer, self.owner.cfg
         if self.lm_weight <= 0:
             raise DecoderError("hotwords with the flashlight backend need an LM weight (alpha) > 0")
-        weight = FLASHLIGHT_HOTWORD_WEIGHT if cfg.hotword_weight is None else cfg.hotword_weight
+        default = PINYIN_HOTWORD_WEIGHT if tok.units == "pinyin" else FLASHLIGHT_HOTWORD_WEIGHT
+        weight = default if cfg.hotword_weight is None else cfg.hotword_weight
         bonus_lm = weight / self.lm_weight  # in the LM's units (log10), as the decoder weighs them
-        hot = hotword_words(cfg.hotwords, (s for s in tok.symbols if s not in (BLANK, UNK, " ")))
+        phrases: list[tuple[str, ...]] = []  # a pinyin model's hotwords of several syllables
+        if tok.units == "pinyin":
+            hot = [h.syllables[0] for h in self.owner.pinyin_hot if len(h.syllables) == 1]
+            phrases = list(dict.fromkeys(h.syllables for h in self.owner.pinyin_hot if len(h.syllables) > 1))
+        else:
+            hot = hotword_words(cfg.hotwords, (s for s in tok.symbols if s not in (BLANK, UNK, " ")))
         words = self.words
         known = {words.get_index(w) for w in hot if words.contains(w)}  # type: ignore[union-attr]
         bonus: dict[int, float] = dict.fromkeys(known, bonus_lm)
@@ -298,7 +333,21 @@ class _Flashlight:
             self.extra.append(w)
             alias[k], bonus[k] = unk_k, bonus_lm
             trie.insert([tok.index[c] for c in w] + [self.sil], k, unk_score + bonus_lm)
-        return biased_lm(self.fl, self.kenlm, bonus, alias)
+        # A phrase: one entry spelling all its syllables (spaces between), one index scored as the chain of its
+        # syllables' (:mod:`.hotwords`): the bonus of n words and the n - 1 insertion bonuses it skips on
+        # completion, one word's bonus in the trie (the provisional credit).
+        chains: dict[int, list[int]] = {}
+        for syllables in phrases:
+            k = words.index_size() + len(self.extra)  # type: ignore[union-attr]
+            self.extra.append(" ".join(syllables))
+            chains[k] = [words.get_index(w) if words.contains(w) else unk_k for w in syllables]  # type: ignore
+            bonus[k] = len(syllables) * bonus_lm + (len(syllables) - 1) * cfg.beta / self.lm_weight
+            state, chained = self.kenlm.start(False), 0.0
+            for w in chains[k]:
+                state, sc = self.kenlm.score(state, w)
+                chained += sc
+            trie.insert([tok.index[c] for w in syllables for c in w + " "], k, chained + bonus_lm)
+        return biased_lm(self.fl, self.kenlm, bonus, alias, chains)
 
     def word(self, k: int) -> str:
         n = self.words.index_size()  # type: ignore[union-attr]
@@ -361,6 +410,16 @@ def build_decoder(model_dir: str | Path, tokenizer: CharTokenizer, lm_dir: str |
     settings = model_decoder_settings(model_dir)
     settings.update({k: v for k, v in overrides.items() if v is not None})
     cfg = BeamConfig(**settings)
+    readings = None
+    if tokenizer.units == "pinyin" and cfg.hotwords:  # hotwords in characters are read with the model's lexicon
+        from deepspeech.checkpoint import HANZI
+        from deepspeech.decoding.hanzi import LEXICON, HanziError, load_readings
+
+        if (Path(model_dir) / HANZI / LEXICON).is_file():
+            try:
+                readings = load_readings(Path(model_dir) / HANZI)
+            except HanziError as e:
+                raise DecoderError(str(e)) from None
     lm = None
     if use_lm:
         path = Path(lm_dir) if lm_dir else Path(model_dir) / MODEL_LM_DIR
@@ -368,4 +427,4 @@ def build_decoder(model_dir: str | Path, tokenizer: CharTokenizer, lm_dir: str |
             lm = NgramLM.load(path)
         else:
             log.warning("%s has no LM (%s): beam search without one", model_dir, path)
-    return BeamSearchDecoder(tokenizer, lm, cfg)
+    return BeamSearchDecoder(tokenizer, lm, cfg, readings)

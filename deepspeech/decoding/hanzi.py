@@ -17,6 +17,10 @@ On the synthetic dev sentences, the reference pinyin converts at 4.3% CER with e
 P(c | s) in place of P(s | c), which counts a character's frequency twice) and 8.4% with ``tone_penalty`` 1; but a
 small model hears tones worst, and on its output soft tones win (after one epoch of ``sentences-zh``: 59% CER
 against 73% with exact tones), so ``tone_penalty`` is tuned on dev output.
+
+Hotwords given in characters (:mod:`deepspeech.decoding.hotwords`) bias the conversion: where a run of recognised
+syllables equals one of a hotword's readings, the search may also write the hotword's characters for the whole run
+at once, with a bonus of ``hotword_bonus`` per character (a phrase: the run's characters together or not at all).
 """
 
 from __future__ import annotations
@@ -36,6 +40,10 @@ from deepspeech.metrics import edit_distance, error_rates
 from deepspeech.text import to_pinyin
 
 LEXICON = "lexicon.json"  # in MODEL/hanzi/, beside the character LM
+# Hypothesis.extra: the hotwords given in characters, ((syllables, characters), ...), from the beam decoder for
+# hypothesis_to_characters (which consumes it)
+HOTWORDS_KEY = "hanzi_hotwords"
+Hotwords = Sequence[tuple[tuple[str, ...], str]]
 SETTINGS = "hanzi.json"  # tuned HanziConfig (``deepspeech lm hanzi-tune``)
 _CJK_RUN = re.compile(r"[\u3400-\u4dbf\u4e00-\u9fff\uf900-\ufaff]+")
 _LOG10 = math.log(10.0)
@@ -52,6 +60,9 @@ class HanziConfig:
     lexicon_weight: float = 1.0  # w: weight of log P(syllable | character), the noisy channel, against the LM
     tone_penalty: float = 1.0  # natural-log penalty for reading a syllable with another tone
     fallback_penalty: float = 4.0  # natural-log penalty for reading an unknown spelling as the nearest known ones
+    # natural-log bonus per character for writing a hotword's characters over a run of its syllables: the LM's
+    # dislike of a rare name (a character LM gives an unseen pair of characters some -10 to -15) is what it beats
+    hotword_bonus: float = 10.0
 
 
 def pinyin_pairs(sentence: str) -> Iterator[tuple[str, str]]:
@@ -80,6 +91,21 @@ class LexiconCounter:
         lex = {s: sorted(c.items(), key=lambda kv: (-kv[1], kv[0])) for s, c in sorted(self.counts.items())}
         Path(path).write_text(json.dumps(lex, ensure_ascii=False, separators=(",", ":")), encoding="utf-8")
         return sum(len(v) for v in lex.values())
+
+
+def load_readings(lm_dir: str | Path) -> dict[str, list[str]]:
+    """character -> its syllables, most frequent first, from a ``hanzi/`` directory's pinyin lexicon (to read
+    hotwords given in characters)."""
+    path = Path(lm_dir) / LEXICON
+    try:
+        raw = json.loads(path.read_text(encoding="utf-8"))
+        counts: dict[str, Counter[str]] = defaultdict(Counter)
+        for syl, pairs in raw.items():
+            for c, n in pairs:
+                counts[str(c)][str(syl)] += int(n)
+    except (OSError, ValueError, TypeError, AttributeError) as e:
+        raise HanziError(f"{path}: unreadable or malformed ({e})") from None
+    return {c: [s for s, _ in n.most_common()] for c, n in counts.items()}
 
 
 class PinyinToHanzi:
@@ -159,39 +185,80 @@ class PinyinToHanzi:
             self._memo[syl] = sorted(merged.items(), key=lambda kv: -kv[1])[: self.cfg.candidates]
         return self._memo[syl]
 
-    def convert(self, pinyin: str) -> str:
-        """``"fa3 lv4"`` -> ``"法律"``; words that are not syllables (no tone digit) are read toneless."""
+    def convert(self, pinyin: str, hotwords: Hotwords = ()) -> str:
+        """``"fa3 lv4"`` -> ``"法律"``; words that are not syllables (no tone digit) are read toneless.
+        ``hotwords``: (syllables, characters) pairs; a run of ``syllables`` may be written as ``characters``, with
+        ``hotword_bonus`` per character."""
         syllables = pinyin.split()
         if not syllables:
             return ""
+        spans: dict[int, list[str]] = defaultdict(list)  # position -> hotword characters whose reading starts there
+        for syls, chars in hotwords:
+            n = len(syls)
+            if n != len(chars):
+                continue
+            for i in range(len(syllables) - n + 1):
+                if tuple(syllables[i: i + n]) == tuple(syls) and chars not in spans[i]:
+                    spans[i].append(chars)
         if self.lm is None:
-            return "".join(self.candidates(s)[0][0] for s in syllables)
-        w = self.cfg.lexicon_weight
+            return self._convert_without_lm(syllables, spans)
+        w, bonus = self.cfg.lexicon_weight, self.cfg.hotword_bonus
         start = self._state()
         self.lm.BeginSentenceWrite(start)
-        beam: list[tuple[float, Any, str]] = [(0.0, start, "")]
-        for syl in syllables:
-            expanded: dict[str, tuple[float, Any, str]] = {}
-            for score, state, text in beam:
+        # (score, LM state, text, characters of a hotword still to write)
+        beam: list[tuple[float, Any, str, str]] = [(0.0, start, "", "")]
+        for i, syl in enumerate(syllables):
+            expanded: dict[tuple[str, str], tuple[float, Any, str, str]] = {}
+            for score, state, text, pending in beam:
+                if pending:  # inside a hotword's run: its next character only
+                    self._extend(expanded, score, state, text, pending[0], w * self._channel(syl, pending[0]),
+                                 pending[1:])
+                    continue
                 for char, lp in self.candidates(syl):
-                    out = self._state()
-                    s = score + _LOG10 * self.lm.BaseScore(state, char, out) + w * lp
-                    # same last 4 characters = same future under an LM of order <= 5: keep the best only
-                    key = text[-3:] + char
-                    if key not in expanded or expanded[key][0] < s:
-                        expanded[key] = (s, out, text + char)
+                    self._extend(expanded, score, state, text, char, w * lp, "")
+                for chars in spans.get(i, ()):  # a hotword's run starts here: the bonus of all its characters
+                    self._extend(expanded, score + bonus * len(chars), state, text, chars[0],
+                                 w * self._channel(syl, chars[0]), chars[1:])
             beam = sorted(expanded.values(), key=lambda h: -h[0])[: self.cfg.beam]
         end = self._state()
         return max(beam, key=lambda h: h[0] + _LOG10 * self.lm.BaseScore(h[1], "</s>", end))[2]
 
+    def _extend(self, expanded: dict[tuple[str, str], tuple[float, Any, str, str]], score: float, state: Any,
+                text: str, char: str, channel: float, pending: str) -> None:
+        """Add ``text + char`` to ``expanded`` unless a better hypothesis with the same future is there."""
+        out = self._state()
+        s = score + _LOG10 * self.lm.BaseScore(state, char, out) + channel
+        # same last 4 characters (and hotword characters left to write) = same future under an LM of order <= 5
+        key = (text[-3:] + char, pending)
+        if key not in expanded or expanded[key][0] < s:
+            expanded[key] = (s, out, text + char, pending)
+
+    def _channel(self, syl: str, char: str) -> float:
+        """log P(syllable | character) of a hotword's character (0 where the lexicon does not pair them: the
+        hotword's reading is taken on trust)."""
+        return next((lp for c, lp in self.candidates(syl) if c == char), 0.0)
+
+    def _convert_without_lm(self, syllables: list[str], spans: dict[int, list[str]]) -> str:
+        out, i = [], 0
+        while i < len(syllables):
+            if spans.get(i):
+                out.append(spans[i][0])
+                i += len(spans[i][0])
+            else:
+                out.append(self.candidates(syllables[i])[0][0])
+                i += 1
+        return "".join(out)
+
 
 def hypothesis_to_characters(hyp: Hypothesis, conv: PinyinToHanzi) -> Hypothesis:
     """A pinyin hypothesis -> the same in characters: one character per syllable, each keeping its syllable's
-    output frames; the pinyin stays in ``extra["pinyin"]``."""
-    text = conv.convert(hyp.text)
+    output frames; the pinyin stays in ``extra["pinyin"]``. Hotwords the beam decoder listed in
+    ``extra[HOTWORDS_KEY]`` bias the conversion (and leave ``extra``)."""
+    text = conv.convert(hyp.text, hyp.extra.get(HOTWORDS_KEY, ()))
     words = tuple(Word(c, w.start, w.end) for c, w in zip(text, hyp.words, strict=True)) \
         if len(text) == len(hyp.words) else ()
-    return dataclasses.replace(hyp, text=text, words=words, extra={**hyp.extra, "pinyin": hyp.text})
+    extra = {k: v for k, v in hyp.extra.items() if k != HOTWORDS_KEY}
+    return dataclasses.replace(hyp, text=text, words=words, extra={**extra, "pinyin": hyp.text})
 
 
 def tune_hanzi(lm_dir: str | Path, pinyin: Sequence[str], refs: Sequence[str], tone_penalties: Sequence[float],
