@@ -10,7 +10,7 @@ import torch
 
 from deepspeech.model.config import ConvSpec, ModelConfig
 from deepspeech.model.ds2 import DeepSpeech2
-from deepspeech.model.state import FrameBuffer, StepState
+from deepspeech.model.state import FrameBuffer, StepState, time_major
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -165,8 +165,32 @@ def test_state_split_and_cat_round_trip() -> None:
     assert float(state.rnns[0].h[2].abs().max()) == 0.0
 
 
+def test_lockstep_buffers_stay_time_major_and_rows_cut_alike() -> None:
+    """Lockstep steps keep every buffer time-major (appending frames is then one contiguous copy per row, no
+    transposing gather: a speed property a layout slip would lose silently), through the engine's gather of rows
+    too; ``row(i)`` is ``split()[i]``."""
+    model = small_model("gru", "2 convs (DS2 strides)", 3)
+    x = torch.randn(4, 16, 33, generator=torch.Generator().manual_seed(8))
+    state = model.initial_state(4)
+    with torch.no_grad():
+        for a in range(0, 16, 8):
+            _, _, state = model.step(x[:, a: a + 8], [8] * 4, state, [False] * 4)
+    bufs = (*state.convs, state.lookahead)
+    assert all(b is not None and time_major(b.frames) for b in bufs)
+    rows = state.split()
+    for i, r in enumerate(rows):
+        again = state.row(i)
+        for a, b in zip((*again.convs, again.lookahead), (*r.convs, r.lookahead), strict=True):
+            assert isinstance(a, FrameBuffer) and isinstance(b, FrameBuffer)
+            assert a.lengths == b.lengths and torch.equal(a.frames, b.frames)
+        assert all(torch.equal(a.h, b.h) for a, b in zip(again.rnns, r.rnns, strict=True))
+    gathered = StepState.cat(rows)
+    assert all(b is not None and time_major(b.frames) for b in (*gathered.convs, gathered.lookahead))
+
+
 def test_new_weights_reach_the_cached_step_weights() -> None:
-    """The step keeps a channels-last copy of each convolution weight; loading other weights must refresh it."""
+    """The step keeps channels-last copies of the convolution weights with their batch norms folded in (and the
+    recurrent and output layers' folded input weights); loading other weights must refresh them all."""
     model = small_model("gru", "2 convs (DS2 strides)", 3, seed=0)
     other = small_model("gru", "2 convs (DS2 strides)", 3, seed=1)
     x = torch.randn(25, 33, generator=torch.Generator().manual_seed(7))

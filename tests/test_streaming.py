@@ -122,6 +122,28 @@ def test_each_session_carries_its_own_row_of_the_model_state() -> None:
     np.testing.assert_allclose(np.concatenate([outs[0][0], outs[1][0]]), whole(am, wavs[0]), atol=ATOL, rtol=0)
 
 
+def test_batches_reused_reordered_and_split_equal_whole_utterance() -> None:
+    """The engine hands the same sessions, stepped again together in the same order, their last batch as it is
+    (no gather, no scatter); another order, a subset or a session alone gathers rows again. Every route gives
+    each stream's whole-utterance log-probabilities."""
+    am = MODELS[("gru", 2, 10)]
+    sm = StreamingModel(am)
+    rng = np.random.default_rng(11)
+    wavs = [(rng.standard_normal(8_000) * 0.1).astype(np.float32) for _ in range(3)]
+    sessions = [sm.new_session() for _ in wavs]
+    outs: list[list[np.ndarray]] = [[] for _ in wavs]
+    order_by_step = [[0, 1, 2], [0, 1, 2], [2, 0, 1], [2, 0, 1], [0, 2], [1], [0, 1, 2]]
+    pos = [0, 0, 0]
+    for k, order in enumerate(order_by_step):
+        last = k == len(order_by_step) - 1
+        chunk = [wavs[i][pos[i]: 8_000 if last else pos[i] + 1_000] for i in order]
+        for i, lp in zip(order, sm.step([sessions[i] for i in order], chunk, [last] * len(order)), strict=True):
+            outs[i].append(lp)
+            pos[i] += 1_000
+    for w, o in zip(wavs, outs, strict=True):
+        np.testing.assert_allclose(np.concatenate(o), whole(am, w), atol=ATOL, rtol=0)
+
+
 def test_partial_text_is_the_greedy_prefix() -> None:
     am = MODELS[("gru", 2, 10)]
     sm = StreamingModel(am)

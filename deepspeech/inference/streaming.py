@@ -11,8 +11,9 @@ log-probabilities. The engine here only batches:
   zero-padded when streams sent different amounts);
 - the model's state: each :class:`StreamSession` carries its own row of the model's
   :class:`deepspeech.model.state.StepState` (convolution and lookahead buffers, recurrent hidden states); a step
-  gathers the sessions' rows into one batch, runs :meth:`deepspeech.model.ds2.DeepSpeech2.step` once, and scatters the
-  new state back;
+  gathers the sessions' rows into one batch, runs :meth:`deepspeech.model.ds2.DeepSpeech2.step` once, and hands each
+  session its row of the new state (cut out only when needed: the same sessions stepped again together, in the same
+  order, reuse that batch as it is, without a gather or a scatter);
 - the output: log-softmax of each stream's new logits, and the incrementally collapsed greedy path; partial and
   final texts go through the model's post-processing (:mod:`deepspeech.inference.recognizer`: a pinyin model writes
   characters), as every other route's do.
@@ -211,13 +212,32 @@ class StreamSession:
     """The state one stream carries between steps, and what it has produced so far."""
 
     features: FrontEndStream  # the front end's state: resampler, samples not yet in a window
-    state: StepState  # the model's state for this stream (a batch of one)
+    _own: StepState | None  # the model's state for this stream (a batch of one; None: row _row of _batch, see state)
     log_probs: list[np.ndarray] = field(default_factory=list)  # (t', V) blocks, in order (of the open segment)
     finished: bool = False
     endpointer: Endpointer | None = None  # endpointing (None: the whole stream is one segment)
     segments: list[Segment] = field(default_factory=list)  # finished segments, not yet taken by the caller
     _ids: list[int] = field(default_factory=list)  # greedy path, collapsed
     _last: int = -1
+    _batch: StepState | None = None  # the new state of the last batched step this stream was in
+    _row: int = 0  # this stream's row of it
+
+    @property
+    def state(self) -> StepState:
+        """The model's state for this stream (a batch of one). After a batched step the session holds its row of
+        the batch's new state, cut out (views) only when asked for: the engine reuses a batch stepped again whole,
+        in the same order (the server's usual case), without gathering and scattering its rows."""
+        if self._own is None:
+            assert self._batch is not None
+            self._own = self._batch.row(self._row)
+        return self._own
+
+    @state.setter
+    def state(self, value: StepState) -> None:
+        self._own, self._batch = value, None
+
+    def _hold_row(self, batch: StepState, row: int) -> None:
+        self._own, self._batch, self._row = None, batch, row
 
     @property
     def samples(self) -> int:
@@ -338,13 +358,18 @@ class StreamingModel:
             batch = feats.view(len(counts), counts[0], feats.shape[-1])
         else:
             batch = pad_sequence(list(feats.split(counts)), batch_first=True)
-        state = StepState.cat([s.state for s in sessions])
+        last = sessions[0]._batch
+        if last is not None and last.batch_size == len(sessions) and \
+                all(s._batch is last and s._row == i for i, s in enumerate(sessions)):
+            state = last  # the same streams in the same order as their last step: their batch as it is
+        else:
+            state = StepState.cat([s.state for s in sessions])
         logits, out_n, state = self.model.step(batch.to(self.device), counts, state, final)
         logp = torch.log_softmax(logits.float(), dim=-1).cpu().numpy()  # (B, T', V)
         out = []
-        for s, lp, n, row, fin in zip(sessions, logp, out_n, state.split(), final, strict=True):
+        for row, (s, lp, n, fin) in enumerate(zip(sessions, logp, out_n, final, strict=True)):
             lp = lp[:n].copy()  # a copy, not a view: a long-lived session must not keep other streams' frames alive
-            s.state = row
+            s._hold_row(state, row)
             s.log_probs.append(lp)
             for i in lp.argmax(axis=1).tolist() if lp.size else []:
                 if i != s._last and i != self.blank:

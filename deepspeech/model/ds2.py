@@ -26,10 +26,11 @@ from collections.abc import Sequence
 
 import torch
 import torch.distributed as dist
+import torch.nn.functional as F
 from torch import Tensor, nn
 
 from deepspeech.model.config import ModelConfig
-from deepspeech.model.layers import ConvBlock, Lookahead, MaskedBatchNorm, RecurrentLayer, time_mask
+from deepspeech.model.layers import ConvBlock, Lookahead, MaskedBatchNorm, RecurrentLayer, cache_key, time_mask
 from deepspeech.model.state import StepState
 
 
@@ -53,6 +54,7 @@ class DeepSpeech2(nn.Module):
         self.lookahead = Lookahead(cfg.rnn_hidden, cfg.lookahead) if cfg.lookahead > 0 else None
         self.out_bn = MaskedBatchNorm(cfg.rnn_hidden, channel_dim=-1, group=stats_group)
         self.fc = nn.Linear(cfg.rnn_hidden, cfg.vocab_size)
+        self._fc_fold: tuple[tuple[tuple[int, int], ...], tuple[Tensor, Tensor]] | None = None  # see _step_output
 
     def forward(self, feats: torch.Tensor, lengths: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """feats (B, T, F) normalised and zero-padded, lengths (B,) -> logits (B, T', V), lengths (B,)."""
@@ -73,13 +75,23 @@ class DeepSpeech2(nn.Module):
     def initial_state(self, batch: int = 1) -> StepState:
         """The state of ``batch`` streams before their first frame."""
         convs, f = [], self.cfg.n_features
-        for conv in self.convs:
-            convs.append(conv.initial_state(batch, f))
+        for conv, dtype in zip(self.convs, self.step_buffer_dtypes(), strict=True):
+            convs.append(conv.initial_state(batch, f, dtype))
             kf, sf = conv.spec.kernel[0], conv.spec.stride[0]
             f = (f + 2 * (kf // 2) - kf) // sf + 1
         rnns = tuple(rnn.initial_state(batch) for rnn in self.rnns)
         la = self.lookahead.initial_state(batch) if self.lookahead is not None else None
         return StepState(tuple(convs), rnns, la)
+
+    def step_buffer_dtypes(self) -> list[torch.dtype]:
+        """The dtype of each convolution's step buffer: the one it computes in (``ConvBlock.step_dtype``; the
+        frames are rounded to it as they arrive, so nothing waits in a wider type than it is read in), else that of
+        the previous layer's output, else the weight's."""
+        out, prev = [], None
+        for conv in self.convs:
+            out.append(conv.step_dtype or prev or conv.conv.weight.dtype)
+            prev = conv.step_dtype
+        return out
 
     def step(self, feats: Tensor, lengths: Sequence[int], state: StepState, final: Sequence[bool]
              ) -> tuple[Tensor, list[int], StepState]:
@@ -99,7 +111,9 @@ class DeepSpeech2(nn.Module):
             x, lengths, buf = conv.step(x, lengths, buf, final)
             convs.append(buf)
         b, c, f, t = x.shape
-        x = x.reshape(b, c * f, t).transpose(1, 2)  # (B, T', C*F')
+        # (B, T', C*F'), contiguous: one copy from the convolutions' time-major output (stored (B, T', F', C)) into
+        # the layout the recurrent layers' products read (a strided input costs them a copy each, or a batched product)
+        x = x.permute(0, 3, 1, 2).reshape(b, t, c * f).contiguous()
         rnns = []
         for rnn, rs in zip(self.rnns, state.rnns, strict=True):
             x, rs = rnn.step(x, lengths, rs)
@@ -108,7 +122,24 @@ class DeepSpeech2(nn.Module):
         if self.lookahead is not None:
             assert la is not None
             x, lengths, la = self.lookahead.step(x, lengths, la, final)
-        return self.fc(self.out_bn.step(x)), list(lengths), StepState(tuple(convs), tuple(rnns), la)
+        return self._step_output(x), list(lengths), StepState(tuple(convs), tuple(rnns), la)
+
+    def _step_output(self, x: Tensor) -> Tensor:
+        """The output layer of the step: x (B, T, H) -> logits (B, T, V). A float ``nn.Linear`` runs with the
+        eval-mode batch norm folded in (W * scale, W shift + b: :meth:`MaskedBatchNorm.affine`; the same sums to
+        float rounding), made once and kept while the parameters keep their storage and version; other output
+        layers (the quantized ones) take the normalised x."""
+        if type(self.fc) is not nn.Linear:
+            return self.fc(self.out_bn.step(x))
+        bn, fc = self.out_bn, self.fc
+        key = cache_key(fc.weight, fc.bias, bn.weight, bn.bias, bn.running_mean, bn.running_var)
+        cached = self._fc_fold
+        if key is None or cached is None or cached[0] != key:
+            scale, shift = bn.affine()
+            w = fc.weight.detach()
+            cached = (key, ((w * scale.to(w.dtype)).contiguous(), torch.addmv(fc.bias.detach(), w, shift.to(w.dtype))))
+            self._fc_fold = None if key is None else cached
+        return F.linear(x, *cached[1])
 
     def num_parameters(self) -> int:
         return sum(p.numel() for p in self.parameters())

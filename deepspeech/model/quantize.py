@@ -128,7 +128,7 @@ class Bf16Linear(nn.Module):
         with torch.autocast("cpu", enabled=False):
             # contiguous: a strided 3-D input (the first GRU's, from the convolutions) sends linear to a batched
             # product over a copy of the weight per row (measured 5 ms per step at 32 streams)
-            xb = x.to(torch.bfloat16, memory_format=torch.contiguous_format)
+            xb = x.to(torch.bfloat16).contiguous()
             return F.linear(xb, self.weight).float() + self.bias
 
 
@@ -144,6 +144,7 @@ class Int8GRU(nn.Module):
         self.input_size, self.hidden_size = input_size, hidden_size
         self.ih = linear(input_size, 3 * hidden_size)
         self.hh = linear(hidden_size, 3 * hidden_size)
+        self._cell: tuple[Any, Any, Any] | None = None  # see _cell_params
 
     @staticmethod
     def from_gru(gru: nn.GRU, linear: type[Int8Linear] | type[Bf16Linear] = Int8Linear) -> Int8GRU:
@@ -158,8 +159,26 @@ class Int8GRU(nn.Module):
         state's dtype and device from (the int8 weight itself is ``hh.weight_int8``)."""
         return self.hh.bias
 
+    def _cell_params(self) -> Any:
+        """ATen's dynamic int8 GRU cell parameters over the two prepacked products (remade when either is)."""
+        assert isinstance(self.ih, Int8Linear) and isinstance(self.hh, Int8Linear)
+        p_ih, p_hh = self.ih._prepacked(), self.hh._prepacked()
+        if self._cell is None or self._cell[0] is not p_ih or self._cell[1] is not p_hh:
+            cell = torch.ops.quantized.make_quantized_cell_params_dynamic(p_ih, p_hh, self.ih.bias, self.hh.bias,
+                                                                         _reduce_range())
+            self._cell = (p_ih, p_hh, cell)
+        return self._cell[2]
+
     def forward(self, x: Tensor | PackedSequence, hx: Tensor | None = None
                 ) -> tuple[Tensor | PackedSequence, Tensor]:
+        if isinstance(self.ih, Int8Linear) and isinstance(x, Tensor) and x.shape[1] > 0 and x.device.type == "cpu":
+            # ATen's dynamic quantized GRU: the same products (one input product over all T frames, one
+            # recurrent product per frame, fbgemm) and gate equations, its time loop in C++ (at 32 streams the
+            # Python loop's ~8 element-wise calls per frame cost more in dispatch than in arithmetic)
+            h0 = x.new_zeros(1, x.shape[0], self.hidden_size) if hx is None else hx.float()
+            out, h_n = torch.quantized_gru(x.float().contiguous(), h0.contiguous(), [self._cell_params()], True, 1,
+                                           0.0, False, False, True)
+            return out, h_n
         packed = isinstance(x, PackedSequence)
         if packed:
             x, lengths = pad_packed_sequence(x, batch_first=True)  # original row order
@@ -194,12 +213,24 @@ class QuantizedDeepSpeech2(DeepSpeech2):
     :class:`Bf16Linear`) and its convolutions (the 2D ones and the lookahead) in bfloat16 under CPU autocast: always
     for ``bf16`` (their weights are bfloat16 values held in float32, so autocast's casts are exact), for ``int8``
     where the CPU has native bfloat16 (:func:`native_bf16`; float32 elsewhere). Batch-norm statistics, GRU gates and
-    recurrence stay float32; it returns float32 logits and a float32 streaming state, as the float model."""
+    recurrence stay float32; it returns float32 logits, as the float model. The streaming step runs as the float
+    model's (batch norms folded into the convolutions, the lookahead in float32: :mod:`deepspeech.model.layers`)
+    with its convolutions in bfloat16, and the frames waiting between them in bfloat16 (what the next one reads);
+    ``bf16``'s step keeps its forward's arithmetic instead (``step_as_forward``), so its stream rounds as its
+    offline pass does."""
 
     def __init__(self, cfg: ModelConfig, scheme: str, stats_group: Any = None) -> None:
         super().__init__(cfg, stats_group=stats_group)
         self.scheme = QuantConfig(scheme).scheme
         self.bf16_convs = scheme == "bf16" or native_bf16()
+        for conv in self.convs:  # the step's convolutions, their outputs and buffers in bfloat16
+            conv.step_dtype = torch.bfloat16 if self.bf16_convs else None
+        # bf16 (bfloat16 everywhere) streams with its forward's roundings: its convolutions' batch norms are not
+        # folded and the lookahead is forward's bfloat16 convolution (any other rounding of a bfloat16 value moves
+        # some probabilities by ~0.015); int8's activation quantisation differs per call anyway (test_quantize.py)
+        for layer in (*self.convs, self.lookahead):
+            if layer is not None:
+                layer.step_as_forward = self.scheme == "bf16"
         _swap_modules(self, None, Bf16Linear if scheme == "bf16" else Int8Linear)
 
     def _autocast(self, x: Tensor) -> torch.autocast:
@@ -213,16 +244,19 @@ class QuantizedDeepSpeech2(DeepSpeech2):
     def step(self, feats: Tensor, lengths: Any, state: StepState, final: Any) -> tuple[Tensor, list[int], StepState]:
         with self._autocast(feats):
             logits, out_n, state = super().step(feats, lengths, state, final)
-        return logits.float(), out_n, _float_state(state)
+        return logits.float(), out_n, self._state_dtypes(state)
 
-
-def _float_state(state: StepState) -> StepState:
-    """The step state with its buffered frames in float32 (a bf16 layer output may sit in a buffer): sessions
-    gathered into one batch must share a dtype, and a new session starts with float32 zeros."""
-    def f(b: FrameBuffer) -> FrameBuffer:
-        return b if b.frames.dtype == torch.float32 else FrameBuffer(b.frames.float(), b.lengths)
-    la = None if state.lookahead is None else f(state.lookahead)
-    return StepState(tuple(f(b) for b in state.convs), state.rnns, la)
+    def _state_dtypes(self, state: StepState) -> StepState:
+        """The step state with each buffer in the dtype ``initial_state`` gives it (a bfloat16 convolution's
+        outputs wait in bfloat16, the features and the lookahead's GRU outputs in float32): sessions gathered into
+        one batch must share a dtype. A no-op unless a step's output came out in another dtype."""
+        def f(b: FrameBuffer, dtype: torch.dtype) -> FrameBuffer:
+            return b if b.frames.dtype == dtype else FrameBuffer(b.frames.to(dtype), b.lengths)
+        convs = [f(buf, dt) for buf, dt in zip(state.convs, self.step_buffer_dtypes(), strict=True)]
+        la = state.lookahead
+        if la is not None and self.lookahead is not None:
+            la = f(la, self.lookahead.conv.weight.dtype)
+        return StepState(tuple(convs), state.rnns, la)
 
 
 def _swap_modules(model: DeepSpeech2, src: DeepSpeech2 | None, linear: type[Int8Linear] | type[Bf16Linear]

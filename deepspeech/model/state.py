@@ -4,7 +4,8 @@ between calls (:class:`StepState`: per convolution and the lookahead the input f
 layers' ``step`` methods share (:func:`advance`, :func:`busy_rows`, :func:`scatter_rows`).
 
 Batched over B streams; row i of a batch is stream i. A stream's own state is a batch of one: the streaming engine
-gathers its sessions' states with ``cat`` and scatters the new state with ``split``.
+gathers its sessions' states with ``cat`` and gives each session its ``row`` of the new state (cut out only when
+needed: a batch stepped again as a whole is reused as it is).
 """
 
 from __future__ import annotations
@@ -38,14 +39,20 @@ class FrameBuffer:
         width = max(lengths, default=0)
         frames = [b.frames for b in buffers]
         if all(f.shape[-1] == width for f in frames):
-            return FrameBuffer(torch.cat(frames), lengths)
-        out = frames[0].new_zeros(len(lengths), *frames[0].shape[1:-1], width)
+            return FrameBuffer(_cat_time(frames, 0), lengths)
+        out = _zeros_time_major(frames[0], len(lengths), *frames[0].shape[1:-1], width)
         row = 0
         for f in frames:
             w = min(f.shape[-1], width)
             out[row: row + f.shape[0], ..., :w] = f[..., :w]
             row += f.shape[0]
         return FrameBuffer(out, lengths)
+
+    def row(self, i: int) -> FrameBuffer:
+        """Row i's buffer, trimmed to its length (a view): ``split()[i]``."""
+        n = self.lengths[i]
+        frames = self.frames[i: i + 1]
+        return FrameBuffer(frames if frames.shape[-1] == n else frames[..., :n], (n,))
 
     def split(self) -> list[FrameBuffer]:
         """One buffer per row, each trimmed to its length (views, no copies)."""
@@ -69,6 +76,9 @@ class RecurrentState:
             return states[0]
         c = None if states[0].c is None else torch.cat([s.c for s in states])  # type: ignore[misc]
         return RecurrentState(torch.cat([s.h for s in states]), c)
+
+    def row(self, i: int) -> RecurrentState:
+        return RecurrentState(self.h[i: i + 1], None if self.c is None else self.c[i: i + 1])
 
     def split(self) -> list[RecurrentState]:
         if self.h.shape[0] == 1:
@@ -101,6 +111,11 @@ class StepState:
         la = None if states[0].lookahead is None else FrameBuffer.cat([s.lookahead for s in states])  # type: ignore[misc]
         return StepState(convs, rnns, la)
 
+    def row(self, i: int) -> StepState:
+        """Stream i's own state (views of this one's tensors): ``split()[i]`` without cutting the other rows."""
+        la = None if self.lookahead is None else self.lookahead.row(i)
+        return StepState(tuple(c.row(i) for c in self.convs), tuple(r.row(i) for r in self.rnns), la)
+
     def split(self) -> list[StepState]:
         """One state per stream (views of this one's tensors)."""
         if self.batch_size == 1:
@@ -109,6 +124,39 @@ class StepState:
         rnns = list(zip(*(r.split() for r in self.rnns), strict=True))
         las = self.lookahead.split() if self.lookahead is not None else [None] * self.batch_size
         return [StepState(c, r, la) for c, r, la in zip(convs, rnns, las, strict=True)]
+
+
+def time_major(frames: Tensor) -> bool:
+    """Whether ``frames`` (B, ..., n) is stored time-major: a view of a contiguous tensor of its dimensions after
+    the batch in reverse order ((B, H, n) of (B, n, H); (B, C, F, n) of (B, n, F, C)), so each frame's values lie
+    side by side, as the features (B, T, F), the recurrent outputs (B, T, H) and the convolutions' step outputs
+    arrive. The step keeps every buffer in that layout (:meth:`FrameBuffer.cat`, :func:`advance`, the layers'
+    ``initial_state``): appending frames is then one contiguous copy per row instead of a transposing gather."""
+    return frames.dim() >= 2 and frames.permute(_reversed(frames.dim())).is_contiguous()
+
+
+def _reversed(dim: int) -> tuple[int, ...]:
+    """The batch dimension, then the others in reverse order: the time-major storage order (its own inverse)."""
+    return (0, *range(dim - 1, 0, -1))
+
+
+def _cat_time(parts: Sequence[Tensor], dim: int) -> Tensor:
+    """torch.cat along ``dim`` (0: rows, -1: time), time-major out (one contiguous copy per row for time-major
+    parts)."""
+    order = _reversed(parts[0].dim())
+    return torch.cat([p.permute(order) for p in parts], dim=0 if dim == 0 else 1).permute(order)
+
+
+def _copy_time_major(t: Tensor) -> Tensor:
+    """A compact time-major copy of t."""
+    order = _reversed(t.dim())
+    return t.permute(order).contiguous().permute(order)
+
+
+def _zeros_time_major(like: Tensor, *shape: int) -> Tensor:
+    """Zeros of ``shape`` (B, ..., n), like's dtype and device, time-major."""
+    order = _reversed(len(shape))
+    return like.new_zeros([shape[d] for d in order]).permute(order)
 
 
 def advance(buf: FrameBuffer, x: Tensor, lengths: Sequence[int], final: Sequence[bool], kernel: int, stride: int,
@@ -120,29 +168,29 @@ def advance(buf: FrameBuffer, x: Tensor, lengths: Sequence[int], final: Sequence
     -> (window (B, ..., n): row i's frames on its first lens[i] positions, zeros after; lens; counts: the outputs
     each row's window now completes; the new buffer: row i's frames from counts[i] * stride on).
     When every row is in the same position (the usual case: streams sending equal frame sizes) that is one
-    ``torch.cat``; else one copy per piece.
+    ``torch.cat``; else one copy per piece. The window and the buffer come out time-major (:func:`time_major`).
     """
     old_n = buf.lengths
     lens = [a + b + (right_pad if fin else 0) for a, b, fin in zip(old_n, lengths, final, strict=True)]
     counts = [0 if n < kernel else (n - kernel) // stride + 1 for n in lens]
     if (len(set(old_n)) == 1 and buf.frames.shape[-1] == old_n[0] and len(set(lengths)) == 1
             and x.shape[-1] == lengths[0] and len(set(lens)) == 1):
-        window = torch.cat([buf.frames, x], dim=-1)
+        window = _cat_time([buf.frames, x], -1)
         if lens[0] > window.shape[-1]:
             window = F.pad(window, (0, lens[0] - window.shape[-1]))
         start = counts[0] * stride
         # A copy: the kept frames must not hold on to the whole window.
-        return window, lens, counts, FrameBuffer(window[..., start:].clone(), (lens[0] - start,) * len(lens))
-    window = x.new_zeros(*x.shape[:-1], max(lens))
+        return window, lens, counts, FrameBuffer(_copy_time_major(window[..., start:]), (lens[0] - start,) * len(lens))
+    window = _zeros_time_major(x, *x.shape[:-1], max(lens))
     for i, (a, b) in enumerate(zip(old_n, lengths, strict=True)):
         window[i, ..., :a] = buf.frames[i, ..., :a]
         window[i, ..., a: a + b] = x[i, ..., :b]
     starts = [m * stride for m in counts]
     kept = [n - s for n, s in zip(lens, starts, strict=True)]
     if len(set(starts)) == 1:
-        frames = window[..., starts[0]: max(lens)].clone()
+        frames = _copy_time_major(window[..., starts[0]: max(lens)])
     else:
-        frames = window.new_zeros(*window.shape[:-1], max(kept))
+        frames = _zeros_time_major(window, *window.shape[:-1], max(kept))
         for i, (s, n) in enumerate(zip(starts, lens, strict=True)):
             frames[i, ..., : n - s] = window[i, ..., s:n]
     return window, lens, counts, FrameBuffer(frames, tuple(kept))
