@@ -153,5 +153,8 @@ def _copy_decoding_files(src: Path, dst: Path) -> None:
             for name in (LM_BINARY, UNIGRAMS, LM_META, LEXICON, SETTINGS):
                 if (src / sub / name).is_file():
                     shutil.copy2(src / sub / name, dst / sub / name)
-    if (src / DECODER_JSON).is_file():
-        shutil.copy2(src / DECODER_JSON, dst / DECODER_JSON)
+    if (src / DECODER_JSON).is_file():  # "lm" (the LM it was tuned with) becomes the copy shipped beside it: no
+        tuned = json.loads((src / DECODER_JSON).read_text())  # path of the training machine goes into the model
+        if "lm" in tuned and (dst / MODEL_LM_DIR).is_dir():
+            tuned["lm"] = MODEL_LM_DIR
+        (dst / DECODER_JSON).write_text(json.dumps(tuned, indent=1) + "\n")

@@ -114,6 +114,8 @@ def test_export_in_half_precision_keeps_the_recognition(tmp_path: Path) -> None:
     # float16 keeps ~3 significant digits; 40 utterances may differ by at most one word
     assert abs(outs["fp16"]["wer"] - outs["fp32"]["wer"]) <= 1 / 40 + 1e-9
     assert "float16" in (tmp_path / "fp16" / "README.md").read_text()
+    # the tuned settings name the LM shipped beside them, not where it was tuned (a path of the training machine)
+    assert json.loads((tmp_path / "fp16" / "decoder.json").read_text())["lm"] == "lm"
 
 
 def test_transcribe_reports_missing_non_regular_and_unmatched_inputs_and_goes_on(tmp_path: Path) -> None:
