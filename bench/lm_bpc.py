@@ -12,8 +12,9 @@ bpc = sum of -ln p / (ln 2 * characters). Characters never seen in training map 
 n-gram's ``<unk>``) and are scored like any other. The scoring is the rescorer's own (lm.scorer.NeuralLM: lines
 longer than the model's context in windows of s tokens advancing by s/2).
 
-Training: lm.train.train, one process, the same global batch, sequence length, AdamW and cosine schedule for every
-family (steps = tokens / (batch * s)); checkpoints in lm.train's format under OUT/LANG/tokens-N/PRESET/checkpoint
+Training: lm.train.train, one process, the same global batch, sequence length, AdamW, cosine schedule and precision
+(``--precision``: bf16 autocast where the CPU multiplies bf16 natively, else float32; rows are kept per precision) for
+every family (steps = tokens / (batch * s)); checkpoints in lm.train's format under OUT/LANG/tokens-N/PRESET/checkpoint
 (plus tokenizer.json) for ``deepspeech lm export``. Speed: training tokens/s of each run (median step after the first
 three), and, as BENCHMARKS.md asks, a ratio against GPT measured in one run: each family's training step on the same
 batch, families alternated, median over repetitions after a warm-up step, same thread count.
@@ -51,6 +52,7 @@ import torch
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
+from deepspeech.native import cpu_has_fast_bf16  # noqa: E402
 from deepspeech.parallel import ParallelDims, ParallelState  # noqa: E402
 from deepspeech.parallel.sharded_checkpoint import CONFIG  # noqa: E402
 from lm.families import PRESETS, PRESETS_10M  # noqa: E402
@@ -77,6 +79,9 @@ class BpcConfig:
     ngram_order: int = 8
     eval_batch: int = 16  # test lines per forward pass
     speed_reps: int = 5  # alternated timed steps per family for the ratio against GPT (0: skip)
+    # bf16 autocast for every family's training and speed steps (fp32 weights, AdamW state and loss; scoring in
+    # fp32): the default where the CPU multiplies bf16 natively (2.6x a GPT-10m step, 1.4x Mamba-2's, one thread)
+    bf16: bool = False
 
     def __post_init__(self) -> None:
         if self.tokens < 1 or self.batch_size < 1 or self.eval_batch < 1 or self.speed_reps < 0:
@@ -91,7 +96,11 @@ class BpcConfig:
         steps = max(1, -(-self.tokens // (self.batch_size * model.seq_len)))
         return LMTrainConfig(model=replace(model, dropout=0.0), steps=steps, batch_size=self.batch_size, lr=self.lr,
                              min_lr=self.min_lr, warmup_steps=max(1, round(self.warmup * steps)), seed=self.seed,
-                             save_dir=save_dir)
+                             save_dir=save_dir, bf16=self.bf16)
+
+    @property
+    def precision(self) -> str:
+        return "bf16" if self.bf16 else "fp32"
 
 
 # ---- bits per character of a neural LM ----
@@ -204,7 +213,7 @@ def load_corpus(lang: str, folder: Path | None, out: Path) -> tuple[list[str], l
 def model_row(lang: str, preset: str, cfg: BpcConfig, train_lines: list[str], test_lines: list[str],
               out: Path) -> dict[str, Any]:
     """Train ``preset`` on the training text for cfg.tokens tokens, then score the test lines."""
-    run_dir = out / lang / f"tokens-{cfg.tokens}" / preset
+    run_dir = out / lang / f"tokens-{cfg.tokens}{'-bf16' if cfg.bf16 else ''}" / preset
     run_dir.mkdir(parents=True, exist_ok=True)
     ckpt = run_dir / "checkpoint"
     tcfg = cfg.train_config(PRESETS[preset](), str(ckpt))
@@ -236,7 +245,7 @@ def model_row(lang: str, preset: str, cfg: BpcConfig, train_lines: list[str], te
     return {"lang": lang, "model": preset, "tokens": tcfg.steps * tcfg.batch_size * model.cfg.seq_len,
             "params": sum(p.numel() for p in model.parameters()), "vocab": tokenizer.vocab_size,
             "padded_vocab": model.cfg.vocab_size, "steps": tcfg.steps, "batch": tcfg.batch_size,
-            "seq_len": model.cfg.seq_len, "lr": tcfg.lr,
+            "seq_len": model.cfg.seq_len, "lr": tcfg.lr, "precision": cfg.precision,
             "resumed_at_step": records[0]["step"] - 1 if records else tcfg.steps,
             "final_train_loss": records[-1]["loss"] if records else None,
             "bpc": round(bpc, 4), "test_chars": n,
@@ -290,7 +299,8 @@ def speed_row(lang: str, cfg: BpcConfig, presets: Sequence[str], train_lines: li
             x = ids.view(cfg.batch_size, s + 1)[:, :-1]
             y = ids.view(cfg.batch_size, s + 1)[:, 1:]
             t0 = time.perf_counter()
-            _, loss = model(x, y)
+            with torch.autocast("cpu", dtype=torch.bfloat16, enabled=cfg.bf16):
+                _, loss = model(x, y)
             loss.backward()
             opt.step()
             opt.zero_grad(set_to_none=True)
@@ -302,6 +312,7 @@ def speed_row(lang: str, cfg: BpcConfig, presets: Sequence[str], train_lines: li
     ratios = {p: [(tokens[p] / a) / (tokens[peer] / b) for a, b in zip(times[p], times[peer], strict=True)]
               for p in presets}
     return {"lang": lang, "model": "speed", "peer": peer, "reps": cfg.speed_reps, "threads": torch.get_num_threads(),
+            "precision": cfg.precision,
             "tokens_per_s": {p: round(rate[p], 1) for p in presets},
             "ratio_to_peer": {p: round(statistics.median(ratios[p]), 3) for p in presets},
             "ratio_spread": {p: [round(min(ratios[p]), 3), round(max(ratios[p]), 3)] for p in presets}}
@@ -313,11 +324,20 @@ def save_rows(path: Path, rows: list[dict[str, Any]]) -> None:
     os.replace(tmp, path)
 
 
-def table(rows: list[dict[str, Any]], budget: int) -> str:
+def row_key(r: dict[str, Any]) -> str:
+    """What makes a row: language, model, token budget and, for trained LMs, their training precision (rows from
+    before the precision was recorded are float32; the n-gram has none)."""
+    if "order" in r:
+        return f"{r['lang']}/{r['model']}/{r['tokens_budget']}"
+    return f"{r['lang']}/{r['model']}/{r['tokens_budget']}/{r.get('precision', 'fp32')}"
+
+
+def table(rows: list[dict[str, Any]], budget: int, precision: str) -> str:
+    rows = [r for r in rows if "order" in r or r.get("precision", "fp32") == precision]
     speed = {r["lang"]: r for r in rows if r["model"] == "speed" and r["tokens_budget"] == budget}
     lines = [f"Held-out bits per character (test.txt, every character and each line's newline); neural LMs "
-             f"trained on {budget:,} tokens each; speed on {next(iter(speed.values()))['threads'] if speed else '?'}"
-             " thread(s)", "",
+             f"trained on {budget:,} tokens each in {precision}; speed on "
+             f"{next(iter(speed.values()))['threads'] if speed else '?'} thread(s)", "",
              "| lang | model | params | trained tokens | bpc | train tokens/s | ratio to GPT (alternated) |",
              "|---|---|---|---|---|---|---|"]
     for r in rows:
@@ -347,6 +367,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     ap.add_argument("--order", type=int, default=d.ngram_order, help="character n-gram order")
     ap.add_argument("--speed-reps", type=int, default=d.speed_reps)
     ap.add_argument("--threads", type=int, default=1)
+    ap.add_argument("--precision", choices=["auto", "fp32", "bf16"], default="auto",
+                    help="training precision (auto: bf16 autocast where the CPU multiplies bf16 natively)")
     ap.add_argument("--out", type=Path, default=RESULTS)
     args = ap.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
@@ -355,12 +377,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     if unknown:
         ap.error(f"unknown models {unknown}")
     cfg = BpcConfig(tokens=args.tokens, batch_size=args.batch_size, lr=args.lr, min_lr=min(d.min_lr, args.lr),
-                    ngram_order=args.order, speed_reps=args.speed_reps)
+                    ngram_order=args.order, speed_reps=args.speed_reps,
+                    bf16=args.precision == "bf16" or (args.precision == "auto" and cpu_has_fast_bf16()))
     folders = dict(c.split("=", 1) for c in args.corpus)
     args.out.mkdir(parents=True, exist_ok=True)
     path = args.out / "lm_bpc.json"
     rows: list[dict[str, Any]] = json.loads(path.read_text(encoding="utf-8"))["rows"] if path.is_file() else []
-    done = {f"{r['lang']}/{r['model']}/{r['tokens_budget']}" for r in rows}
+    done = {row_key(r) for r in rows}
     for lang in args.langs:
         train_lines, test_lines = load_corpus(lang, Path(folders[lang]) if lang in folders else None, args.out)
         presets = [m for m in args.models if m != "ngram"]
@@ -368,7 +391,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         for name in names:
             budget = 0 if name == "ngram" else cfg.tokens  # the n-gram takes the whole text whatever the budget
             model_name = f"kenlm-char-{cfg.ngram_order}gram" if name == "ngram" else name
-            key = f"{lang}/{model_name}/{budget}"
+            key = f"{lang}/{model_name}/{budget}" + ("" if name == "ngram" else f"/{cfg.precision}")
             if key in done:
                 log.info("%s: done already, skipped", key)
                 continue
@@ -383,7 +406,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             done.add(key)
             save_rows(path, rows)
     shown = [r for r in rows if r["lang"] in args.langs]
-    print(table([{**r, "tokens_budget": cfg.tokens} if r["tokens_budget"] == 0 else r for r in shown], cfg.tokens))
+    print(table([{**r, "tokens_budget": cfg.tokens} if r["tokens_budget"] == 0 else r for r in shown], cfg.tokens,
+                cfg.precision))
     print(f"\nrows: {path}")
     return 0
 

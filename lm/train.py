@@ -23,6 +23,7 @@ from typing import Any
 
 import torch
 
+from deepspeech.native import cpu_has_fast_bf16
 from deepspeech.parallel import ParallelState, all_reduce_sum, peer_failures_as_errors, wrap_data_parallel
 from deepspeech.parallel.mappings import divide, group_size
 from deepspeech.parallel.pipeline import (
@@ -146,9 +147,9 @@ def _train(cfg: LMTrainConfig, state: ParallelState, text: str, emit: Callable[[
     pipelined = state.dims.pp > 1 or cfg.vpp > 1 or cfg.microbatches > 1
     if cfg.vpp > 1 and state.dims.pp == 1:
         raise ValueError("interleaving (vpp > 1) needs pipeline parallelism (pp > 1)")
-    if cfg.bf16 and state.device.type == "cpu":
-        log.warning("bf16 autocast on CPU: numerically the GPU recipe (bf16 matmuls, fp32 master weights and "
-                    "optimizer state, fp32 loss), but usually slower than fp32 here; meant for checking")
+    if cfg.bf16 and state.device.type == "cpu" and not cpu_has_fast_bf16():
+        log.warning("bf16 autocast on a CPU without AMX or AVX512-BF16: numerically the GPU recipe (bf16 matmuls, "
+                    "fp32 master weights and optimizer state, fp32 loss), but emulated and slower than fp32 here")
     tokenizer = CharTokenizer.train(text)
     mcfg = replace(cfg.model, vocab_size=tokenizer.padded_vocab_size())
     if mcfg.sequence_parallel and group_size(state.tp_group) > 1:

@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from deepspeech.native.build import load_extension
+from deepspeech.native.build import cpu_has_fast_bf16, load_extension
 from deepspeech.native.gru import gru_layer
 from tests.conftest import run_cli
 from tests.test_training import train_args
@@ -51,7 +51,7 @@ def _losses(run: Path) -> list[float]:
     return [r["loss"] for r in rows if "loss" in r]
 
 
-@pytest.mark.skipif(not (torch.cpu._is_amx_tile_supported() or torch.cpu._is_avx512_bf16_supported()),
+@pytest.mark.skipif(not cpu_has_fast_bf16(),
                     reason="no AMX or AVX512-BF16 here: cpu_amp trains in float32 (the trainer says so)")
 def test_bf16_training_follows_the_float32_loss_curve(tmp_path: Path, fsdd_small: tuple[Path, Path]) -> None:
     train, dev = fsdd_small

@@ -80,3 +80,31 @@ def test_10m_presets_within_5_percent() -> None:
         assert abs(parameter_count(cfg) - 10e6) <= 0.05 * 10e6, (name, parameter_count(cfg))
         assert (cfg.hidden, cfg.seq_len) == (384, 256), name
     assert BpcConfig().train_config(PRESETS["gpt-10m"]()).steps == -(-2_000_000 // (8 * 256))
+
+
+def test_rows_are_kept_per_precision_and_a_rerun_skips_them(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    """A float32 row and a bf16 row of the same model and budget are two rows (bf16 is the default where the CPU
+    multiplies bf16 natively, so an older float32 table must not be taken for it); a rerun trains nothing."""
+    import json
+
+    from bench.lm_bpc import main
+    from deepspeech.native import cpu_has_fast_bf16
+
+    corpus = tmp_path / "text"
+    corpus.mkdir()
+    (corpus / "train.txt").write_text("\n".join(LINES * 40) + "\n")
+    (corpus / "test.txt").write_text("the mat sat\na cat\n")
+    precisions = ["fp32", "bf16"] if cpu_has_fast_bf16() else ["fp32"]
+    common = ["--corpus", f"en={corpus}", "--langs", "en", "--models", "gpt-tiny", "--tokens", "1024",
+              "--speed-reps", "0", "--out", str(tmp_path / "out")]
+    for p in precisions:
+        assert main([*common, "--precision", p]) == 0
+    rows = json.loads((tmp_path / "out" / "lm_bpc.json").read_text())["rows"]
+    assert [r["precision"] for r in rows] == precisions
+    assert all(math.isfinite(r["bpc"]) and r["bpc"] > 0 for r in rows)
+    if len(rows) == 2:  # the same seed and batches: bf16 products move the loss a little, not to another model
+        assert rows[0]["bpc"] != rows[1]["bpc"] and abs(rows[0]["bpc"] - rows[1]["bpc"]) < 0.05 * rows[0]["bpc"]
+    capsys.readouterr()
+    assert main([*common, "--precision", precisions[-1]]) == 0
+    assert len(json.loads((tmp_path / "out" / "lm_bpc.json").read_text())["rows"]) == len(rows)
+    assert "| en | gpt-tiny |" in capsys.readouterr().out  # the rerun still prints the table of what is kept

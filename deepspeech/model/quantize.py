@@ -32,6 +32,7 @@ from torch.nn.utils.rnn import PackedSequence, pack_padded_sequence, pad_packed_
 from deepspeech.model.config import ModelConfig
 from deepspeech.model.ds2 import DeepSpeech2
 from deepspeech.model.state import FrameBuffer, StepState
+from deepspeech.native import cpu_has_fast_bf16
 
 SCHEMES = ("int8", "bf16")
 
@@ -202,27 +203,21 @@ class Int8GRU(nn.Module):
         return out, h[None]
 
 
-def native_bf16() -> bool:
-    """The CPU computes bfloat16 natively (AMX or AVX512-BF16): oneDNN's bf16 convolutions pay there (measured
-    3.4x for the 2nd DS2 convolution at 32 streams, one core); elsewhere they are emulated and slower than float32."""
-    return bool(torch.cpu._is_amx_tile_supported() or torch.cpu._is_avx512_bf16_supported())
-
-
 class QuantizedDeepSpeech2(DeepSpeech2):
     """DS2 with its GRUs and output layer in ``scheme``'s form (:class:`Int8GRU` over :class:`Int8Linear` or
-    :class:`Bf16Linear`) and its convolutions (the 2D ones and the lookahead) in bfloat16 under CPU autocast: always
-    for ``bf16`` (their weights are bfloat16 values held in float32, so autocast's casts are exact), for ``int8``
-    where the CPU has native bfloat16 (:func:`native_bf16`; float32 elsewhere). Batch-norm statistics, GRU gates and
-    recurrence stay float32; it returns float32 logits, as the float model. The streaming step runs as the float
-    model's (batch norms folded into the convolutions, the lookahead in float32: :mod:`deepspeech.model.layers`)
-    with its convolutions in bfloat16, and the frames waiting between them in bfloat16 (what the next one reads);
-    ``bf16``'s step keeps its forward's arithmetic instead (``step_as_forward``), so its stream rounds as its
-    offline pass does."""
+    :class:`Bf16Linear`) and its convolutions (the 2D ones and the lookahead) in bfloat16 under CPU autocast: always for
+    ``bf16`` (their weights are bfloat16 values held in float32, so autocast's casts are exact), for ``int8`` where the
+    CPU has native bfloat16 (:func:`deepspeech.native.cpu_has_fast_bf16`: oneDNN's bf16 convolutions pay there, 3.4x for
+    the 2nd DS2 convolution at 32 streams on one core; float32 elsewhere). Batch-norm statistics, GRU gates and
+    recurrence stay float32; it returns float32 logits, as the float model. The streaming step runs as the float model's
+    (batch norms folded into the convolutions, the lookahead in float32: :mod:`deepspeech.model.layers`) with its
+    convolutions in bfloat16, and the frames waiting between them in bfloat16 (what the next one reads); ``bf16``'s step
+    keeps its forward's arithmetic instead (``step_as_forward``), so its stream rounds as its offline pass does."""
 
     def __init__(self, cfg: ModelConfig, scheme: str, stats_group: Any = None) -> None:
         super().__init__(cfg, stats_group=stats_group)
         self.scheme = QuantConfig(scheme).scheme
-        self.bf16_convs = scheme == "bf16" or native_bf16()
+        self.bf16_convs = scheme == "bf16" or cpu_has_fast_bf16()
         for conv in self.convs:  # the step's convolutions, their outputs and buffers in bfloat16
             conv.step_dtype = torch.bfloat16 if self.bf16_convs else None
         # bf16 (bfloat16 everywhere) streams with its forward's roundings: its convolutions' batch norms are not

@@ -13,9 +13,9 @@ not built or cannot be loaded, a warning is logged once and the reference path r
 ``scripts/device_check.sh`` checks and times them on a GPU. ``DEEPSPEECH_NATIVE=0`` forces the reference.
 """
 
-from deepspeech.native.build import native_available
+from deepspeech.native.build import cpu_has_fast_bf16, native_available
 from deepspeech.native.ctc import ctc_loss, ctc_loss_reference
 from deepspeech.native.gru import FusedGRU, gru_layer, gru_layer_reference, gru_step, gru_step_reference
 
-__all__ = ["FusedGRU", "ctc_loss", "ctc_loss_reference", "gru_layer", "gru_layer_reference", "gru_step",
-           "gru_step_reference", "native_available"]
+__all__ = ["FusedGRU", "cpu_has_fast_bf16", "ctc_loss", "ctc_loss_reference", "gru_layer", "gru_layer_reference",
+           "gru_step", "gru_step_reference", "native_available"]

@@ -44,6 +44,7 @@ from deepspeech.frontend.features import FeatureStats
 from deepspeech.inference.evaluate import evaluate_dataset
 from deepspeech.metrics import ErrorCounts
 from deepspeech.model.ds2 import DeepSpeech2, ctc_loss
+from deepspeech.native import cpu_has_fast_bf16
 from deepspeech.parallel import (
     ParallelState,
     all_reduce_sum,
@@ -223,9 +224,9 @@ def _build_model(cfg: TrainConfig, ps: ParallelState, init: AcousticModel | None
 
 
 def _cpu_has_fast_bf16() -> bool:
-    """Whether bf16 products run natively here (AMX or AVX512-BF16); elsewhere they are emulated and slower than
-    float32, so ``cpu_amp`` logs one warning and training stays in float32."""
-    fast = torch.cpu._is_amx_tile_supported() or torch.cpu._is_avx512_bf16_supported()
+    """:func:`deepspeech.native.cpu_has_fast_bf16`, with one warning where it is not (``cpu_amp`` then stays off:
+    emulated bf16 is slower than float32)."""
+    fast = cpu_has_fast_bf16()
     if not fast:
         log.warning("cpu_amp: this CPU has neither AMX nor AVX512-BF16 (bf16 would be emulated): training in float32")
     return fast
