@@ -36,8 +36,7 @@ A hotword given in characters also biases the pinyin-to-character conversion (:m
 the decoder lists it in each hypothesis' ``extra`` (:data:`~deepspeech.decoding.hanzi.HOTWORDS_KEY`), and the
 conversion writes its characters for a run of syllables equal to one of its readings, with a bonus.
 
-Hotwords are per decoder: a
-caller with per-utterance or per-stream lists keeps one decoder per distinct list
+Hotwords are per decoder: a caller with per-utterance or per-stream lists keeps one decoder per distinct list
 (:meth:`deepspeech.decoding.beam.BeamSearchDecoder.with_hotwords` shares the loaded LM, so one costs the trie
 rebuild, about 0.1-0.2 s for a 30k-word lexicon). The decoder without hotwords uses KenLM directly: its results
 and speed do not change.
